@@ -1,0 +1,200 @@
+"""The validated desired state as frozen, sorted domain objects.
+
+`agent.validate.load_state` is the only producer: it parses a document, checks it and
+calls `build_state`. Everything downstream (policy, compile, reconciler) reads these.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Optional, Union
+
+from agent.schema import DocumentDoc, RuleDoc, parse_network, parse_port_range
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+INGRESS, EGRESS = "ingress", "egress"
+DIRECTIONS = (INGRESS, EGRESS)
+ACCEPT, DROP = "accept", "drop"
+INTRANET, INTERNET = "intranet", "internet"
+VPC, CLASSIC = "vpc", "classic"
+ROUTED, BRIDGED = "routed", "bridged"
+DEFAULT_PRIORITY = 110
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    lo: int
+    hi: int
+
+    def __contains__(self, port: int) -> bool:
+        return self.lo <= port <= self.hi
+
+    def __str__(self) -> str:
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
+
+@dataclass(frozen=True, order=True)
+class Peer:
+    """Who is on the other side: kind is 'cidr', 'group' or 'prefix_list'."""
+    kind: str
+    value: str
+
+    def __str__(self) -> str:
+        return self.value if self.kind == "cidr" else f"{self.kind.replace('_', '-')} {self.value}"
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    group_id: str
+    id: str
+    direction: str
+    policy: str
+    priority: int
+    protocol: str
+    ports: Optional[PortRange]
+    sports: Optional[PortRange]
+    peer: Peer
+    nic_type: str
+    description: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Group:
+    id: str
+    name: str
+    type: str
+    network: str
+    inner_access: str
+    allow_http: bool
+    allow_https: bool
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    instance_id: str
+    nic_type: str
+    mac: Optional[str]
+    addresses: tuple[IPAddress, ...]
+    attachment: str
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    host: Optional[str]
+    network: str
+    groups: tuple[str, ...]
+    interfaces: tuple[Interface, ...]
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    host: str
+    groups: tuple[Group, ...]
+    instances: tuple[Instance, ...]
+    prefix_lists: tuple[tuple[str, tuple[IPNetwork, ...]], ...]
+    anti_spoofing: bool = True
+    revoke_connections: bool = True
+
+    @cached_property
+    def group_by_id(self) -> dict[str, Group]:
+        return {g.id: g for g in self.groups}
+
+    @cached_property
+    def prefix_list_by_id(self) -> dict[str, tuple[IPNetwork, ...]]:
+        return dict(self.prefix_lists)
+
+    @cached_property
+    def local_instances(self) -> tuple[Instance, ...]:
+        return tuple(i for i in self.instances if i.host in (None, self.host))
+
+    @cached_property
+    def local_interfaces(self) -> dict[str, Interface]:
+        return {nic.name: nic for inst in self.local_instances for nic in inst.interfaces}
+
+    @cached_property
+    def instance_by_id(self) -> dict[str, Instance]:
+        return {i.id: i for i in self.instances}
+
+    @cached_property
+    def members(self) -> dict[str, tuple[Instance, ...]]:
+        """Group id -> instances (local and remote) that belong to it."""
+        out: dict[str, list[Instance]] = {g.id: [] for g in self.groups}
+        for inst in self.instances:
+            for gid in inst.groups:
+                out.setdefault(gid, []).append(inst)
+        return {gid: tuple(v) for gid, v in out.items()}
+
+    @cached_property
+    def group_addresses(self) -> dict[str, tuple[IPAddress, ...]]:
+        """Group id -> every address it lends as a peer, sorted (IPv4 first)."""
+        return {gid: tuple(sorted({a for inst in insts for a in member_addresses(inst)},
+                                  key=lambda a: (a.version, a)))
+                for gid, insts in self.members.items()}
+
+
+def member_addresses(inst: Instance) -> tuple[IPAddress, ...]:
+    """The addresses an instance lends to its groups: intranet interfaces (VPC: all)."""
+    return tuple(a for nic in inst.interfaces
+                 if inst.network == VPC or nic.nic_type == INTRANET for a in nic.addresses)
+
+
+def derive_rule_id(group_id: str, doc: RuleDoc) -> str:
+    """A stable id from the rule's content: the same rule keeps its id across edits
+    elsewhere and reorderings, and identical rules get the same id (and are merged)."""
+    content = doc.model_dump(exclude={"id", "description"}, exclude_none=True)
+    digest = hashlib.sha256(json.dumps([group_id, content], sort_keys=True).encode())
+    return f"{doc.direction[:2]}-{digest.hexdigest()[:10]}"
+
+
+def _port_range(text) -> Optional[PortRange]:
+    parsed = parse_port_range(text) if text is not None else None
+    return PortRange(*parsed) if parsed else None
+
+
+def build_rule(group_id: str, doc: RuleDoc) -> Rule:
+    side = "source" if doc.direction == INGRESS else "dest"
+    peer = next(Peer(kind, getattr(doc, f"{side}_{kind}")) for kind in ("cidr", "group", "prefix_list")
+                if getattr(doc, f"{side}_{kind}") is not None)
+    if peer.kind == "cidr":
+        peer = Peer("cidr", str(parse_network(peer.value)))
+    return Rule(group_id=group_id, id=doc.id or derive_rule_id(group_id, doc),
+                direction=doc.direction, policy=doc.policy, priority=doc.priority,
+                protocol=doc.protocol, ports=_port_range(doc.port_range),
+                sports=_port_range(doc.source_port_range), peer=peer, nic_type=doc.nic_type,
+                description=doc.description)
+
+
+def build_state(doc: DocumentDoc, host: str) -> DesiredState:
+    """Domain objects from a document that `agent.validate` found valid."""
+    groups = []
+    for g in doc.security_groups:
+        rules = sorted({build_rule(g.id, r) for r in g.rules})
+        inner = g.inner_access or ("drop" if g.type == "enterprise" else "accept")
+        groups.append(Group(g.id, g.name or g.id, g.type, g.network, inner,
+                            g.allow_http, g.allow_https, tuple(rules)))
+    instances = []
+    for i in doc.instances:
+        nics = tuple(Interface(n.name, i.id, n.nic_type, n.mac,
+                               tuple(ipaddress.ip_address(a) for a in n.addresses),
+                               n.attachment or doc.attachment) for n in i.interfaces)
+        instances.append(Instance(i.id, i.host, i.network, tuple(dict.fromkeys(i.security_groups)),
+                                  nics))
+    prefix_lists = tuple(sorted((p.id, tuple(sorted({parse_network(e) for e in p.entries},
+                                                    key=_net_key)))
+                                for p in doc.prefix_lists))
+    return DesiredState(host=doc.host or host, groups=tuple(sorted(groups, key=lambda g: g.id)),
+                        instances=tuple(sorted(instances, key=lambda i: i.id)),
+                        prefix_lists=prefix_lists, anti_spoofing=doc.anti_spoofing,
+                        revoke_connections=doc.revoke_connections)
+
+
+def _net_key(net: IPNetwork) -> tuple:
+    return (net.version, net.network_address, net.prefixlen)

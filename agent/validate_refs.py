@@ -1,0 +1,170 @@
+"""Cross-reference and consistency checks of a desired-state document (SPEC §4).
+
+They read the raw data (dicts and lists), so they run even where some fields have the
+wrong shape and every error is reported in one pass. Shape errors are pydantic's
+(agent.schema); these are the rules that span several fields or objects.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, defaultdict
+from typing import Any, Iterator
+
+from agent.errors import InputError, show_value
+
+PEER_KINDS = ("cidr", "group", "prefix_list")
+PORTED = ("tcp", "udp")
+BASIC = ("default", "custom")
+
+
+def _items(data: Any, key: str) -> list[tuple[int, dict]]:
+    seq = data.get(key) if isinstance(data, dict) else None
+    return [(i, x) for i, x in enumerate(seq) if isinstance(x, dict)] if isinstance(seq, list) else []
+
+
+def _word(value: Any, default: str) -> Any:
+    return default if value is None else (value.strip().lower() if isinstance(value, str) else value)
+
+
+def _ids(items: list[tuple[int, dict]]) -> set:
+    return {x.get("id") for _, x in items if isinstance(x.get("id"), str)}
+
+
+def _duplicates(pairs: list[tuple[str, Any]], what: str) -> Iterator[InputError]:
+    seen: Counter = Counter()
+    for path, value in pairs:
+        if isinstance(value, str) and seen[value]:
+            yield InputError(path, value, f"duplicate {what}")
+        seen[value] += 1
+
+
+def cross_reference_errors(data: dict) -> list[InputError]:
+    groups = _items(data, "security_groups")
+    group_types = {g["id"]: _word(g.get("type"), "custom") for _, g in groups
+                   if isinstance(g.get("id"), str)}
+    group_nets = {g["id"]: _word(g.get("network"), "vpc") for _, g in groups
+                  if isinstance(g.get("id"), str)}
+    prefix_lists = _ids(_items(data, "prefix_lists"))
+    errors: list[InputError] = []
+    for key in ("prefix_lists", "security_groups", "instances"):
+        errors += _duplicates([(f"{key}[{i}].id", x.get("id")) for i, x in _items(data, key)], "id")
+    for gi, group in groups:
+        errors += _group_errors(f"security_groups[{gi}]", group, group_types, prefix_lists)
+    errors += _instance_errors(data, group_types, group_nets)
+    return errors
+
+
+def _group_errors(path: str, group: dict, group_types: dict, prefix_lists: set) -> Iterator[InputError]:
+    gtype = _word(group.get("type"), "custom")
+    if gtype == "enterprise" and _word(group.get("inner_access"), "drop") == "accept":
+        yield InputError(f"{path}.inner_access", "accept",
+                         "an enterprise group cannot let its members reach each other by default")
+    for flag in ("allow_http", "allow_https"):
+        if group.get(flag) and gtype != "default":
+            yield InputError(f"{path}.{flag}", show_value(group[flag]),
+                             "only a group of type default has default rules to extend")
+    rules = _items(group, "rules")
+    by_id: dict[str, dict] = {}
+    for ri, rule in rules:
+        rpath = f"{path}.rules[{ri}]"
+        yield from _rule_errors(rpath, rule, _word(group.get("network"), "vpc"), group_types,
+                                prefix_lists)
+        rid = rule.get("id")
+        if isinstance(rid, str):
+            if rid in by_id and _rule_content(by_id[rid]) != _rule_content(rule):
+                yield InputError(f"{rpath}.id", rid, "duplicate rule id in this group (with a different rule)")
+            by_id.setdefault(rid, rule)
+
+
+def _rule_content(rule: dict) -> dict:
+    return {k: v for k, v in rule.items() if k != "description"}
+
+
+def _rule_errors(path: str, rule: dict, network: str, group_types: dict,
+                 prefix_lists: set) -> Iterator[InputError]:
+    direction = _word(rule.get("direction"), "")
+    protocol = _word(rule.get("protocol"), "")
+    own, other = ("source", "dest") if direction == "ingress" else ("dest", "source")
+    if direction in ("ingress", "egress"):
+        peers = [k for k in PEER_KINDS if rule.get(f"{own}_{k}") is not None]
+        if not peers:
+            yield InputError(path, f"{direction} rule",
+                             f"needs a peer: one of {own}_cidr, {own}_group, {own}_prefix_list")
+        elif len(peers) > 1:
+            yield InputError(path, ", ".join(f"{own}_{k}" for k in peers), "several peers; give exactly one")
+        for k in PEER_KINDS:
+            if rule.get(f"{other}_{k}") is not None:
+                yield InputError(f"{path}.{other}_{k}", show_value(rule[f"{other}_{k}"]),
+                                 f"an {direction} rule names its peer with {own}_*, not {other}_*")
+        yield from _peer_ref_errors(path, rule, own, group_types, prefix_lists, protocol)
+    if protocol in PORTED and rule.get("port_range") is None:
+        yield InputError(f"{path}.port_range", "(missing)", f"is required for {protocol}")
+    if protocol and protocol not in PORTED:
+        for key in ("port_range", "source_port_range"):
+            value = rule.get(key)
+            if value is not None and str(value).strip() not in ("-1/-1",):
+                yield InputError(f"{path}.{key}", show_value(value), f"{protocol} has no ports; use -1/-1 or leave it out")
+    if network == "vpc" and _word(rule.get("nic_type"), "intranet") == "internet":
+        yield InputError(f"{path}.nic_type", "internet", "a VPC group has only intranet rules")
+
+
+def _peer_ref_errors(path: str, rule: dict, side: str, group_types: dict, prefix_lists: set,
+                     protocol: str) -> Iterator[InputError]:
+    group = rule.get(f"{side}_group")
+    if isinstance(group, str):
+        if group not in group_types:
+            yield InputError(f"{path}.{side}_group", group, "unknown security group")
+        elif group_types[group] == "enterprise":
+            yield InputError(f"{path}.{side}_group", group, "an enterprise group cannot be named as a peer")
+    plist = rule.get(f"{side}_prefix_list")
+    if isinstance(plist, str) and plist not in prefix_lists:
+        yield InputError(f"{path}.{side}_prefix_list", plist, "unknown prefix list")
+    cidr = rule.get(f"{side}_cidr")
+    try:
+        version = ipaddress.ip_network(cidr, strict=False).version if isinstance(cidr, str) else None
+    except ValueError:
+        version = None
+    if (protocol, version) in (("icmp", 6), ("icmpv6", 4)):
+        yield InputError(f"{path}.{side}_cidr", cidr,
+                         f"{protocol} is {'IPv4' if protocol == 'icmp' else 'IPv6'}-only; this CIDR never matches it")
+
+
+def _instance_errors(data: dict, group_types: dict, group_nets: dict) -> Iterator[InputError]:
+    names_by_host: dict[Any, list[tuple[str, Any]]] = defaultdict(list)
+    for ii, inst in _items(data, "instances"):
+        path = f"instances[{ii}]"
+        network = _word(inst.get("network"), "vpc")
+        refs = inst.get("security_groups")
+        kinds = set()
+        for gi, gid in enumerate(refs if isinstance(refs, list) else []):
+            if not isinstance(gid, str):
+                continue
+            if gid not in group_types:
+                yield InputError(f"{path}.security_groups[{gi}]", gid, "unknown security group")
+                continue
+            kinds.add("enterprise" if group_types[gid] == "enterprise" else "basic")
+            if group_nets[gid] != network:
+                yield InputError(f"{path}.security_groups[{gi}]", gid,
+                                 f"a {group_nets[gid]} group cannot hold a {network} instance")
+        if len(kinds) > 1:
+            yield InputError(f"{path}.security_groups", show_value(refs),
+                             "an instance cannot mix enterprise and basic (default/custom) groups")
+        nics = _items(inst, "interfaces")
+        yield from _nic_type_errors(path, network, nics)
+        host = None if inst.get("host") in (None, data.get("host")) else inst.get("host")
+        names_by_host[host] += [(f"{path}.interfaces[{ni}].name", nic.get("name")) for ni, nic in nics]
+    for host, names in names_by_host.items():
+        yield from _duplicates(names, "interface name on this host")
+
+
+def _nic_type_errors(path: str, network: str, nics: list[tuple[int, dict]]) -> Iterator[InputError]:
+    counts: Counter = Counter()
+    for ni, nic in nics:
+        nic_type = _word(nic.get("nic_type"), "intranet")
+        counts[nic_type] += 1
+        if network == "vpc" and nic_type == "internet":
+            yield InputError(f"{path}.interfaces[{ni}].nic_type", "internet",
+                             "a VPC instance has only intranet interfaces")
+        elif network == "classic" and nic_type in ("intranet", "internet") and counts[nic_type] > 1:
+            yield InputError(f"{path}.interfaces[{ni}].nic_type", nic_type,
+                             f"a classic instance has at most one {nic_type} interface")
