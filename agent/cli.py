@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dport", type=_port, help="destination port (tcp/udp)")
     p.add_argument("--icmp-type", type=int, help="ICMP/ICMPv6 type")
     p.add_argument("--json", action="store_true", help='print {"verdict": ..., ...}')
-    # _add_kernel_commands(command)  -- enabled with the datapath
+    _add_kernel_commands(command)
     return parser
 
 

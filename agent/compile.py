@@ -1,0 +1,248 @@
+"""Compile effective rule lists into nftables objects (pure: state in, frozen data out).
+
+Layout of the `inet` table (see docs/datapath.md):
+
+* base chains on the forward hook dispatch by interface through verdict maps: one for
+  the sender's egress list (by iifname), one, at a later priority, for the receiver's
+  ingress list (by oifname); an accept in the first does not end evaluation of the
+  second. The input hook judges instance -> host traffic with the egress list.
+* per-interface chains: connection state, neighbour discovery, anti-spoofing, then
+  `goto` a policy chain shared by every interface with the same groups and nic type.
+* policy chains: intra-group accepts (named per-group address sets), then the user and
+  default rules as *blocks*: runs of consecutive lines with the same verdict, each
+  matched with ONE lookup in a concatenated interval set per IP version, so the cost
+  does not grow with the number of rules. Then the final drop.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from agent.boxes import Box, disjoint_union
+from agent.model import (BRIDGED, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface)
+from agent.policy import (DEFAULTS, FINAL, INTRA_GROUP, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER,
+                          EffectiveList, Entry, build_effective_list)
+
+TABLE = "secgroup_agent"
+FULL_PORTS, FULL_PROTO = (0, 65535), (0, 255)
+ADDR_BITS = {4: 32, 6: 128}
+FAMILY_KW = {4: "ip", 6: "ip6"}
+ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+
+
+@dataclass(frozen=True)
+class NftSet:
+    name: str
+    type: str                       # "ipv4_addr . inet_proto . inet_service"
+    elements: tuple[str, ...]
+    interval: bool = True
+    map_to: Optional[str] = None    # maps: "verdict" or "mark"
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    rules: tuple[str, ...]
+    hook: Optional[str] = None      # "type filter hook forward priority 0; policy accept;"
+
+
+@dataclass(frozen=True)
+class Table:
+    family: str
+    name: str
+    sets: tuple[NftSet, ...]
+    chains: tuple[Chain, ...]
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    tables: tuple[Table, ...]
+    errors: tuple[str, ...] = ()    # interfaces compiled closed, and why
+    owned: tuple[tuple[str, str], ...] = (("inet", TABLE), ("bridge", TABLE))
+
+
+@dataclass
+class _Builder:
+    state: DesiredState
+    sets: dict[str, NftSet] = field(default_factory=dict)
+    chains: dict[str, Chain] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add_set(self, s: NftSet) -> str:
+        self.sets.setdefault(s.name, s)
+        return s.name
+
+
+def safe_name(text: str) -> str:
+    """A name nft accepts unquoted; a hash keeps distinct inputs distinct."""
+    clean = re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+    if clean != text or len(clean) > 48:
+        clean = f"{clean[:40]}_{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+    return clean
+
+
+def build_ruleset(state: DesiredState) -> Ruleset:
+    """The complete desired kernel state for this host."""
+    b = _Builder(state)
+    dispatch: dict[str, list[tuple[str, str]]] = {INGRESS: [], EGRESS: []}
+    for name in sorted(state.local_interfaces):
+        nic = state.local_interfaces[name]
+        for direction in DIRECTIONS:
+            chain = build_interface_chain(b, nic, direction)
+            dispatch[direction].append((nic.name, chain))
+    tables = [_inet_table(b, dispatch)]
+    bridge = build_bridge_table(state)
+    if bridge is not None:
+        tables.append(bridge)
+    return Ruleset(tables=tuple(tables), errors=tuple(b.errors))
+
+
+def _inet_table(b: _Builder, dispatch: dict[str, list[tuple[str, str]]]) -> Table:
+    from agent.compile_dispatch import dispatch_objects
+    sets, chains = dispatch_objects(b.state, dispatch)
+    all_sets = tuple(sorted(list(b.sets.values()) + list(sets), key=lambda s: s.name))
+    all_chains = tuple(chains) + tuple(sorted(b.chains.values(), key=lambda c: c.name))
+    return Table("inet", TABLE, all_sets, all_chains)
+
+
+def build_bridge_table(state: DesiredState) -> Optional[Table]:
+    from agent.compile_dispatch import bridge_table
+    return bridge_table(state)
+
+
+def interface_chain_name(nic: Interface, direction: str) -> str:
+    return f"{'in' if direction == INGRESS else 'eg'}_{safe_name(nic.name)}"
+
+
+def build_interface_chain(b: _Builder, nic: Interface, direction: str) -> str:
+    name = interface_chain_name(nic, direction)
+    try:
+        elist = build_effective_list(b.state, nic.name, direction)
+        rules = interface_rules(elist) + [f"goto {build_policy_chain(b, elist)}"]
+    except Exception as exc:  # fail closed: this interface drops, the rest is enforced
+        b.errors.append(f"{nic.name} {direction}: cannot compile ({exc}); traffic is dropped")
+        rules = ["counter drop"]
+    b.chains[name] = Chain(name, tuple(rules))
+    return name
+
+
+def interface_rules(elist: EffectiveList) -> list[str]:
+    """Stages 1-2: connection state, neighbour discovery, anti-spoofing."""
+    rules = ["ct state vmap { established : accept, related : accept, invalid : drop }",
+             "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+             "nd-neighbor-advert } accept"]
+    kinds = {e.kind for e in elist.entries}
+    if "spoof-mac" in kinds:
+        rules.append(f"ether saddr != {elist.interface.mac} drop")
+    if "spoof-ip" in kinds:
+        v4 = [str(a) for a in elist.addresses if a.version == 4]
+        v6 = [str(a) for a in elist.addresses if a.version == 6] + ["fe80::/10"]
+        rules.append(f"ip saddr != {{ {', '.join(v4)} }} drop" if v4 else "meta nfproto ipv4 drop")
+        rules.append(f"ip6 saddr != {{ {', '.join(v6)} }} drop")
+    return rules
+
+
+def policy_key(state: DesiredState, nic: Interface, direction: str) -> str:
+    inst = state.instance_by_id[nic.instance_id]
+    kind = nic.nic_type if inst.network == CLASSIC else "all"
+    groups = "+".join(sorted(inst.groups))
+    return f"{'pin' if direction == INGRESS else 'peg'}_{inst.network}_{kind}_{groups}"
+
+
+def build_policy_chain(b: _Builder, elist: EffectiveList) -> str:
+    """Stages 3-6, shared by interfaces with the same groups, network and nic type."""
+    name = safe_name(policy_key(b.state, elist.interface, elist.direction))
+    if name in b.chains:
+        return name
+    rules: list[str] = []
+    peer_kw = "saddr" if elist.direction == INGRESS else "daddr"
+    for e in elist.entries:
+        if e.stage == INTRA_GROUP:
+            rules += intra_group_rules(b, e, peer_kw)
+    matchable = [e for e in elist.entries if e.stage in (USER, DEFAULTS)]
+    for k, (verdict, entries) in enumerate(build_blocks(matchable)):
+        rules += block_rules(b, f"{name}_b{k}", verdict, entries, peer_kw)
+    rules.append("drop")
+    assert elist.entries[-1].stage == FINAL
+    b.chains[name] = Chain(name, tuple(rules))
+    return name
+
+
+def intra_group_rules(b: _Builder, e: Entry, peer_kw: str) -> list[str]:
+    rules = []
+    for v in (4, 6):
+        nets = [n for n in e.match.networks if n.version == v]
+        sname = b.add_set(NftSet(f"grp{v}_{safe_name(e.group_id)}", ADDR_TYPE[v],
+                                 tuple(render_interval(v, _net_interval(n)) for n in _merge(nets))))
+        rules.append(f"{FAMILY_KW[v]} {peer_kw} @{sname} accept")
+    return rules
+
+
+def build_blocks(entries: Iterable[Entry]) -> list[tuple[str, list[Entry]]]:
+    """Consecutive lines with the same verdict form one block: within a block the
+    first match and any match give the same verdict, so one set lookup decides it."""
+    blocks: list[tuple[str, list[Entry]]] = []
+    for e in entries:
+        if blocks and blocks[-1][0] == e.verdict:
+            blocks[-1][1].append(e)
+        else:
+            blocks.append((e.verdict, [e]))
+    return blocks
+
+
+def entry_boxes(e: Entry, version: int, with_sport: bool, with_dport: bool) -> list[Box]:
+    m = e.match
+    if PROTOCOL_FAMILY.get(m.protocol, version) != version:
+        return []
+    proto = FULL_PROTO if m.protocol == "all" else (PROTOCOL_NUMBERS[m.protocol],) * 2
+    tail = [proto]
+    if with_sport:
+        tail.append((m.sports.lo, m.sports.hi) if m.sports else FULL_PORTS)
+    if with_dport:
+        tail.append((m.ports.lo, m.ports.hi) if m.ports else FULL_PORTS)
+    return [(_net_interval(n),) + tuple(tail) for n in m.networks if n.version == version]
+
+
+def block_rules(b: _Builder, prefix: str, verdict: str, entries: list[Entry], peer_kw: str) -> list[str]:
+    with_sport = any(e.match.sports for e in entries)
+    with_dport = any(e.match.ports for e in entries)
+    dynamic = any(e.peer is not None and e.peer.kind != "cidr" for e in entries)
+    rules = []
+    for v in (4, 6):
+        boxes = disjoint_union(bx for e in entries for bx in entry_boxes(e, v, with_sport, with_dport))
+        full = ((0, 2 ** ADDR_BITS[v] - 1), FULL_PROTO) + (FULL_PORTS,) * (with_sport + with_dport)
+        if boxes == (full,):
+            rules.append(f"meta nfproto {'ipv4' if v == 4 else 'ipv6'} {verdict}")
+            continue
+        if not boxes and not dynamic:
+            continue
+        key = [f"{FAMILY_KW[v]} {peer_kw}", "meta l4proto"] + ["th sport"] * with_sport + \
+            ["th dport"] * with_dport
+        types = [ADDR_TYPE[v], "inet_proto"] + ["inet_service"] * (with_sport + with_dport)
+        elements = tuple(" . ".join(render_interval(v if i == 0 else 0, iv) for i, iv in enumerate(bx))
+                         for bx in boxes)
+        sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements))
+        rules.append(f"{' . '.join(key)} @{sname} {verdict}")
+    if len(rules) == 2 and all(r.startswith("meta nfproto") for r in rules):
+        rules = [verdict]
+    return rules
+
+
+def _net_interval(net) -> tuple[int, int]:
+    return int(net.network_address), int(net.broadcast_address)
+
+
+def _merge(nets) -> list:
+    return list(ipaddress.collapse_addresses(nets)) if nets else []
+
+
+def render_interval(version: int, iv: tuple[int, int]) -> str:
+    """version 4/6: an address range; 0: a plain integer range (protocol, port)."""
+    lo, hi = iv
+    if version:
+        addr = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        return str(addr(lo)) if lo == hi else f"{addr(lo)}-{addr(hi)}"
+    return str(lo) if lo == hi else f"{lo}-{hi}"
