@@ -49,11 +49,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text}: not a port (0-65535)")
+def _number(text: str, hi: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{text}: not {what} (0-{hi})")
     return value
+
+
+def _port(text: str) -> int:
+    return _number(text, 65535, "a port")
+
+
+def _icmp_type(text: str) -> int:
+    return _number(text, 255, "an ICMP type")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dst", help="destination address (ingress: defaults to the interface's)")
     p.add_argument("--sport", type=_port, help="source port (default 40000)")
     p.add_argument("--dport", type=_port, help="destination port (tcp/udp)")
-    p.add_argument("--icmp-type", type=int, help="ICMP/ICMPv6 type")
+    p.add_argument("--icmp-type", type=_icmp_type, help="ICMP/ICMPv6 type")
     p.add_argument("--json", action="store_true", help='print {"verdict": ..., ...}')
     _add_kernel_commands(command)
     return parser

@@ -14,8 +14,8 @@ class InputError:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.value}: {self.message}" if self.path else \
-            f"{self.value}: {self.message}"
+        value = self.value if self.value.isprintable() else json.dumps(self.value)
+        return f"{self.path}: {value}: {self.message}" if self.path else f"{value}: {self.message}"
 
 
 def _error_order(err: InputError) -> tuple:
@@ -41,12 +41,15 @@ class KernelError(AgentError):
 
 
 def show_value(value: Any) -> str:
+    """A value as one short line: plain strings as they are; strings with surrounding
+    blanks or line breaks (a YAML block scalar) and everything else as JSON."""
     if value is None:
         return "null"
-    if isinstance(value, str):
-        return value if value and value.strip() == value else json.dumps(value)
-    try:
-        text = json.dumps(value, default=str, sort_keys=True)
-    except (TypeError, ValueError):
-        text = str(value)
+    if isinstance(value, str) and value and value.strip() == value and value.isprintable():
+        text = value
+    else:
+        try:
+            text = json.dumps(value, default=str, sort_keys=True)
+        except (TypeError, ValueError):
+            text = str(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -23,7 +23,8 @@ def describe_match(entry: Entry, direction: str) -> str:
         parts.append(f"sport {m.sports}")
     who = str(entry.peer) if entry.peer else ", ".join(str(n) for n in m.networks)
     if entry.peer and entry.peer.kind != "cidr":
-        who += f" ({len(m.networks)} networks)"
+        count = len(m.networks)
+        who += f" ({count} network{'' if count == 1 else 's'})"
     parts.append(f"{side} {who}")
     return " ".join(parts)
 
@@ -64,8 +65,11 @@ def local_interface(state: DesiredState, name: str) -> Interface:
         return state.local_interfaces[name]
     except KeyError:
         known = ", ".join(sorted(state.local_interfaces)) or "none"
-        raise InvalidInput([InputError("interface", name,
-                                       f"not a local interface on host {state.host} (known: {known})")]) from None
+        remote = [f"instance {i.id} on host {i.host}" for i in state.instances
+                  if i.host not in (None, state.host) and any(n.name == name for n in i.interfaces)]
+        where = f"; it belongs to {', '.join(remote)}" if remote else ""
+        raise InvalidInput([InputError("interface", name, f"not a local interface on host {state.host}"
+                                       f"{where} (known: {known})")]) from None
 
 
 def parse_protocol(text: str) -> int:

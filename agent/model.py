@@ -146,11 +146,24 @@ def member_addresses(inst: Instance) -> tuple[IPAddress, ...]:
                  if inst.network == VPC or nic.nic_type == INTRANET for a in nic.addresses)
 
 
+def rule_content(doc: RuleDoc) -> dict:
+    """What makes two rules the same rule: every field but id and description, spelled
+    canonically (port 80 == "80/80", "-1/-1" == no ports, CIDRs normalised)."""
+    content = doc.model_dump(exclude={"id", "description"}, exclude_none=True)
+    for key in ("port_range", "source_port_range"):
+        ports = _port_range(content.pop(key, None))
+        if ports:
+            content[key] = f"{ports.lo}/{ports.hi}"
+    for key in ("source_cidr", "dest_cidr"):
+        if key in content:
+            content[key] = str(parse_network(content[key]))
+    return content
+
+
 def derive_rule_id(group_id: str, doc: RuleDoc) -> str:
     """A stable id from the rule's content: the same rule keeps its id across edits
     elsewhere and reorderings, and identical rules get the same id (and are merged)."""
-    content = doc.model_dump(exclude={"id", "description"}, exclude_none=True)
-    digest = hashlib.sha256(json.dumps([group_id, content], sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps([group_id, rule_content(doc)], sort_keys=True).encode())
     return f"{doc.direction[:2]}-{digest.hexdigest()[:10]}"
 
 
@@ -173,7 +186,8 @@ def build_rule(group_id: str, doc: RuleDoc) -> Rule:
 
 
 def build_state(doc: DocumentDoc, host: str) -> DesiredState:
-    """Domain objects from a document that `agent.validate` found valid."""
+    """Domain objects from a document that `agent.validate` found valid. `host` is the
+    agent's name as resolved by `agent.validate.agent_host` (--host over the document's)."""
     groups = []
     for g in doc.security_groups:
         rules = sorted({build_rule(g.id, r) for r in g.rules})
@@ -190,7 +204,7 @@ def build_state(doc: DocumentDoc, host: str) -> DesiredState:
     prefix_lists = tuple(sorted((p.id, tuple(sorted({parse_network(e) for e in p.entries},
                                                     key=_net_key)))
                                 for p in doc.prefix_lists))
-    return DesiredState(host=doc.host or host, groups=tuple(sorted(groups, key=lambda g: g.id)),
+    return DesiredState(host=host, groups=tuple(sorted(groups, key=lambda g: g.id)),
                         instances=tuple(sorted(instances, key=lambda i: i.id)),
                         prefix_lists=prefix_lists, anti_spoofing=doc.anti_spoofing,
                         revoke_connections=doc.revoke_connections)

@@ -1,12 +1,13 @@
 """Loading and validating desired state: every error at once, each with its path.
 
     load_state(path) -> DesiredState      raises InvalidInput(errors)
-    validate_document(data, host) -> DesiredState
+    validate_document(data, host) -> DesiredState   host: --host, else the document's, else hostname
 
 Errors read `security_groups[2].rules[0].port_range: 90/80: start is after end`.
 """
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,26 +37,43 @@ def load_data(path: str | Path) -> Any:
         raise InvalidInput([InputError("", str(path), "no such file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput([InputError("", str(path), f"cannot read: {exc}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InvalidInput([InputError("", str(path), f"malformed YAML/JSON at {where}: {problem}")]) from None
+    data = parse_text(text, str(path))
     if data is None:
         raise InvalidInput([InputError("", str(path), "empty document")])
     if not isinstance(data, dict):
-        raise InvalidInput([InputError("", str(path),
-                                       f"top level must be a mapping, not a {type(data).__name__}")])
+        raise InvalidInput([InputError("", str(path), f"top level must be a mapping, not {kind_of(data)}")])
     return data
+
+
+def parse_text(text: str, name: str) -> Any:
+    """YAML (JSON is YAML), or JSON that YAML refuses (tab-indented JSON)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InvalidInput([InputError("", name, f"malformed YAML/JSON at {where}: {problem}")]) from None
+
+
+def kind_of(value: Any) -> str:
+    """'a list', 'a string', ... for messages about the shape of a value."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "a mapping"}.get(type(value), f"a {type(value).__name__}")
 
 
 def _pydantic_errors(exc: ValidationError) -> Iterator[InputError]:
     for err in exc.errors():
         path = format_loc(err["loc"])
         if err["type"] == "missing":
-            yield InputError(path, "(missing)", "is required")
+            yield InputError(path, "(missing)", _missing_message(path))
             continue
         yield InputError(path, show_value(err.get("input")), _message(err, path))
 
@@ -68,6 +86,12 @@ _MESSAGES = {
     "bool_type": "must be true or false", "bool_parsing": "must be true or false",
     "string_too_short": "must not be empty",
 }
+
+
+def _missing_message(path: str) -> str:
+    if path.startswith("instances[") and path.endswith("].security_groups"):
+        return "is required: an instance needs at least one security group"
+    return "is required"
 
 
 def _message(err: dict, path: str) -> str:
@@ -87,17 +111,28 @@ def _message(err: dict, path: str) -> str:
 def validate_document(data: Any, host: str | None = None) -> DesiredState:
     """The whole document, or InvalidInput with every error in it."""
     if not isinstance(data, dict):
-        raise InvalidInput([InputError("", show_value(data), "top level must be a mapping")])
+        raise InvalidInput([InputError("", show_value(data), f"top level must be a mapping, not {kind_of(data)}")])
     errors: list[InputError] = []
     try:
         doc = DocumentDoc.model_validate(data)
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc))
         doc = None
-    errors.extend(cross_reference_errors(data))
+    local_host = agent_host(data, host)
+    errors.extend(cross_reference_errors(data, local_host))
     if errors or doc is None:
         raise InvalidInput(errors)
-    return build_state(doc, host or socket.gethostname())
+    return build_state(doc, local_host)
+
+
+def agent_host(data: dict, host: str | None) -> str:
+    """The agent's name: the caller's (--host), else the document's `host`, else the hostname."""
+    doc_host = data.get("host")
+    if host:
+        return host
+    if isinstance(doc_host, str) and doc_host.strip():
+        return doc_host.strip()
+    return socket.gethostname()
 
 
 def load_state(path: str | Path, host: str | None = None) -> DesiredState:

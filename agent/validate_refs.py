@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter, defaultdict
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
+
+from pydantic import TypeAdapter, ValidationError
 
 from agent.errors import InputError, show_value
+from agent.model import rule_content
+from agent.schema import RuleDoc
 
 PEER_KINDS = ("cidr", "group", "prefix_list")
 PORTED = ("tcp", "udp")
 BASIC = ("default", "custom")
+BOOL = TypeAdapter(bool)
 
 
 def _items(data: Any, key: str) -> list[tuple[int, dict]]:
@@ -22,27 +27,50 @@ def _items(data: Any, key: str) -> list[tuple[int, dict]]:
     return [(i, x) for i, x in enumerate(seq) if isinstance(x, dict)] if isinstance(seq, list) else []
 
 
-def _word(value: Any, default: str) -> Any:
-    return default if value is None else (value.strip().lower() if isinstance(value, str) else value)
+def _word(value: Any, default: str) -> Optional[str]:
+    """A keyword, lowercased; `default` when absent; None when not a string at all
+    (pydantic reports that shape error; the checks here skip the field)."""
+    if value is None:
+        return default
+    return value.strip().lower() if isinstance(value, str) else None
+
+
+def _key(value: Any) -> Optional[str]:
+    """An id, reference or name as the document model reads it (surrounding blanks
+    stripped); None when it is not a string (pydantic reports that)."""
+    return value.strip() if isinstance(value, str) else None
+
+
+def _flag(value: Any) -> bool:
+    """True where the document model reads true ('yes', 1, ...); shape errors are its own."""
+    try:
+        return BOOL.validate_python(value)
+    except ValidationError:
+        return False
 
 
 def _ids(items: list[tuple[int, dict]]) -> set:
-    return {x.get("id") for _, x in items if isinstance(x.get("id"), str)}
+    return {_key(x.get("id")) for _, x in items} - {None}
 
 
 def _duplicates(pairs: list[tuple[str, Any]], what: str) -> Iterator[InputError]:
     seen: Counter = Counter()
     for path, value in pairs:
-        if isinstance(value, str) and seen[value]:
+        value = _key(value)
+        if value is None:
+            continue                # a shape error; pydantic reports it
+        if seen[value]:
             yield InputError(path, value, f"duplicate {what}")
         seen[value] += 1
 
 
-def cross_reference_errors(data: dict) -> list[InputError]:
+def cross_reference_errors(data: dict, host: Optional[str] = None) -> list[InputError]:
+    """Every cross-reference error of `data`; `host` is the agent's name (instances on it,
+    or with no host, are local and share one namespace of interface names)."""
     groups = _items(data, "security_groups")
-    group_types = {g["id"]: _word(g.get("type"), "custom") for _, g in groups
+    group_types = {_key(g["id"]): _word(g.get("type"), "custom") for _, g in groups
                    if isinstance(g.get("id"), str)}
-    group_nets = {g["id"]: _word(g.get("network"), "vpc") for _, g in groups
+    group_nets = {_key(g["id"]): _word(g.get("network"), "vpc") for _, g in groups
                   if isinstance(g.get("id"), str)}
     prefix_lists = _ids(_items(data, "prefix_lists"))
     errors: list[InputError] = []
@@ -50,7 +78,7 @@ def cross_reference_errors(data: dict) -> list[InputError]:
         errors += _duplicates([(f"{key}[{i}].id", x.get("id")) for i, x in _items(data, key)], "id")
     for gi, group in groups:
         errors += _group_errors(f"security_groups[{gi}]", group, group_types, prefix_lists)
-    errors += _instance_errors(data, group_types, group_nets)
+    errors += _instance_errors(data, group_types, group_nets, host)
     return errors
 
 
@@ -60,7 +88,7 @@ def _group_errors(path: str, group: dict, group_types: dict, prefix_lists: set) 
         yield InputError(f"{path}.inner_access", "accept",
                          "an enterprise group cannot let its members reach each other by default")
     for flag in ("allow_http", "allow_https"):
-        if group.get(flag) and gtype != "default":
+        if _flag(group.get(flag)) and gtype not in ("default", None):
             yield InputError(f"{path}.{flag}", show_value(group[flag]),
                              "only a group of type default has default rules to extend")
     rules = _items(group, "rules")
@@ -69,15 +97,19 @@ def _group_errors(path: str, group: dict, group_types: dict, prefix_lists: set) 
         rpath = f"{path}.rules[{ri}]"
         yield from _rule_errors(rpath, rule, _word(group.get("network"), "vpc"), group_types,
                                 prefix_lists)
-        rid = rule.get("id")
+        rid = _key(rule.get("id"))
         if isinstance(rid, str):
             if rid in by_id and _rule_content(by_id[rid]) != _rule_content(rule):
                 yield InputError(f"{rpath}.id", rid, "duplicate rule id in this group (with a different rule)")
             by_id.setdefault(rid, rule)
 
 
-def _rule_content(rule: dict) -> dict:
-    return {k: v for k, v in rule.items() if k != "description"}
+def _rule_content(rule: dict) -> Any:
+    """Canonical content when the rule is well-formed ('TCP' == 'tcp', 80 == '80/80')."""
+    try:
+        return rule_content(RuleDoc.model_validate(rule))
+    except (ValidationError, ValueError):
+        return {k: v for k, v in rule.items() if k not in ("id", "description")}
 
 
 def _rule_errors(path: str, rule: dict, network: str, group_types: dict,
@@ -110,13 +142,13 @@ def _rule_errors(path: str, rule: dict, network: str, group_types: dict,
 
 def _peer_ref_errors(path: str, rule: dict, side: str, group_types: dict, prefix_lists: set,
                      protocol: str) -> Iterator[InputError]:
-    group = rule.get(f"{side}_group")
+    group = _key(rule.get(f"{side}_group"))
     if isinstance(group, str):
         if group not in group_types:
             yield InputError(f"{path}.{side}_group", group, "unknown security group")
         elif group_types[group] == "enterprise":
             yield InputError(f"{path}.{side}_group", group, "an enterprise group cannot be named as a peer")
-    plist = rule.get(f"{side}_prefix_list")
+    plist = _key(rule.get(f"{side}_prefix_list"))
     if isinstance(plist, str) and plist not in prefix_lists:
         yield InputError(f"{path}.{side}_prefix_list", plist, "unknown prefix list")
     cidr = rule.get(f"{side}_cidr")
@@ -129,7 +161,9 @@ def _peer_ref_errors(path: str, rule: dict, side: str, group_types: dict, prefix
                          f"{protocol} is {'IPv4' if protocol == 'icmp' else 'IPv6'}-only; this CIDR never matches it")
 
 
-def _instance_errors(data: dict, group_types: dict, group_nets: dict) -> Iterator[InputError]:
+def _instance_errors(data: dict, group_types: dict, group_nets: dict,
+                     host: Optional[str]) -> Iterator[InputError]:
+    local = host or (data["host"].strip() if isinstance(data.get("host"), str) else None)
     names_by_host: dict[Any, list[tuple[str, Any]]] = defaultdict(list)
     for ii, inst in _items(data, "instances"):
         path = f"instances[{ii}]"
@@ -137,13 +171,15 @@ def _instance_errors(data: dict, group_types: dict, group_nets: dict) -> Iterato
         refs = inst.get("security_groups")
         kinds = set()
         for gi, gid in enumerate(refs if isinstance(refs, list) else []):
-            if not isinstance(gid, str):
+            gid = _key(gid)
+            if gid is None:
                 continue
             if gid not in group_types:
                 yield InputError(f"{path}.security_groups[{gi}]", gid, "unknown security group")
                 continue
-            kinds.add("enterprise" if group_types[gid] == "enterprise" else "basic")
-            if group_nets[gid] != network:
+            if group_types[gid] is not None:
+                kinds.add("enterprise" if group_types[gid] == "enterprise" else "basic")
+            if None not in (group_nets[gid], network) and group_nets[gid] != network:
                 yield InputError(f"{path}.security_groups[{gi}]", gid,
                                  f"a {group_nets[gid]} group cannot hold a {network} instance")
         if len(kinds) > 1:
@@ -151,9 +187,12 @@ def _instance_errors(data: dict, group_types: dict, group_nets: dict) -> Iterato
                              "an instance cannot mix enterprise and basic (default/custom) groups")
         nics = _items(inst, "interfaces")
         yield from _nic_type_errors(path, network, nics)
-        host = None if inst.get("host") in (None, data.get("host")) else inst.get("host")
-        names_by_host[host] += [(f"{path}.interfaces[{ni}].name", nic.get("name")) for ni, nic in nics]
-    for host, names in names_by_host.items():
+        where = inst.get("host")
+        if where is not None and not isinstance(where, str):
+            continue                # a shape error; pydantic reports it
+        where = None if where is None or where.strip() == local else where.strip()
+        names_by_host[where] += [(f"{path}.interfaces[{ni}].name", nic.get("name")) for ni, nic in nics]
+    for names in names_by_host.values():
         yield from _duplicates(names, "interface name on this host")
 
 

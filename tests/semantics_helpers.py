@@ -15,7 +15,8 @@ HOST = "hv-01"
 def rule(direction: str, protocol: str = "all", policy: str = "accept", priority: int = 1,
          ports: Optional[str] = None, sports: Optional[str] = None, **peer: Any) -> dict:
     """A rule dict. The peer is a keyword: src=CIDR, dst=CIDR, src_group=G, dst_group=G,
-    src_pl=PL, dst_pl=PL, or the document's own key names (source_cidr=...)."""
+    src_pl=PL, dst_pl=PL, or the document's own key names (source_cidr=...);
+    ingress()/egress() default it to 0.0.0.0/0 when none is given."""
     keys = {"src": "source_cidr", "dst": "dest_cidr", "src_group": "source_group",
             "dst_group": "dest_group", "src_pl": "source_prefix_list", "dst_pl": "dest_prefix_list"}
     out: dict[str, Any] = {"direction": direction, "protocol": protocol, "policy": policy,
@@ -29,13 +30,19 @@ def rule(direction: str, protocol: str = "all", policy: str = "accept", priority
     return out
 
 
+PEER_KEYS = {"src", "dst", "src_group", "dst_group", "src_pl", "dst_pl", "source_cidr", "dest_cidr",
+             "source_group", "dest_group", "source_prefix_list", "dest_prefix_list"}
+
+
 def ingress(protocol: str = "all", policy: str = "accept", priority: int = 1, **kw: Any) -> dict:
-    kw.setdefault("src", "0.0.0.0/0")
+    if not PEER_KEYS & kw.keys():
+        kw["src"] = "0.0.0.0/0"
     return rule("ingress", protocol, policy, priority, **kw)
 
 
 def egress(protocol: str = "all", policy: str = "accept", priority: int = 1, **kw: Any) -> dict:
-    kw.setdefault("dst", "0.0.0.0/0")
+    if not PEER_KEYS & kw.keys():
+        kw["dst"] = "0.0.0.0/0"
     return rule("egress", protocol, policy, priority, **kw)
 
 
