@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional
 
 from agent.boxes import Box, disjoint_union
@@ -70,10 +70,24 @@ class _Builder:
     sets: dict[str, NftSet] = field(default_factory=dict)
     chains: dict[str, Chain] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    owners: dict[str, tuple] = field(default_factory=dict)   # nft name -> what it names
 
-    def add_set(self, s: NftSet) -> str:
-        self.sets.setdefault(s.name, s)
-        return s.name
+    def claim(self, base: str, identity: tuple) -> str:
+        """The name of the object `identity`: `base`, unless a different object already
+        holds it, then `base_2`, `base_3`, ... Two objects can want one name: `safe_name`
+        keeps 40 characters and a 24-bit hash, and group ids may contain '+' (groups
+        [a, b] and the single group 'a+b' have the same policy key text). Without this
+        the second object would silently reuse the first one's chain or set."""
+        name, n = base, 1
+        while self.owners.setdefault(name, identity) != identity:
+            n += 1
+            name = f"{base}_{n}"
+        return name
+
+    def add_set(self, s: NftSet, identity: tuple) -> str:
+        name = self.claim(s.name, ("set",) + identity)
+        self.sets.setdefault(name, replace(s, name=name))
+        return name
 
 
 def safe_name(text: str) -> str:
@@ -118,7 +132,7 @@ def interface_chain_name(nic: Interface, direction: str) -> str:
 
 
 def build_interface_chain(b: _Builder, nic: Interface, direction: str) -> str:
-    name = interface_chain_name(nic, direction)
+    name = b.claim(interface_chain_name(nic, direction), ("interface", nic.name, direction))
     try:
         elist = build_effective_list(b.state, nic.name, direction)
         rules = interface_rules(elist) + [f"goto {build_policy_chain(b, elist)}"]
@@ -131,7 +145,11 @@ def build_interface_chain(b: _Builder, nic: Interface, direction: str) -> str:
 
 def interface_rules(elist: EffectiveList) -> list[str]:
     """Stages 1-2: connection state, neighbour discovery, anti-spoofing."""
+    # A TCP packet that opens no connection (not a SYN) and belongs to none is invalid
+    # in the stateful sense; dropping it is also what makes revocation cut a TCP flow
+    # (with nf_conntrack_tcp_loose, a mid-stream packet would re-create the entry).
     rules = ["ct state vmap { established : accept, related : accept, invalid : drop }",
+             "tcp flags & (fin | syn | rst | ack) != syn drop",
              "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
              "nd-neighbor-advert } accept"]
     kinds = {e.kind for e in elist.entries}
@@ -152,9 +170,17 @@ def policy_key(state: DesiredState, nic: Interface, direction: str) -> str:
     return f"{'pin' if direction == INGRESS else 'peg'}_{inst.network}_{kind}_{groups}"
 
 
+def policy_identity(state: DesiredState, nic: Interface, direction: str) -> tuple:
+    """What a policy chain depends on (the structured form of `policy_key`)."""
+    inst = state.instance_by_id[nic.instance_id]
+    kind = nic.nic_type if inst.network == CLASSIC else "all"
+    return ("policy", direction, inst.network, kind, tuple(sorted(inst.groups)))
+
+
 def build_policy_chain(b: _Builder, elist: EffectiveList) -> str:
     """Stages 3-6, shared by interfaces with the same groups, network and nic type."""
-    name = safe_name(policy_key(b.state, elist.interface, elist.direction))
+    name = b.claim(safe_name(policy_key(b.state, elist.interface, elist.direction)),
+                   policy_identity(b.state, elist.interface, elist.direction))
     if name in b.chains:
         return name
     rules: list[str] = []
@@ -176,7 +202,8 @@ def intra_group_rules(b: _Builder, e: Entry, peer_kw: str) -> list[str]:
     for v in (4, 6):
         nets = [n for n in e.match.networks if n.version == v]
         sname = b.add_set(NftSet(f"grp{v}_{safe_name(e.group_id)}", ADDR_TYPE[v],
-                                 tuple(render_interval(v, _net_interval(n)) for n in _merge(nets))))
+                                 tuple(render_interval(v, _net_interval(n)) for n in _merge(nets))),
+                          ("group", e.group_id, v))
         rules.append(f"{FAMILY_KW[v]} {peer_kw} @{sname} accept")
     return rules
 
@@ -224,7 +251,7 @@ def block_rules(b: _Builder, prefix: str, verdict: str, entries: list[Entry], pe
         types = [ADDR_TYPE[v], "inet_proto"] + ["inet_service"] * (with_sport + with_dport)
         elements = tuple(" . ".join(render_interval(v if i == 0 else 0, iv) for i, iv in enumerate(bx))
                          for bx in boxes)
-        sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements))
+        sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements), ("block", prefix, v))
         rules.append(f"{' . '.join(key)} @{sname} {verdict}")
     if len(rules) == 2 and all(r.startswith("meta nfproto") for r in rules):
         rules = [verdict]

@@ -63,9 +63,18 @@ def dispatch_objects(state: DesiredState, dispatch: dict[str, list[tuple[str, st
     ]
     for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         nics = state.local_interfaces.values()
-        maps.append(NftSet(f"ingress_addr{v}", typ, tuple(sorted(
-            f"{a} : goto {chain_of[INGRESS][nic.name]}" for nic in nics if nic.name in ids
-            for a in nic.addresses if a.version == v)), interval=False, map_to="verdict"))
+        owners: dict = {}
+        for nic in nics:
+            if nic.name in ids:
+                for a in nic.addresses:
+                    if a.version == v:
+                        owners.setdefault(a, set()).add(chain_of[INGRESS][nic.name])
+        # An address held by two bridged ports cannot say whose ingress list judges it:
+        # drop (fail closed) rather than emit one key twice, which the kernel rejects
+        # ("File exists") together with the whole ruleset.
+        maps.append(NftSet(f"ingress_addr{v}", typ, tuple(
+            f"{a} : goto {min(chains)}" if len(chains) == 1 else f"{a} : drop"
+            for a, chains in sorted(owners.items())), interval=False, map_to="verdict"))
         addrs = sorted({str(a) for nic in nics for a in nic.addresses if a.version == v})
         maps.append(NftSet(f"local_addr{v}", typ, tuple(addrs), interval=False))
     return maps, _base_chains(bool(ids))
