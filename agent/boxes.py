@@ -9,7 +9,7 @@ heuristics: every function here is checked against brute force in the tests.
 from __future__ import annotations
 
 from functools import reduce
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 Interval = tuple[int, int]          # inclusive bounds
 Box = tuple[Interval, ...]
@@ -78,3 +78,52 @@ def covers(boxes: Iterable[Box], box: Box) -> bool:
     """True when the union of `boxes` contains every point of `box`."""
     parts = [p for b in boxes if (p := intersect(b, box)) is not None]
     return sum(volume(p) for p in disjoint_union(parts)) == volume(box)
+
+
+def first_match_region(items: Sequence[tuple[Box, bool]]) -> tuple[Box, ...]:
+    """`items` are the lines of an ordered list, each (box, accepts). Returns the points
+    whose FIRST containing box accepts, as sorted, pairwise-disjoint boxes.
+
+    This is what lets a whole priority-ordered rule list compile to one set lookup: a
+    point in the region is accepted by the list, any other point is not (it is dropped
+    by an earlier drop line or matches nothing). Same sweep as `disjoint_union`, with the
+    order of the lines kept: at a leaf the lowest-numbered present line decides."""
+    return _region(frozenset((i, box, acc) for i, (box, acc) in enumerate(items)), {}, {})
+
+
+def _region(items: frozenset, memo: dict, union_memo: dict) -> tuple[Box, ...]:
+    if not items or not any(acc for _, _, acc in items):
+        return ()
+    if items in memo:
+        return memo[items]
+    if len(next(iter(items))[1]) == 0:
+        return ((),) if min(items)[2] else ()
+    if all(acc for _, _, acc in items):
+        result = _union(frozenset(b for _, b, _ in items), union_memo)
+    else:
+        result = _region_sweep(items, memo, union_memo)
+    memo[items] = result
+    return result
+
+
+def _region_sweep(items: frozenset, memo: dict, union_memo: dict) -> tuple[Box, ...]:
+    points = sorted({b[0][0] for _, b, _ in items} | {b[0][1] + 1 for _, b, _ in items})
+    by_start = sorted(items, key=lambda it: it[1][0][0])
+    active: list = []
+    segments: list[list] = []
+    i = 0
+    for lo, nxt in zip(points, points[1:]):
+        while i < len(by_start) and by_start[i][1][0][0] <= lo:
+            active.append(by_start[i])
+            i += 1
+        active = [it for it in active if it[1][0][1] >= lo]
+        if not active:
+            continue
+        sub = _region(frozenset((o, b[1:], a) for o, b, a in active), memo, union_memo)
+        if not sub:
+            continue
+        if segments and segments[-1][1] + 1 == lo and segments[-1][2] == sub:
+            segments[-1][1] = nxt - 1
+        else:
+            segments.append([lo, nxt - 1, sub])
+    return tuple(((lo, hi),) + tail for lo, hi, sub in segments for tail in sub)

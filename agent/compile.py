@@ -9,9 +9,10 @@ Layout of the `inet` table (see docs/datapath.md):
 * per-interface chains: connection state, neighbour discovery, anti-spoofing, then
   `goto` a policy chain shared by every interface with the same groups and nic type.
 * policy chains: intra-group accepts (named per-group address sets), then the user and
-  default rules as *blocks*: runs of consecutive lines with the same verdict, each
-  matched with ONE lookup in a concatenated interval set per IP version, so the cost
-  does not grow with the number of rules. Then the final drop.
+  default rules painted into their *first-match accept region*: the points whose first
+  matching line accepts, as disjoint boxes in ONE concatenated interval set per IP
+  version (agent.boxes.first_match_region). One lookup decides stages 4-5 whatever the
+  number of rules or the order of their verdicts; anything outside is dropped.
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Optional
+from typing import Optional
 
-from agent.boxes import Box, disjoint_union
-from agent.model import (BRIDGED, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface)
+from agent.boxes import Box, first_match_region
+from agent.model import (ACCEPT, BRIDGED, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface)
 from agent.policy import (DEFAULTS, FINAL, INTRA_GROUP, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER,
                           EffectiveList, Entry, build_effective_list)
 
@@ -189,8 +190,7 @@ def build_policy_chain(b: _Builder, elist: EffectiveList) -> str:
         if e.stage == INTRA_GROUP:
             rules += intra_group_rules(b, e, peer_kw)
     matchable = [e for e in elist.entries if e.stage in (USER, DEFAULTS)]
-    for k, (verdict, entries) in enumerate(build_blocks(matchable)):
-        rules += block_rules(b, f"{name}_b{k}", verdict, entries, peer_kw)
+    rules += region_rules(b, name, matchable, peer_kw)
     rules.append("drop")
     assert elist.entries[-1].stage == FINAL
     b.chains[name] = Chain(name, tuple(rules))
@@ -208,18 +208,6 @@ def intra_group_rules(b: _Builder, e: Entry, peer_kw: str) -> list[str]:
     return rules
 
 
-def build_blocks(entries: Iterable[Entry]) -> list[tuple[str, list[Entry]]]:
-    """Consecutive lines with the same verdict form one block: within a block the
-    first match and any match give the same verdict, so one set lookup decides it."""
-    blocks: list[tuple[str, list[Entry]]] = []
-    for e in entries:
-        if blocks and blocks[-1][0] == e.verdict:
-            blocks[-1][1].append(e)
-        else:
-            blocks.append((e.verdict, [e]))
-    return blocks
-
-
 def entry_boxes(e: Entry, version: int, with_sport: bool, with_dport: bool) -> list[Box]:
     m = e.match
     if PROTOCOL_FAMILY.get(m.protocol, version) != version:
@@ -233,16 +221,22 @@ def entry_boxes(e: Entry, version: int, with_sport: bool, with_dport: bool) -> l
     return [(_net_interval(n),) + tuple(tail) for n in m.networks if n.version == version]
 
 
-def block_rules(b: _Builder, prefix: str, verdict: str, entries: list[Entry], peer_kw: str) -> list[str]:
+def region_rules(b: _Builder, prefix: str, entries: list[Entry], peer_kw: str) -> list[str]:
+    """Stages 4-5 as ONE lookup per IP version: the set holds exactly the points whose
+    first matching line (user rules by priority, drops first, then defaults) accepts.
+    Points outside it are dropped by an earlier drop line or by the final drop, so the
+    cost of a packet does not depend on the number of rules or their order."""
     with_sport = any(e.match.sports for e in entries)
     with_dport = any(e.match.ports for e in entries)
     dynamic = any(e.peer is not None and e.peer.kind != "cidr" for e in entries)
     rules = []
     for v in (4, 6):
-        boxes = disjoint_union(bx for e in entries for bx in entry_boxes(e, v, with_sport, with_dport))
+        items = [(bx, e.verdict == ACCEPT) for e in entries
+                 for bx in entry_boxes(e, v, with_sport, with_dport)]
+        boxes = first_match_region(items)
         full = ((0, 2 ** ADDR_BITS[v] - 1), FULL_PROTO) + (FULL_PORTS,) * (with_sport + with_dport)
         if boxes == (full,):
-            rules.append(f"meta nfproto {'ipv4' if v == 4 else 'ipv6'} {verdict}")
+            rules.append(f"meta nfproto {'ipv4' if v == 4 else 'ipv6'} accept")
             continue
         if not boxes and not dynamic:
             continue
@@ -251,10 +245,10 @@ def block_rules(b: _Builder, prefix: str, verdict: str, entries: list[Entry], pe
         types = [ADDR_TYPE[v], "inet_proto"] + ["inet_service"] * (with_sport + with_dport)
         elements = tuple(" . ".join(render_interval(v if i == 0 else 0, iv) for i, iv in enumerate(bx))
                          for bx in boxes)
-        sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements), ("block", prefix, v))
-        rules.append(f"{' . '.join(key)} @{sname} {verdict}")
+        sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements), ("region", prefix, v))
+        rules.append(f"{' . '.join(key)} @{sname} accept")
     if len(rules) == 2 and all(r.startswith("meta nfproto") for r in rules):
-        rules = [verdict]
+        rules = ["accept"]
     return rules
 
 

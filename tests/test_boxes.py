@@ -12,7 +12,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.boxes import contains, covers, disjoint_union, intersect, volume
+from agent.boxes import contains, covers, disjoint_union, first_match_region, intersect, volume
 
 N = 8                               # coordinates 0..7
 SETTINGS = settings(max_examples=400, deadline=None)
@@ -150,3 +150,27 @@ def test_scale_10000_mostly_disjoint_4d_boxes():
     # every input box is covered by the output (sample, brute force would be too slow)
     for box in rng.sample(boxes, 50):
         assert covers(out, box)
+
+
+# -- first_match_region: the compiler's one-lookup encoding of an ordered list ---------
+
+@st.composite
+def ordered_lines(draw):
+    dims = draw(st.integers(1, 3))
+    iv = st.tuples(st.integers(0, 6), st.integers(0, 6)).map(lambda t: (min(t), max(t)))
+    box = st.tuples(*[iv] * dims)
+    return dims, draw(st.lists(st.tuples(box, st.booleans()), max_size=7))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ordered_lines())
+def test_first_match_region_is_the_first_match_verdict(case):
+    """A point is in the region exactly when the first line containing it accepts, and
+    the region's boxes are pairwise disjoint (the kernel refuses overlaps)."""
+    dims, lines = case
+    region = first_match_region(lines)
+    for a, b in itertools.combinations(region, 2):
+        assert intersect(a, b) is None
+    for point in itertools.product(range(8), repeat=dims):
+        first = next((acc for box, acc in lines if contains(box, point)), False)
+        assert sum(contains(b, point) for b in region) == (1 if first else 0), (lines, point)
