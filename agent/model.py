@@ -139,6 +139,12 @@ class DesiredState:
                                   key=lambda a: (a.version, a)))
                 for gid, insts in self.members.items()}
 
+    @cached_property
+    def group_networks(self) -> dict[str, tuple[IPNetwork, ...]]:
+        """Group id -> its member addresses as host networks (/32, /128), computed once."""
+        return {gid: tuple(ipaddress.ip_network(a) for a in addrs)
+                for gid, addrs in self.group_addresses.items()}
+
 
 def member_addresses(inst: Instance) -> tuple[IPAddress, ...]:
     """The addresses an instance lends to its groups: intranet interfaces (VPC: all)."""

@@ -97,7 +97,7 @@ def peer_networks(state: DesiredState, peer: Peer) -> tuple[IPNetwork, ...]:
         return (ipaddress.ip_network(peer.value),)
     if peer.kind == "prefix_list":
         return state.prefix_list_by_id.get(peer.value, ())
-    return tuple(ipaddress.ip_network(a) for a in state.group_addresses.get(peer.value, ()))
+    return state.group_networks.get(peer.value, ())
 
 
 def rule_order(rule: Rule) -> tuple:
