@@ -1,7 +1,7 @@
 #!/bin/sh
 # Idempotent: installs the Debian packages the agent, its tests and the demo need.
 set -eu
-PKGS="nftables python3-nftables python3-venv conntrack netsniff-ng iproute2 iputils-ping ncat"
+PKGS="nftables python3-nftables python3-venv conntrack netsniff-ng iproute2 iputils-ping ncat etcd-server etcd-client"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,0 +1,153 @@
+"""The desired-state document as etcd keys, and back (pure).
+
+Under a prefix P (from `etcd://HOST:PORT[,HOST:PORT...]/P`, stored with a leading slash):
+
+    /P/meta                     top-level fields other than the three lists ({} at least);
+                                its presence marks a published document
+    /P/groups/<id>              one security group (the object of `security_groups`)
+    /P/instances/<id>           one instance
+    /P/prefix_lists/<id>        one prefix list
+
+Values are JSON objects (publish writes them canonical: sorted keys, no blanks). Reading
+rebuilds the document with each list sorted by id; an object without `id` takes it from
+its key. Malformed values, ids that contradict their key and a missing `meta` are
+SourceErrors naming the keys: a source reports bad data, it never hands over an empty
+document that would flush the fleet's filtering.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from agent.sources import SourceError
+
+log = logging.getLogger(__name__)
+LISTS = {"security_groups": "groups", "instances": "instances", "prefix_lists": "prefix_lists"}
+FOLDERS = {folder: name for name, folder in LISTS.items()}
+_ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class EtcdTarget:
+    endpoints: tuple[str, ...]      # "host:port"
+    prefix: str                     # "/secgroups" (no trailing slash)
+
+    @property
+    def key_prefix(self) -> str:
+        return self.prefix + "/"
+
+
+def parse_etcd_spec(spec: str) -> EtcdTarget:
+    """`etcd://HOST:PORT[,HOST:PORT...]/PREFIX` -> EtcdTarget; SourceError when malformed."""
+    rest = spec.removeprefix("etcd://")
+    hosts, _, path = rest.partition("/")
+    endpoints = tuple(h.strip() for h in hosts.split(",") if h.strip())
+    prefix = "/" + path.strip("/")
+    bad = [e for e in endpoints if not _ENDPOINT.match(e)]
+    if not spec.startswith("etcd://") or not endpoints or bad or prefix == "/" or "?" in path:
+        raise SourceError(f"{spec}: not an etcd source; expected etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
+                          + (f" (bad endpoint {bad[0]})" if bad and spec.startswith("etcd://") else ""))
+    return EtcdTarget(endpoints, prefix)
+
+
+def canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str).encode()
+
+
+def document_keys(data: dict, prefix: str) -> dict[str, bytes]:
+    """The keys and values of a (validated) document."""
+    meta = {k: v for k, v in data.items() if k not in LISTS}
+    out = {f"{prefix}/meta": canonical(meta)}
+    for name, folder in LISTS.items():
+        for obj in data.get(name) or ():
+            out[f"{prefix}/{folder}/{obj['id']}"] = canonical(obj)
+    return out
+
+
+def _load(key: str, value: bytes, errors: list[str]) -> Optional[dict]:
+    try:
+        obj = json.loads(value.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        errors.append(f"{key}: malformed JSON: {exc}")
+        return None
+    if not isinstance(obj, dict):
+        errors.append(f"{key}: must be a JSON object, not {type(obj).__name__}")
+        return None
+    return obj
+
+
+def _place(key: str, rest: str, obj: dict, lists: dict[str, list], errors: list[str]) -> None:
+    folder, _, oid = rest.partition("/")
+    name = FOLDERS[folder]
+    if "id" not in obj:
+        obj["id"] = oid
+    elif obj["id"] != oid:
+        errors.append(f"{key}: id {json.dumps(obj['id'])} does not match the key")
+        return
+    lists[name].append(obj)
+
+
+def _known(rest: str) -> bool:
+    folder, _, oid = rest.partition("/")
+    return rest == "meta" or (folder in FOLDERS and bool(oid))
+
+
+def keys_document(kvs: dict[str, bytes], prefix: str, source: str) -> dict:
+    """The document held by the keys under `prefix`; SourceError naming every bad key."""
+    meta_key = f"{prefix}/meta"
+    if meta_key not in kvs:
+        raise SourceError(f"{source}: no document under {prefix}/ (key {meta_key} is missing; "
+                          f"write one with `secgroup-agent publish`)")
+    errors: list[str] = []
+    doc = _load(meta_key, kvs[meta_key], errors) or {}
+    for name in LISTS:
+        if name in doc:
+            errors.append(f"{meta_key}: must not hold {name} (those are keys of their own)")
+    lists: dict[str, list] = {name: [] for name in LISTS}
+    for key in sorted(kvs):
+        rest = key[len(prefix) + 1:]
+        if not _known(rest):
+            _warn_unknown(key)
+        elif rest != "meta" and (obj := _load(key, kvs[key], errors)) is not None:
+            _place(key, rest, obj, lists, errors)
+    if errors:
+        raise SourceError(f"{source}: bad data: " + "; ".join(errors))
+    doc.update({name: items for name, items in lists.items() if items})
+    return doc
+
+
+def _warn_unknown(key: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("etcd layout: ignoring key %s (expected meta, groups/<id>, instances/<id> "
+                    "or prefix_lists/<id>)", key)
+
+
+@dataclass(frozen=True)
+class Plan:
+    puts: dict[str, bytes]
+    deletes: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.puts and not self.deletes
+
+
+def _same(old: bytes, new: bytes) -> bool:
+    if old == new:
+        return True
+    try:
+        return json.loads(old) == json.loads(new)
+    except ValueError:
+        return False
+
+
+def plan_changes(current: dict[str, bytes], desired: dict[str, bytes]) -> Plan:
+    """What turns `current` into `desired`: changed or new keys, and keys that are gone."""
+    puts = {k: v for k, v in desired.items() if k not in current or not _same(current[k], v)}
+    return Plan(puts, tuple(sorted(k for k in current if k not in desired)))
