@@ -111,3 +111,20 @@ def set_elements(family: str, table: str, name: str) -> list[str]:
         if "set" in obj:
             return [e if isinstance(e, str) else json.dumps(e) for e in obj["set"].get("elem", [])]
     return []
+
+
+def set_comment(family: str, table: str, name: str) -> Optional[str]:
+    """The comment of a named set (None when the table, the set or a comment is absent)."""
+    with _lock:
+        ctx = _nft()
+        ctx.set_json_output(True)
+        try:
+            rc, out, _err = ctx.cmd(f"list set {family} {table} {name}")
+        finally:
+            ctx.set_json_output(False)
+    if rc != 0:
+        return None
+    for obj in json.loads(out).get("nftables", []):
+        if "set" in obj:
+            return obj["set"].get("comment")
+    return None

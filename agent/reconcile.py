@@ -1,6 +1,18 @@
-"""The reconciler: desired state -> kernel, then revocation of what is no longer allowed."""
+"""The reconciler: desired state -> kernel, then revocation of what is no longer allowed.
+
+Unchanged applies are detected cheaply: the script is rendered, hashed (sha256), and the
+digest is committed with it, as the comment of the empty set `agent_stamp` in the inet
+table. The next apply compares the digest of its own script with that comment (one
+`list set` of an empty set) and the agent's tables present in the kernel with the ones
+the script would leave (one `list tables`). Both equal: the kernel already holds exactly
+this script, so nothing is committed and nothing revoked (`ApplyReport.changed` is
+False). The stamp witnesses the agent's own writes only: a hand edit inside the table
+that keeps the set is not seen by this check (`apply_once(..., force=True)` re-commits
+regardless); a deleted or foreign-replaced table is.
+"""
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import time
@@ -9,7 +21,7 @@ from dataclasses import dataclass, field
 from agent import conntrack, nft
 from agent.compile import TABLE, Ruleset, build_ruleset
 from agent.model import DesiredState
-from agent.render import render_flush, render_ruleset
+from agent.render import STAMP_SET, render_flush, render_ruleset
 from agent.revoke import plan_revocations
 
 log = logging.getLogger(__name__)
@@ -24,8 +36,13 @@ class ApplyReport:
     chains: int
     revoked: int
     errors: tuple[str, ...] = field(default=())
+    changed: bool = True            # False: the kernel already held this exact ruleset
 
     def summary(self) -> str:
+        if not self.changed:
+            text = (f"unchanged: the kernel already holds this ruleset ({self.interfaces} interfaces); "
+                    f"nothing applied, 0 connections revoked (checked in {self.seconds * 1000:.0f} ms)")
+            return text + "".join(f"\nerror: {e}" for e in self.errors)
         text = (f"applied: {self.interfaces} interfaces, {self.chains} chains, {self.sets} sets "
                 f"in {self.seconds * 1000:.0f} ms (kernel {self.nft_seconds * 1000:.0f} ms); "
                 f"{self.revoked} connections revoked")
@@ -44,8 +61,22 @@ def read_local_addresses() -> frozenset:
     return frozenset(out)
 
 
-def apply_ruleset(ruleset: Ruleset) -> float:
-    return nft.apply_script(render_ruleset(ruleset))
+def apply_ruleset(ruleset: Ruleset, stamp: str | None = None) -> float:
+    return nft.apply_script(render_ruleset(ruleset, stamp))
+
+
+def script_stamp(ruleset: Ruleset) -> str:
+    """The digest of the script (rendered without its stamp) that `ruleset` commits."""
+    return "sha256:" + hashlib.sha256(render_ruleset(ruleset).encode()).hexdigest()
+
+
+def kernel_holds(ruleset: Ruleset, stamp: str) -> bool:
+    """True when the kernel's tables are the ones the last commit of this exact
+    script left: same stamp in the inet table, same set of owned tables present."""
+    if nft.set_comment("inet", TABLE, STAMP_SET) != stamp:
+        return False
+    present = set(nft.list_tables()) & set(ruleset.owned)
+    return present == {(t.family, t.name) for t in ruleset.tables}
 
 
 def revoke_connections(state: DesiredState, previous: frozenset) -> int:
@@ -55,12 +86,20 @@ def revoke_connections(state: DesiredState, previous: frozenset) -> int:
     return conntrack.delete_flows(r.flow for r in plan) if plan else 0
 
 
-def apply_once(state: DesiredState) -> ApplyReport:
-    """Compile, commit in one transaction, then revoke flows the state no longer allows."""
+def apply_once(state: DesiredState, force: bool = False) -> ApplyReport:
+    """Compile, commit in one transaction, then revoke flows the state no longer allows.
+    When the kernel already holds this exact ruleset (see the module docstring), commit
+    nothing and report `changed=False`, unless `force`."""
     start = time.monotonic()
     ruleset = build_ruleset(state)
+    stamp = script_stamp(ruleset)
+    if not force and kernel_holds(ruleset, stamp):
+        return ApplyReport(time.monotonic() - start, 0.0, len(state.local_interfaces),
+                           sum(len(t.sets) for t in ruleset.tables),
+                           sum(len(t.chains) for t in ruleset.tables), 0, ruleset.errors,
+                           changed=False)
     previous = read_local_addresses()
-    nft_seconds = apply_ruleset(ruleset)
+    nft_seconds = apply_ruleset(ruleset, stamp)
     revoked = revoke_connections(state, previous) if state.revoke_connections else 0
     for err in ruleset.errors:
         log.error("host %s: %s", state.host, err)

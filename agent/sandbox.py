@@ -81,6 +81,10 @@ class Sandbox:
         run(["ip", "netns", "add", ns])
         self.namespaces.append(ns)
         self.ip(ns, "link", "set", "lo", "up")
+        # No duplicate address detection on the interfaces created here: while a
+        # link-local address is tentative, neighbour solicitations are not sent at all,
+        # so the first IPv6 packets would wait ~1 s (br0, the instances' eth0).
+        self.exec(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
         return ns
 
     # -- helpers -----------------------------------------------------------------
@@ -110,7 +114,6 @@ class Sandbox:
     def add_instance(self, name: str, tap: str, addresses: Sequence[str], mac: Optional[str] = None,
                      attachment: str = "routed") -> str:
         ns = self.add_namespace(name)
-        self.sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")
         self._veth(self.hv, tap, ns, "eth0", mac)
         if attachment == "bridged":
             self._attach_bridged(ns, tap, addresses)
@@ -121,6 +124,9 @@ class Sandbox:
 
     def _attach_routed(self, ns: str, tap: str, addresses: Sequence[str]) -> None:
         self.sysctl(self.hv, f"net.ipv4.conf.{tap}.proxy_arp", "1")
+        # answer proxied ARP requests at once (the default delays broadcast ones by a
+        # random 0-0.8 s, longer than a probe waits for an expected drop)
+        self.sysctl(self.hv, f"net.ipv4.neigh.{tap}.proxy_delay", "0")
         self.ip(self.hv, "-6", "addr", "add", "fe80::1/64", "dev", tap, "nodad")
         self.ip(ns, "route", "add", "169.254.1.1", "dev", "eth0")
         self.ip(ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
