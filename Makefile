@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv test test-unit test-kernel demo bench clean
+.PHONY: deps venv test test-unit test-kernel demo bench clean install integration
 
 deps:
 	@sh scripts/install-deps.sh
@@ -23,8 +23,50 @@ test: venv
 test-unit: venv
 	$(PY) -m pytest -q -m "not kernel" tests
 
+## Root only: the datapath through real kernels in network namespaces (tests/kernel).
+test-kernel: venv
+	$(PY) -m pytest -q tests/kernel
+
 demo: venv
 	$(PY) -m agent.demo examples/demo.yaml
 
+## Docker integration suite (integration/, README "Integration tests"): installs and starts
+## Docker if needed, builds the images (cached by content hash), runs the suite, and
+## removes its containers also on failure.
+integration: venv
+	@sh integration/host-setup.sh
+	@$(PY) -c "import pytest_docker" 2>/dev/null || $(PY) -m pip install -q -e '.[integration]'
+	@sh integration/build-images.sh
+	p=$${SGIT_PROJECT:-sgit$$$$}; SGIT_PROJECT=$$p $(PY) -m pytest -q integration; rc=$$?; \
+	    sh integration/cleanup.sh $$p; exit $$rc
+
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+## `make install`: the daemon as a systemd service (docs/operations.md). PREFIX/DESTDIR aware.
+PREFIX   ?= /opt/secgroup-agent
+UNITDIR  ?= /etc/systemd/system
+CONFDIR  ?= /etc/secgroup-agent
+DESTDIR  ?=
+INSTALL_ROOT := $(DESTDIR)$(PREFIX)
+
+install: deps
+	/usr/bin/python3 -m venv --system-site-packages $(INSTALL_ROOT)
+	$(INSTALL_ROOT)/bin/python -m pip install -q --upgrade pip
+	$(INSTALL_ROOT)/bin/python -m pip install -q .
+	@if [ -n "$(DESTDIR)" ]; then \
+	    grep -rlI -- "$(INSTALL_ROOT)" $(INSTALL_ROOT)/bin $(INSTALL_ROOT)/pyvenv.cfg | \
+	    xargs -r sed -i "s|$(INSTALL_ROOT)|$(PREFIX)|g"; fi
+	install -D -m 0644 docs/operations.md $(INSTALL_ROOT)/share/doc/operations.md
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed "s|/opt/secgroup-agent|$(PREFIX)|g" systemd/secgroup-agent.service \
+	    > $(DESTDIR)$(UNITDIR)/secgroup-agent.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/secgroup-agent.service
+	install -d -m 0755 $(DESTDIR)$(CONFDIR)
+	@if [ -e $(DESTDIR)$(CONFDIR)/config.yaml ]; then \
+	    echo "keeping the existing $(DESTDIR)$(CONFDIR)/config.yaml"; \
+	else install -m 0600 systemd/config.example.yaml $(DESTDIR)$(CONFDIR)/config.yaml; fi
+	install -m 0644 systemd/config.example.yaml $(DESTDIR)$(CONFDIR)/config.example.yaml
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	    systemctl daemon-reload; fi
+	@echo "installed; start with: systemctl enable --now secgroup-agent"

@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--icmp-type", type=_icmp_type, help="ICMP/ICMPv6 type")
     p.add_argument("--json", action="store_true", help='print {"verdict": ..., ...}')
     _add_kernel_commands(command)
+    __import__("agent.cli_daemon", fromlist=["add_commands"]).add_commands(command)
     __import__("agent.cli_fleet", fromlist=["add_commands"]).add_commands(command)
     from agent import cli_tools
     cli_tools.add_commands(command)

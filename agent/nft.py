@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import os
+import secrets
 import threading
 import time
 from typing import Any, Optional
@@ -39,12 +41,39 @@ def release_memory() -> None:
         pass
 
 
+# The kernel names the committer of every ruleset generation by pid and thread name
+# (comm). In a PID namespace (a container) the pid it reports is the host's, which the
+# process cannot map to itself; so every commit is made under this thread name, unique
+# per process, and the drift monitor (agent.nftmon) recognises its own commits by it.
+COMMIT_COMM = f"sga{os.getpid() % 100000:05d}{secrets.token_hex(3)}"[:15]
+_PR_SET_NAME, _PR_GET_NAME = 15, 16
+
+
+def _thread_name(name: Optional[bytes] = None) -> bytes:
+    """Get (no argument) or set the calling thread's kernel name (comm)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if name is None:
+            buf = ctypes.create_string_buffer(16)
+            libc.prctl(_PR_GET_NAME, buf, 0, 0, 0)
+            return buf.value
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    return b""
+
+
 def apply_script(script: str, what: str = "apply") -> float:
     """Commit `script` as one transaction; returns the seconds it took."""
     with _lock:
-        start = time.monotonic()
-        rc, _out, err = _nft().cmd(script)
-        took = time.monotonic() - start
+        previous = _thread_name()
+        _thread_name(COMMIT_COMM.encode())
+        try:
+            start = time.monotonic()
+            rc, _out, err = _nft().cmd(script)
+            took = time.monotonic() - start
+        finally:
+            _thread_name(previous)
     release_memory()
     if rc != 0:
         raise KernelError(f"nft refused the {what} (nothing was changed): {_first_lines(err)}")

@@ -1,0 +1,225 @@
+"""The daemon's reconciler: keeps the kernel holding the last valid desired state.
+
+It remembers the ruleset it applied, so a change costs one small incremental transaction
+(agent.incremental), and it knows when it does NOT know the kernel: at start (another
+process's table may be there: it is adopted and replaced atomically, never flushed
+first) and after drift, it applies the full atomic replace (agent.render).
+
+Everything that touches the kernel goes through `Kernel` (agent.nft, agent.nftmon,
+agent.conntrack in production; a fake in the unit tests).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Protocol
+
+from agent.compile import TABLE, Ruleset, build_ruleset
+from agent.errors import KernelError
+from agent.incremental import plan_update
+from agent.model import DesiredState
+from agent.render import render_ruleset
+from agent.revoke import Flow, plan_revocations
+
+log = logging.getLogger(__name__)
+FULL, INCREMENTAL, UNCHANGED = "full", "incremental", "unchanged"
+REPLACE_SETS_FROM = 1000       # sets in the ruleset from which changed sets are replaced whole
+                               # (libnftables' element commands cost ~1 s there; agent.incremental)
+
+
+class Kernel(Protocol):
+    def commit(self, script: str, what: str) -> float: ...
+    def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]: ...
+    def generation(self) -> int: ...
+    def tables_present(self, tables: tuple[tuple[str, str], ...]) -> bool: ...
+    def local_addresses(self) -> frozenset: ...
+    def list_flows(self) -> list[Flow]: ...
+    def delete_flows(self, flows: Iterable[Flow]) -> int: ...
+
+
+class RealKernel:
+    """The production boundary modules behind the `Kernel` interface."""
+
+    def commit(self, script: str, what: str) -> float:
+        from agent import nft
+        took = nft.apply_script(script, what)
+        if what != INCREMENTAL:
+            nft.apply_script("", "release")     # libnftables frees the big cache on its next call
+        return took
+
+    def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]:
+        from agent import nft
+        parts = [nft.list_table(family, name) for family, name in tables]
+        return None if all(p is None for p in parts) else "\n".join(p or "" for p in parts)
+
+    def tables_present(self, tables: tuple[tuple[str, str], ...]) -> bool:
+        from agent.nftmon import table_names
+        try:
+            return set(tables) <= table_names()
+        except OSError as exc:
+            raise KernelError(f"cannot list the nftables tables: {exc}") from exc
+
+    def generation(self) -> int:
+        from agent.nftmon import ruleset_generation
+        return ruleset_generation()
+
+    def local_addresses(self) -> frozenset:
+        from agent.reconcile import read_local_addresses
+        return read_local_addresses()
+
+    def list_flows(self) -> list[Flow]:
+        from agent import conntrack
+        return conntrack.list_flows()
+
+    def delete_flows(self, flows: Iterable[Flow]) -> int:
+        from agent import conntrack
+        return conntrack.delete_flows(flows)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    mode: str                 # full | incremental | unchanged
+    seconds: float            # compile + plan + commit
+    nft_seconds: float        # the commit alone
+    script_bytes: int
+    revoked: int
+    errors: tuple[str, ...] = ()     # interfaces compiled closed, and why
+
+
+def normalize_listing(text: Optional[str]) -> Optional[str]:
+    """A listing without what changes by itself (counters)."""
+    return None if text is None else re.sub(r"counter packets \d+ bytes \d+", "counter", text)
+
+
+@dataclass
+class Keeper:
+    kernel: Kernel
+    applied: Optional[Ruleset] = None         # None: the kernel's content is not known
+    state: Optional[DesiredState] = None
+    our_generation: Optional[int] = None      # generation right after our last commit
+    reference: Optional[str] = None           # the listing of what we applied
+    verified_generation: Optional[int] = None
+    repairs: int = 0
+    revoked_total: int = 0
+    tables: tuple[tuple[str, str], ...] = field(default=(("inet", TABLE), ("bridge", TABLE)))
+
+    def apply(self, state: DesiredState, revision: str = "?") -> ApplyResult:
+        start = time.monotonic()
+        ruleset = build_ruleset(state)
+        if self.applied is not None and ruleset == self.applied:
+            self.state = state
+            return ApplyResult(UNCHANGED, time.monotonic() - start, 0.0, 0, 0, ruleset.errors)
+        previous = self._previous_addresses()
+        mode, script = (INCREMENTAL, self.plan(ruleset)) if self.applied else (FULL, render_ruleset(ruleset))
+        nft_seconds = self._commit(mode, script, ruleset, revision)
+        if mode == INCREMENTAL and nft_seconds < 0:
+            mode, script = FULL, render_ruleset(ruleset)
+            nft_seconds = self._commit(FULL, script, ruleset, revision)
+        self._applied(ruleset, state)
+        revoked = self.revoke(state, previous) if state.revoke_connections else 0
+        for err in ruleset.errors:
+            log.error("revision %s: %s", revision, err)
+        return ApplyResult(mode, time.monotonic() - start, nft_seconds, len(script), revoked, ruleset.errors)
+
+    def plan(self, ruleset: Ruleset) -> str:
+        assert self.applied is not None
+        many = sum(len(t.sets) for t in self.applied.tables) >= REPLACE_SETS_FROM
+        return plan_update(self.applied, ruleset, replace_sets=many)
+
+    def _commit(self, mode: str, script: str, ruleset: Ruleset, revision: str) -> float:
+        """Seconds the commit took; -1 when an incremental script was refused (the
+        caller falls back to the full replace). A refused full replace raises."""
+        try:
+            return self.kernel.commit(script, mode) if script else 0.0
+        except KernelError as exc:
+            if mode != INCREMENTAL:
+                raise
+            log.warning("revision %s: incremental update refused, replacing the tables: %s", revision, exc)
+            return -1.0
+
+    def _applied(self, ruleset: Ruleset, state: DesiredState) -> None:
+        self.applied, self.state, self.reference = ruleset, state, None
+        self.our_generation = self._generation()
+        self.verified_generation = None
+
+    def _previous_addresses(self) -> frozenset:
+        if self.state is not None:
+            return frozenset(a for nic in self.state.local_interfaces.values() for a in nic.addresses)
+        try:
+            return self.kernel.local_addresses()
+        except KernelError as exc:
+            log.warning("table %s: cannot read the previous addresses: %s", TABLE, exc)
+            return frozenset()
+
+    def _generation(self) -> Optional[int]:
+        try:
+            return self.kernel.generation()
+        except OSError as exc:
+            log.debug("nftables generation unavailable: %s", exc)
+            return None
+
+    def revoke(self, state: DesiredState, previous: frozenset) -> int:
+        try:
+            plan = plan_revocations(state, self.kernel.list_flows(), previous)
+            for r in plan:
+                log.info("revoking %s %s -> %s: %s", r.flow.protocol, r.flow.src, r.flow.dst, r.reason)
+            deleted = self.kernel.delete_flows(r.flow for r in plan) if plan else 0
+        except KernelError as exc:
+            log.error("host %s: revocation failed: %s", state.host, exc)
+            return 0
+        self.revoked_total += deleted
+        return deleted
+
+    def repair(self, reason: str) -> float:
+        """Drift: replace the tables with what was applied last (one transaction)."""
+        if self.applied is None or self.state is None:
+            return 0.0
+        log.warning("table %s: drift (%s): replacing it", TABLE, reason)
+        took = self.kernel.commit(render_ruleset(self.applied), "repair")
+        self.repairs += 1
+        self._applied(self.applied, self.state)
+        return took
+
+    def verify(self, notifications_lost: bool = False, deep: bool = True) -> Optional[str]:
+        """Why the kernel no longer holds what was applied, or None. Nothing to do when
+        nothing was committed since the last check (the ruleset generation is unchanged);
+        a shallow check only sees that the tables exist (the monitor reports edits), a
+        deep one lists them and compares with the listing taken after the apply."""
+        if self.applied is None:
+            return None
+        gen = self._generation()
+        if gen is not None and gen == self.verified_generation:
+            return None
+        if not deep and not notifications_lost:
+            present = self.kernel.tables_present(tuple((t.family, t.name) for t in self.applied.tables))
+            return None if present else "the agent's tables are gone"
+        listing = normalize_listing(self.kernel.listing(self.tables))
+        if listing is None and self.applied.tables:
+            return "the agent's tables are gone"
+        if self.reference is None:
+            if gen is None or gen != self.our_generation:
+                if notifications_lost:
+                    return "changes happened while notifications were lost"
+            self.reference = listing
+        elif listing != self.reference:
+            return "the tables differ from what was applied"
+        self.verified_generation = gen
+        return None
+
+    def interface_gone(self, name: str) -> int:
+        """Delete the connections of a configured interface that disappeared."""
+        if self.state is None or name not in self.state.local_interfaces:
+            return 0
+        addresses = set(self.state.local_interfaces[name].addresses)
+        try:
+            flows = [f for f in self.kernel.list_flows() if f.src in addresses or f.dst in addresses]
+            deleted = self.kernel.delete_flows(flows) if flows else 0
+        except KernelError as exc:
+            log.error("interface %s: cannot delete its connections: %s", name, exc)
+            return 0
+        log.info("interface %s: removed; %d connection(s) deleted", name, deleted)
+        self.revoked_total += deleted
+        return deleted
+

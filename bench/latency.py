@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Change-to-enforced latency of `secgroup-agent run`, measured with real traffic, and
+the daemon's resident memory. Everything runs in network namespaces of its own.
+
+    sudo .venv/bin/python bench/latency.py --interfaces 10 --rules 50 --changes 20
+
+The desired state comes from /work/shared/tools/gen-config (or --config F). One local
+interface gets a real instance namespace; a bench rule (priority 1, udp, from the
+`outside` namespace) is added to one of its groups. Each change moves that rule to a new
+port P and is written to the watched file by atomic rename at time t0; a sender in
+`outside` sends to P every 0.5 ms; the receiver in the instance records the first
+packet's arrival t1 (CLOCK_MONOTONIC is shared by all namespaces). Latency = t1 - t0:
+inotify, read, validate, compile, plan, commit, plus < 0.5 ms of sending interval.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import ipaddress
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.model import INGRESS  # noqa: E402
+from agent.policy import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate  # noqa: E402
+from agent.sandbox import OUTSIDE4, Sandbox  # noqa: E402
+from agent.status import query  # noqa: E402
+from agent.validate import validate_document  # noqa: E402
+
+GEN = Path("/work/shared/tools/gen-config")
+PY = sys.executable
+
+RECEIVER = """
+import select, socket, sys, time
+for line in sys.stdin:
+    port = int(line)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+    print("READY", flush=True)
+    r, _, _ = select.select([s], [], [], 60)
+    print(f"GOT {time.monotonic() if r else -1}", flush=True); s.close()
+"""
+SENDER = """
+import socket, sys, threading, time
+dst = sys.argv[1]; port = [0]
+def blast():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    while True:
+        if port[0]:
+            try: s.sendto(b"x", (dst, port[0]))
+            except OSError: pass
+        time.sleep(0.0005)
+threading.Thread(target=blast, daemon=True).start()
+for line in sys.stdin:
+    port[0] = int(line); print("OK", flush=True)
+"""
+
+
+def bench_rule(port: int) -> dict:
+    return {"id": "bench-probe", "direction": "ingress", "policy": "accept", "priority": 1,
+            "protocol": "udp", "port_range": f"{port}/{port}", "source_cidr": "192.0.2.0/24"}
+
+
+def with_port(doc: dict, gid: str, port: int) -> dict:
+    new = copy.deepcopy(doc)
+    group = next(g for g in new["security_groups"] if g["id"] == gid)
+    group["rules"] = [r for r in group["rules"] if r.get("id") != "bench-probe"] + [bench_rule(port)]
+    return new
+
+
+def usable_ports(doc: dict, gid: str, nic: str, addr: str, count: int) -> list[int]:
+    """Ports where the bench rule decides (no priority-1 drop of other rules wins)."""
+    out = []
+    for port in range(61000, 65000):
+        state = validate_document(with_port(doc, gid, port))
+        packet = Packet(ipaddress.ip_address(OUTSIDE4), ipaddress.ip_address(addr),
+                        PROTOCOL_NUMBERS["udp"], 40000, port, None)
+        d = evaluate(build_effective_list(state, nic, INGRESS), packet)
+        if d.verdict == "accept" and d.entry.rule_id == "bench-probe":
+            out.append(port)
+            if len(out) == count + 1:
+                return out
+    raise SystemExit("no port where the bench rule decides")
+
+
+def write(path: Path, doc: dict) -> float:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    t0 = time.monotonic()
+    os.rename(tmp, path)
+    return t0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pick_interface(doc: dict) -> tuple[str, str, str]:
+    inst = doc["instances"][0]
+    nic = inst["interfaces"][0]
+    addr = next(a for a in nic["addresses"] if ":" not in a)
+    return inst["security_groups"][0], nic["name"], addr
+
+
+def measure(doc: dict, changes: int, tmp: Path) -> dict:
+    gid, nic, addr = pick_interface(doc)
+    ports = usable_ports(doc, gid, nic, addr, changes)
+    config, sock = tmp / "config.json", str(tmp / "agent.sock")
+    write(config, with_port(doc, gid, ports[0]))
+    with Sandbox(f"sgb{os.getpid() % 10000}") as sb:
+        ns = sb.add_instance("inst", nic, [addr])
+        t = time.monotonic()
+        agent = sb.popen(sb.hv, PY, "-m", "agent.cli", "run", "-c", str(config), "--socket", sock,
+                         stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT)
+        recv = sb.popen(ns, PY, "-c", RECEIVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        send = sb.popen(sb.outside, PY, "-c", SENDER, addr, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            first = wait_ready(sock, agent, t)
+            lat = [one_change(config, doc, gid, p, recv, send) for p in ports[1:]]
+            return {"first_apply_s": first, "latencies_ms": lat, "rss_mb": rss_mb(agent.pid),
+                    "status": query(sock)}
+        finally:
+            for p in (send, recv, agent):
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+
+
+def wait_ready(sock: str, agent: subprocess.Popen, t: float) -> float:
+    while True:
+        try:
+            if query(sock, timeout=1).get("ready"):
+                return time.monotonic() - t
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        if agent.poll() is not None:
+            raise SystemExit("the agent exited")
+        time.sleep(0.05)
+
+
+def one_change(config: Path, doc: dict, gid: str, port: int, recv, send) -> float:
+    new = with_port(doc, gid, port)
+    recv.stdin.write(f"{port}\n")
+    recv.stdin.flush()
+    assert recv.stdout.readline().strip() == "READY"
+    send.stdin.write(f"{port}\n")
+    send.stdin.flush()
+    assert send.stdout.readline().strip() == "OK"
+    time.sleep(0.05)                        # nothing may arrive before the change
+    t0 = write(config, new)
+    t1 = float(recv.stdout.readline().split()[1])
+    if t1 < 0:
+        raise SystemExit(f"port {port}: never enforced")
+    return (t1 - t0) * 1000
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--interfaces", type=int, default=10)
+    ap.add_argument("--rules", type=int, default=50)
+    ap.add_argument("--changes", type=int, default=20)
+    ap.add_argument("--config", help="use this desired state instead of gen-config's")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (network namespaces)")
+    if a.config:
+        doc = json.loads(Path(a.config).read_text()) if a.config.endswith(".json") else \
+            __import__("yaml").safe_load(Path(a.config).read_text())
+    else:
+        doc = json.loads(subprocess.run([str(GEN), "--interfaces", str(a.interfaces), "--rules", str(a.rules)],
+                                        capture_output=True, text=True, check=True).stdout)
+    with tempfile.TemporaryDirectory(prefix="sgbench") as tmp:
+        r = measure(doc, a.changes, Path(tmp))
+        if os.environ.get("BENCH_LOG"):
+            print((Path(tmp) / "agent.log").read_text()[-3000:])
+    lat, rs = r["latencies_ms"], r["status"]["ruleset"]
+    print(f"size: {a.interfaces} interfaces x {a.rules} rules/group -> {rs['chains']} chains, "
+          f"{rs['rules']} rules, {rs['sets']} sets, {rs['elements']} elements")
+    print(f"first (full) apply, start to ready: {r['first_apply_s']:.2f} s")
+    print(f"change-to-enforced over {len(lat)} changes: p50 {percentile(lat, .5):.1f} ms, "
+          f"p99 {percentile(lat, .99):.1f} ms, max {max(lat):.1f} ms, mean {statistics.mean(lat):.1f} ms")
+    print(f"daemon resident memory after the changes: {r['rss_mb']:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""The daemon and its reconciler against fakes of the kernel boundary (no root)."""
+from __future__ import annotations
+
+import copy
+import ipaddress
+import threading
+from pathlib import Path
+
+import yaml
+
+from agent.errors import InvalidInput, InputError, KernelError
+from agent.daemon import Daemon, DaemonConfig, Ports
+from agent.keeper import FULL, INCREMENTAL, UNCHANGED, Keeper
+from agent.revoke import Flow
+from agent.sources import SourceError
+from agent.status import StatusServer, format_status, query
+
+WEBSHOP = yaml.safe_load((Path(__file__).parent.parent / "examples" / "webshop.yaml").read_text())
+
+
+class FakeKernel:
+    def __init__(self):
+        self.scripts: list[tuple[str, str]] = []
+        self.gen = 1
+        self.table = None           # what `listing` returns
+        self.refuse_incremental = False
+        self.flows: list[Flow] = []
+        self.deleted: list[Flow] = []
+
+    def commit(self, script, what):
+        if what == INCREMENTAL and self.refuse_incremental:
+            raise KernelError("refused")
+        self.scripts.append((what, script))
+        self.gen += 1
+        self.table = f"table {len(self.scripts)}"
+        return 0.001
+
+    def listing(self, tables):
+        return self.table
+
+    def generation(self):
+        return self.gen
+
+    def tables_present(self, tables):
+        return self.table is not None
+
+    def local_addresses(self):
+        return frozenset()
+
+    def list_flows(self):
+        return list(self.flows)
+
+    def delete_flows(self, flows):
+        flows = list(flows)
+        self.deleted += flows
+        return len(flows)
+
+
+class FakeSource:
+    name = "fake:test"
+
+    def __init__(self, doc):
+        self.result = (doc, "r1")
+        self.on_change = None
+        self.closed = False
+
+    def fetch(self):
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+    def start(self, on_change):
+        self.on_change = on_change
+
+    def close(self):
+        self.closed = True
+
+
+class Closer:
+    def __init__(self):
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def make(doc=WEBSHOP, **ports):
+    kernel, source = FakeKernel(), FakeSource(copy.deepcopy(doc))
+    notes: list[str] = []
+    callbacks: dict = {}
+
+    def watch(drift, lost):
+        callbacks["drift"], callbacks["lost"] = drift, lost
+        return Closer()
+
+    def links(cb):
+        callbacks["link"] = cb
+        return Closer()
+
+    p = Ports(present_links=lambda: {"tap-web1"}, link_monitor=links, table_watch=watch,
+              notify=lambda *f: notes.extend(f) or True, **ports)
+    d = Daemon(source, Keeper(kernel), DaemonConfig(host="hv-01", watchdog_interval=0.01), p)
+    d.start_watchers()
+    d.refresh(force=True)
+    return d, kernel, source, notes, callbacks
+
+
+def test_first_apply_is_a_full_replace_then_ready():
+    d, kernel, _s, notes, _ = make()
+    assert [w for w, _ in kernel.scripts] == [FULL]
+    assert "delete table inet secgroup_agent" in kernel.scripts[0][1]    # adopt, never flush first
+    assert notes[:2] == ["READY=1", "STATUS=enforcing revision r1"]
+    assert d.snapshot() == {} or True
+    d.publish()
+    doc = d.snapshot()
+    assert doc["revision"] == "r1" and doc["ready"] and doc["interfaces"]["present"] == 1
+
+
+def test_change_is_incremental_and_unchanged_revision_costs_nothing():
+    d, kernel, source, _n, _ = make()
+    d.step([("source",)])
+    assert len(kernel.scripts) == 1                                       # same revision: nothing
+    doc = copy.deepcopy(WEBSHOP)
+    doc["security_groups"][0]["rules"][0]["port_range"] = "8080/8080"
+    source.result = (doc, "r2")
+    d.step([("source",), ("source",), ("source",)])                         # a burst: one apply
+    assert [w for w, _ in kernel.scripts] == [FULL, INCREMENTAL]
+    assert "delete table" not in kernel.scripts[1][1]
+    assert d.revision == "r2" and d.applies == {FULL: 1, INCREMENTAL: 1}
+
+
+def test_refused_incremental_falls_back_to_full_replace():
+    d, kernel, source, _n, _ = make()
+    kernel.refuse_incremental = True
+    doc = copy.deepcopy(WEBSHOP)
+    doc["security_groups"][0]["rules"][0]["port_range"] = "8080/8080"
+    source.result = (doc, "r2")
+    d.step([("source",)])
+    assert [w for w, _ in kernel.scripts] == [FULL, FULL] and d.revision == "r2"
+
+
+def test_invalid_input_keeps_state_reports_errors_and_recovers(caplog):
+    d, kernel, source, _n, _ = make()
+    bad = copy.deepcopy(WEBSHOP)
+    bad["security_groups"][0]["rules"][0]["port_range"] = "90/80"
+    bad["instances"][0]["security_groups"] = []
+    source.result = (bad, "r2")
+    d.step([("source",)])
+    assert len(kernel.scripts) == 1 and d.revision == "r1"
+    doc = d.snapshot()
+    assert doc["revision"] == "r1" and len(doc["errors"]) == 2 and doc["last_apply"]["result"] == "invalid"
+    assert any("port_range: 90/80: start is after end" in e for e in doc["errors"])
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert sum("port_range" in m for m in lines) == 1 and all("fake:test revision r2" in m for m in lines)
+    source.result = InvalidInput([InputError("", "/x.yaml", "malformed YAML/JSON at line 1")])
+    d.step([("source",)])
+    assert "/x.yaml" in d.snapshot()["errors"][0]
+    source.result = SourceError("unreachable")
+    d.step([("source",)])
+    assert d.snapshot()["errors"] == ["unreachable"] and len(kernel.scripts) == 1
+    source.result = (copy.deepcopy(WEBSHOP), "r1")                 # reverted: errors clear
+    d.step([("source",)])
+    assert d.snapshot()["errors"] == [] and len(kernel.scripts) == 1
+
+
+def test_invalid_at_start_applies_nothing_and_is_not_ready():
+    kernel, source = FakeKernel(), FakeSource(None)
+    source.result = InvalidInput([InputError("", "/c.yaml", "no such file")])
+    notes = []
+    d = Daemon(source, Keeper(kernel), DaemonConfig(), Ports(notify=lambda *f: notes.extend(f)))
+    d.start_watchers()
+    d.refresh(force=True)
+    assert kernel.scripts == [] and not d.ready and "READY=1" not in notes
+    source.result = (copy.deepcopy(WEBSHOP), "r1")
+    d.step([("source",)])
+    assert d.ready and "READY=1" in notes
+
+
+def test_drift_event_triggers_one_full_repair():
+    d, kernel, _s, _n, cb = make()
+    cb["drift"]("nft[1]: delete table inet secgroup_agent")
+    cb["drift"]("nft[1]: delete table inet secgroup_agent")
+    d.step(d._wait(block=False))
+    assert [w for w, _ in kernel.scripts] == [FULL, "repair"]
+    assert d.snapshot()["drift_repairs"] == 1
+
+
+def test_verify_takes_a_reference_then_repairs_a_difference():
+    d, kernel, _s, _n, _ = make()
+    assert d.keeper.verify() is None and d.keeper.reference == "table 1"
+    assert d.keeper.verify() is None                       # generation unchanged: no listing
+    kernel.gen += 1
+    kernel.table = "tampered"
+    d.verify()                                              # shallow: the tables exist
+    assert [w for w, _ in kernel.scripts] == [FULL]
+    d.verify(deep=True)
+    assert [w for w, _ in kernel.scripts] == [FULL, "repair"]
+    kernel.gen += 1
+    kernel.table = None
+    assert d.keeper.verify(deep=False) is not None         # tables gone
+
+
+def test_lost_notifications_with_foreign_commits_force_a_repair():
+    d, kernel, _s, _n, cb = make()
+    kernel.gen += 5                                         # someone committed; events lost
+    cb["lost"]()
+    d.step(d._wait(block=False))
+    assert [w for w, _ in kernel.scripts] == [FULL, "repair"]
+
+
+def test_interface_removal_deletes_its_connections_only():
+    d, kernel, _s, _n, cb = make()
+    nic = d.keeper.state.local_interfaces["tap-web1"]
+    mine = next(a for a in nic.addresses if a.version == 4)
+    other = ipaddress.ip_address("192.0.2.9")
+    kernel.flows = [Flow(mine, other, 6, 40000, 80), Flow(other, ipaddress.ip_address("198.51.100.1"), 6, 1, 2)]
+    cb["link"]("tap-web1", False)
+    cb["link"]("not-configured", False)
+    d.step(d._wait(block=False))
+    assert kernel.deleted == [kernel.flows[0]]
+    doc = d.snapshot()
+    assert doc["conntrack_deleted"] == 1 and doc["interfaces"]["present"] == 0
+    cb["link"]("tap-web1", True)
+    d.step(d._wait(block=False))
+    assert d.snapshot()["interfaces"]["present"] == 1
+
+
+def test_revocation_after_a_narrowing_change():
+    d, kernel, source, _n, _ = make()
+    web1 = next(a for a in d.keeper.state.local_interfaces["tap-web1"].addresses if a.version == 4)
+    kernel.flows = [Flow(ipaddress.ip_address("198.51.100.7"), web1, 6, 40000, 80)]
+    doc = copy.deepcopy(WEBSHOP)
+    for g in doc["security_groups"]:
+        g["rules"] = [r for r in g.get("rules", []) if r.get("port_range") != "80/80"]
+    source.result = (doc, "r2")
+    d.step([("source",)])
+    assert kernel.deleted == kernel.flows
+
+
+def test_watchdog_is_fed_and_stop_exits_zero():
+    d, _k, source, notes, _ = make()
+    d.step([])
+    assert "WATCHDOG=1" in notes
+    assert d.step([("stop",)]) is False
+    d.close()
+    assert source.closed
+
+
+def test_run_loop_stops_on_request():
+    d, *_ = make()
+    d.close()
+    threading.Timer(0.2, d.request, args=("stop",)).start()
+    assert d.run() == 0
+
+
+def test_status_socket_round_trip(tmp_path):
+    d, *_ = make()
+    d.publish()
+    path = tmp_path / "s" / "agent.sock"
+    server = StatusServer(str(path), d.snapshot).start()
+    try:
+        assert path.stat().st_mode & 0o777 == 0o600
+        doc = query(str(path))
+        assert doc["revision"] == "r1" and doc["source"] == "fake:test"
+        text = format_status(doc)
+        assert "revision r1" in text and "errors:      none" in text
+    finally:
+        server.close()
+    assert not path.exists()
+
+
+def test_metrics_expose_the_status_facts():
+    from prometheus_client import generate_latest
+    from agent.metrics import Metrics
+    d, *_ = make()
+    d.publish()
+    m = Metrics(d.snapshot)
+    d.ports.observe_apply = m.observe
+    d.keeper.applied = None                      # force a full apply through the hook
+    d.refresh(force=True)
+    text = generate_latest(m.registry).decode()
+    assert 'secgroup_agent_apply_duration_seconds_count{mode="full"} 1.0' in text
+    assert "secgroup_agent_ready 1.0" in text and "secgroup_agent_ruleset_rules" in text
+
+
+def test_sdnotify_datagram_and_watchdog_interval(tmp_path, monkeypatch):
+    import os
+    import socket
+    from agent import sdnotify
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        assert sdnotify.notify("READY=1", "STATUS=enforcing revision r1")
+        assert server.recv(100) == b"READY=1\nSTATUS=enforcing revision r1"
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert sdnotify.watchdog_interval() == 5.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")
+    assert sdnotify.watchdog_interval() is None
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert sdnotify.notify("READY=1") is False
+
+
+def test_nft_monitor_judges_transactions_by_committer():
+    import os
+    import struct
+    from agent.nftmon import NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, TableWatch
+
+    def attr(kind, value):
+        return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+    def msg(kind, family, *attrs):
+        return NFNL_SUBSYS_NFTABLES << 8 | kind, bytes([family, 0, 0, 0]) + b"".join(attrs)
+
+    seen = []
+    w = TableWatch.__new__(TableWatch)
+    w.tables, w.on_foreign, w._touched = {("inet", "secgroup_agent")}, seen.append, []
+    newgen = lambda pid: msg(NFT_MSG_NEWGEN, 0, attr(1, struct.pack(">I", 7)), attr(2, struct.pack(">I", pid)),
+                             attr(3, b"nft\0"))
+    w.handle(*msg(2, 1, attr(1, b"secgroup_agent\0")))          # delete table, by someone else
+    w.handle(*newgen(999999))
+    w.handle(*msg(2, 1, attr(1, b"secgroup_agent\0")))          # the agent's own transaction
+    w.handle(*newgen(os.getpid()))
+    w.handle(*msg(0, 1, attr(1, b"other\0")))                   # another table
+    w.handle(*newgen(999999))
+    assert seen == ["nft[999999]: delete table inet secgroup_agent"]
