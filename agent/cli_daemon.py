@@ -13,6 +13,12 @@ from agent.status import DEFAULT_SOCKET
 log = logging.getLogger(__name__)
 
 
+def source_options(args: argparse.Namespace) -> dict[str, str]:
+    """TLS and token options of `run` for an https:// or etcd:// source."""
+    return {k: getattr(args, k) for k in ("ca_file", "cert_file", "key_file", "token_file")
+            if getattr(args, k, None)}
+
+
 def build_daemon(args: argparse.Namespace):
     """The production daemon: real source, kernel, monitors, systemd and metrics."""
     from agent import links, nftmon, sdnotify
@@ -20,7 +26,7 @@ def build_daemon(args: argparse.Namespace):
     from agent.daemon import Daemon, DaemonConfig, Ports
     from agent.keeper import Keeper, RealKernel
     from agent.sources import open_source
-    source = open_source(args.source or args.config)
+    source = open_source(args.source or args.config, **source_options(args))
     ports = Ports(present_links=links.present_links, notify=sdnotify.notify)
     if not args.no_link_monitor:
         ports.link_monitor = lambda cb: _started(links.LinkMonitor(cb))
@@ -72,6 +78,11 @@ def add_commands(command: Callable) -> None:
     src.add_argument("--source", metavar="SPEC", help="a source: file path, http(s)://..., etcd://...")
     p.add_argument("--host", help="this host's name (default: the document's host, else the hostname)")
     p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"status socket (default {DEFAULT_SOCKET})")
+    for flag, what in (("--ca-file", "CA bundle to verify an https/etcd source"),
+                       ("--cert-file", "client certificate for the source (mutual TLS)"),
+                       ("--key-file", "the client certificate's key"),
+                       ("--token-file", "file holding a bearer token for an https source")):
+        p.add_argument(flag, metavar="PATH", help=what)
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
     p.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
                    help="address of the metrics endpoint (default 127.0.0.1)")
