@@ -30,6 +30,13 @@ test-kernel: venv
 demo: venv
 	$(PY) -m agent.demo examples/demo.yaml
 
+## Root only: benchmarks that print figures (README "Performance"); network namespaces only.
+## ~10 min (datapath) + ~15 min (apply, up to 1,000 interfaces). BENCH_ARGS_DATAPATH /
+## BENCH_ARGS_APPLY pass options, e.g. BENCH_ARGS_APPLY="--sizes 100 300".
+bench: venv
+	$(PY) bench/datapath.py $(BENCH_ARGS_DATAPATH)
+	$(PY) bench/apply.py $(BENCH_ARGS_APPLY)
+
 ## Docker integration suite (integration/, README "Integration tests"): installs and starts
 ## Docker if needed, builds the images (cached by content hash), runs the suite, and
 ## removes its containers also on failure.

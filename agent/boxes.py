@@ -8,6 +8,7 @@ heuristics: every function here is checked against brute force in the tests.
 """
 from __future__ import annotations
 
+import heapq
 from functools import reduce
 from typing import Iterable, Optional, Sequence
 
@@ -39,8 +40,60 @@ def disjoint_union(boxes: Iterable[Box]) -> tuple[Box, ...]:
     A sweep along the first dimension: between consecutive boundaries the set of
     boxes present is constant, so the rest of the dimensions are solved recursively
     for that set (memoized), and neighbouring segments with equal sub-solutions are
-    merged, which keeps the result close to the smallest such decomposition."""
-    return tuple(_union(frozenset(boxes), {}))
+    merged, which keeps the result close to the smallest such decomposition. Boxes
+    that are apart (`separate`) are solved apart."""
+    memo: dict = {}
+    unique = sorted(set(boxes))
+    parts = separate(unique)
+    if len(parts) == 1:
+        return _union(frozenset(unique), memo)
+    return tuple(sorted(b for part in parts for b in _union(frozenset(unique[i] for i in part), memo)))
+
+
+def separate(boxes: Sequence[Box]) -> list[list[int]]:
+    """The indices of `boxes` split into parts that are apart: any two boxes of
+    different parts are separated by a gap of at least one value in some dimension, so
+    they neither overlap nor touch. Each part can then be solved on its own: no point is
+    in boxes of two parts, and no output box can merge boxes of two parts.
+
+    Why: one sweep over everything cuts every box at every boundary of every other box
+    on the first axis (a /0 rule is cut at each of a thousand /32s elsewhere in the
+    space); solved apart, unrelated boxes stay whole, and sets stay close to the number
+    of input boxes. Repeated interval splitting per dimension (sort, merge touching
+    intervals), O(n log n) per split; parts that no single dimension separates stay
+    together (correct either way, just less split)."""
+    if len(boxes) < 2 or not boxes[0]:
+        return [list(range(len(boxes)))]
+    dims = len(boxes[0])
+    done: list[list[int]] = []
+    todo: list[tuple[list[int], int]] = [(list(range(len(boxes))), -1)]   # (part, split by)
+    while todo:
+        part, made_by = todo.pop()
+        if len(part) < 2:
+            done.append(part)
+            continue
+        for d in range(dims):
+            if d == made_by:
+                continue
+            ivs = [boxes[i][d] for i in part]
+            groups: list[list[int]] = []
+            reach = -2                                  # values are >= 0
+            for k in sorted(range(len(part)), key=ivs.__getitem__):
+                lo, hi = ivs[k]
+                if lo > reach + 1:
+                    current = [part[k]]
+                    groups.append(current)
+                    reach = hi
+                else:
+                    current.append(part[k])
+                    if hi > reach:
+                        reach = hi
+            if len(groups) > 1:
+                todo.extend((g, d) for g in groups)
+                break
+        else:
+            done.append(part)
+    return done
 
 
 def _union(boxes: frozenset, memo: dict) -> tuple[Box, ...]:
@@ -48,23 +101,36 @@ def _union(boxes: frozenset, memo: dict) -> tuple[Box, ...]:
         return ()
     if boxes in memo:
         return memo[boxes]
-    if len(next(iter(boxes))) == 0:
+    dims = len(next(iter(boxes)))
+    if dims == 0:
         return ((),)
     if len(boxes) == 1:
         return tuple(boxes)
-    points = sorted({b[0][0] for b in boxes} | {b[0][1] + 1 for b in boxes})
-    by_start = sorted(boxes, key=lambda b: b[0][0])
-    active: list[Box] = []
+    if dims == 1:
+        result = _union_1d(boxes)
+        memo[boxes] = result
+        return result
+    # Sweep the first axis: between consecutive boundaries the boxes present (their
+    # tails, counted: two boxes may share a tail) are constant.
+    starts: dict[int, list] = {}
+    ends: dict[int, list] = {}
+    for b in boxes:
+        starts.setdefault(b[0][0], []).append(b[1:])
+        ends.setdefault(b[0][1] + 1, []).append(b[1:])
+    points = sorted(starts.keys() | ends.keys())
+    active: dict[Box, int] = {}
     segments: list[list] = []           # [lo, hi, sub-solution]
-    i = 0
     for lo, nxt in zip(points, points[1:]):
-        while i < len(by_start) and by_start[i][0][0] <= lo:
-            active.append(by_start[i])
-            i += 1
-        active = [b for b in active if b[0][1] >= lo]
+        for tail in ends.get(lo, ()):
+            if active[tail] == 1:
+                del active[tail]
+            else:
+                active[tail] -= 1
+        for tail in starts.get(lo, ()):
+            active[tail] = active.get(tail, 0) + 1
         if not active:
             continue
-        sub = _union(frozenset(b[1:] for b in active), memo)
+        sub = _union(frozenset(active), memo)
         if segments and segments[-1][1] + 1 == lo and segments[-1][2] == sub:
             segments[-1][1] = nxt - 1
         else:
@@ -72,6 +138,18 @@ def _union(boxes: frozenset, memo: dict) -> tuple[Box, ...]:
     result = tuple(((lo, hi),) + tail for lo, hi, sub in segments for tail in sub)
     memo[boxes] = result
     return result
+
+
+def _union_1d(boxes: Iterable[Box]) -> tuple[Box, ...]:
+    """One dimension: sorted intervals, overlapping or adjacent ones merged."""
+    out: list[list[int]] = []
+    for ((lo, hi),) in sorted(boxes):
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1][1] = hi
+        else:
+            out.append([lo, hi])
+    return tuple(((lo, hi),) for lo, hi in out)
 
 
 def covers(boxes: Iterable[Box], box: Box) -> bool:
@@ -87,19 +165,30 @@ def first_match_region(items: Sequence[tuple[Box, bool]]) -> tuple[Box, ...]:
     This is what lets a whole priority-ordered rule list compile to one set lookup: a
     point in the region is accepted by the list, any other point is not (it is dropped
     by an earlier drop line or matches nothing). Same sweep as `disjoint_union`, with the
-    order of the lines kept: at a leaf the lowest-numbered present line decides."""
-    return _region(frozenset((i, box, acc) for i, (box, acc) in enumerate(items)), {}, {})
+    order of the lines kept: at a leaf the lowest-numbered present line decides. Lines
+    that are apart (`separate`: they share no point) are solved apart."""
+    lines = [(i, box, acc) for i, (box, acc) in enumerate(items)]
+    memo: dict = {}
+    union_memo: dict = {}
+    parts = separate([box for box, _ in items])
+    if len(parts) == 1:
+        return _region(frozenset(lines), memo, union_memo)
+    return tuple(sorted(b for part in parts
+                        for b in _region(frozenset(lines[i] for i in part), memo, union_memo)))
 
 
 def _region(items: frozenset, memo: dict, union_memo: dict) -> tuple[Box, ...]:
-    if not items or not any(acc for _, _, acc in items):
-        return ()
     if items in memo:
         return memo[items]
-    if len(next(iter(items))[1]) == 0:
+    if not items or not any(acc for _, _, acc in items):
+        return ()
+    dims = len(next(iter(items))[1])
+    if dims == 0:
         return ((),) if min(items)[2] else ()
     if all(acc for _, _, acc in items):
         result = _union(frozenset(b for _, b, _ in items), union_memo)
+    elif dims == 1:
+        result = _region_1d(items)
     else:
         result = _region_sweep(items, memo, union_memo)
     memo[items] = result
@@ -107,19 +196,26 @@ def _region(items: frozenset, memo: dict, union_memo: dict) -> tuple[Box, ...]:
 
 
 def _region_sweep(items: frozenset, memo: dict, union_memo: dict) -> tuple[Box, ...]:
-    points = sorted({b[0][0] for _, b, _ in items} | {b[0][1] + 1 for _, b, _ in items})
-    by_start = sorted(items, key=lambda it: it[1][0][0])
-    active: list = []
+    """Sweep the first axis; each elementary segment is solved on the tails of the lines
+    present there (memoized: neighbouring segments mostly share their lines), and
+    neighbouring segments with equal solutions are merged."""
+    starts: dict[int, list] = {}
+    ends: dict[int, list] = {}
+    for o, b, a in items:
+        line = (o, b[1:], a)            # lines are unique by their number `o`
+        starts.setdefault(b[0][0], []).append(line)
+        ends.setdefault(b[0][1] + 1, []).append(line)
+    points = sorted(starts.keys() | ends.keys())
+    active: set = set()
     segments: list[list] = []
-    i = 0
     for lo, nxt in zip(points, points[1:]):
-        while i < len(by_start) and by_start[i][1][0][0] <= lo:
-            active.append(by_start[i])
-            i += 1
-        active = [it for it in active if it[1][0][1] >= lo]
+        if lo in ends:
+            active.difference_update(ends[lo])
+        if lo in starts:
+            active.update(starts[lo])
         if not active:
             continue
-        sub = _region(frozenset((o, b[1:], a) for o, b, a in active), memo, union_memo)
+        sub = _region(frozenset(active), memo, union_memo)
         if not sub:
             continue
         if segments and segments[-1][1] + 1 == lo and segments[-1][2] == sub:
@@ -127,3 +223,30 @@ def _region_sweep(items: frozenset, memo: dict, union_memo: dict) -> tuple[Box, 
         else:
             segments.append([lo, nxt - 1, sub])
     return tuple(((lo, hi),) + tail for lo, hi, sub in segments for tail in sub)
+
+
+def _region_1d(items: Iterable) -> tuple[Box, ...]:
+    """The last dimension: each elementary segment is decided by its lowest-numbered
+    line (a heap of the lines present, ended ones dropped lazily); accepted segments
+    that touch are merged."""
+    starts: dict[int, list] = {}
+    points_set = set()
+    for o, ((lo, hi),), a in items:
+        starts.setdefault(lo, []).append((o, hi, a))
+        points_set.add(lo)
+        points_set.add(hi + 1)
+    points = sorted(points_set)
+    heap: list = []
+    out: list[list[int]] = []
+    for lo, nxt in zip(points, points[1:]):
+        for line in starts.get(lo, ()):
+            heapq.heappush(heap, line)
+        while heap and heap[0][1] < lo:
+            heapq.heappop(heap)
+        if not heap or not heap[0][2]:
+            continue
+        if out and out[-1][1] + 1 == lo:
+            out[-1][1] = nxt - 1
+        else:
+            out.append([lo, nxt - 1])
+    return tuple(((lo, hi),) for lo, hi in out)

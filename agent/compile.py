@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -72,6 +73,8 @@ class _Builder:
     chains: dict[str, Chain] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     owners: dict[str, tuple] = field(default_factory=dict)   # nft name -> what it names
+    group_sets: dict[tuple, str] = field(default_factory=dict)  # (group, version) -> set name
+    texts: dict = field(default_factory=lambda: {0: {}, 4: {}, 6: {}})   # interval -> text
 
     def claim(self, base: str, identity: tuple) -> str:
         """The name of the object `identity`: `base`, unless a different object already
@@ -84,6 +87,16 @@ class _Builder:
             n += 1
             name = f"{base}_{n}"
         return name
+
+    def element(self, version: int, box: Box) -> str:
+        """The set element of a region box (the texts of its bounds are memoized for this
+        build: they recur across boxes and across the chains that share groups)."""
+        texts = self.texts[version]
+        parts = [texts.get(box[0]) or texts.setdefault(box[0], render_interval(version, box[0]))]
+        tails = self.texts[0]
+        for iv in box[1:]:
+            parts.append(tails.get(iv) or tails.setdefault(iv, render_interval(0, iv)))
+        return " . ".join(parts)
 
     def add_set(self, s: NftSet, identity: tuple) -> str:
         name = self.claim(s.name, ("set",) + identity)
@@ -200,10 +213,13 @@ def build_policy_chain(b: _Builder, elist: EffectiveList) -> str:
 def intra_group_rules(b: _Builder, e: Entry, peer_kw: str) -> list[str]:
     rules = []
     for v in (4, 6):
-        nets = [n for n in e.match.networks if n.version == v]
-        sname = b.add_set(NftSet(f"grp{v}_{safe_name(e.group_id)}", ADDR_TYPE[v],
-                                 tuple(render_interval(v, _net_interval(n)) for n in _merge(nets))),
-                          ("group", e.group_id, v))
+        sname = b.group_sets.get((e.group_id, v))
+        if sname is None:       # a group's set is the same in every chain: build it once
+            nets = [n for n in e.match.networks if n.version == v]
+            sname = b.add_set(NftSet(f"grp{v}_{safe_name(e.group_id)}", ADDR_TYPE[v],
+                                     tuple(render_interval(v, _net_interval(n)) for n in _merge(nets))),
+                              ("group", e.group_id, v))
+            b.group_sets[(e.group_id, v)] = sname
         rules.append(f"{FAMILY_KW[v]} {peer_kw} @{sname} accept")
     return rules
 
@@ -218,7 +234,9 @@ def entry_boxes(e: Entry, version: int, with_sport: bool, with_dport: bool) -> l
         tail.append((m.sports.lo, m.sports.hi) if m.sports else FULL_PORTS)
     if with_dport:
         tail.append((m.ports.lo, m.ports.hi) if m.ports else FULL_PORTS)
-    return [(_net_interval(n),) + tuple(tail) for n in m.networks if n.version == version]
+    tail = tuple(tail)
+    kind = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    return [(_net_interval(n),) + tail for n in m.networks if isinstance(n, kind)]
 
 
 def region_rules(b: _Builder, prefix: str, entries: list[Entry], peer_kw: str) -> list[str]:
@@ -243,8 +261,7 @@ def region_rules(b: _Builder, prefix: str, entries: list[Entry], peer_kw: str) -
         key = [f"{FAMILY_KW[v]} {peer_kw}", "meta l4proto"] + ["th sport"] * with_sport + \
             ["th dport"] * with_dport
         types = [ADDR_TYPE[v], "inet_proto"] + ["inet_service"] * (with_sport + with_dport)
-        elements = tuple(" . ".join(render_interval(v if i == 0 else 0, iv) for i, iv in enumerate(bx))
-                         for bx in boxes)
+        elements = tuple(b.element(v, bx) for bx in boxes)
         sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements), ("region", prefix, v))
         rules.append(f"{' . '.join(key)} @{sname} accept")
     if len(rules) == 2 and all(r.startswith("meta nfproto") for r in rules):
@@ -253,7 +270,8 @@ def region_rules(b: _Builder, prefix: str, entries: list[Entry], peer_kw: str) -
 
 
 def _net_interval(net) -> tuple[int, int]:
-    return int(net.network_address), int(net.broadcast_address)
+    lo = int(net.network_address)
+    return lo, lo | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)     # == broadcast
 
 
 def _merge(nets) -> list:
@@ -264,6 +282,17 @@ def render_interval(version: int, iv: tuple[int, int]) -> str:
     """version 4/6: an address range; 0: a plain integer range (protocol, port)."""
     lo, hi = iv
     if version:
-        addr = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-        return str(addr(lo)) if lo == hi else f"{addr(lo)}-{addr(hi)}"
+        text = _ADDR_TEXT[version]
+        return text(lo) if lo == hi else f"{text(lo)}-{text(hi)}"
     return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _ipv4_text(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, "big"))      # == str(IPv4Address(value))
+
+
+def _ipv6_text(value: int) -> str:
+    return str(ipaddress.IPv6Address(value))               # RFC 5952, as nft and ipaddress print
+
+
+_ADDR_TEXT = {4: _ipv4_text, 6: _ipv6_text}

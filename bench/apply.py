@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""Apply benchmark: how long the agent takes to put a large desired state into the
+kernel, compared with `nft -f` of the very script it renders, plus compile-only time,
+the agent's peak memory and the kernel memory the loaded ruleset costs.
+
+Prints figures; it is not a test. Needs root. Every load happens in a fresh network
+namespace `sgbap<pid>-*`, deleted right after its measurement (the kernel frees a
+namespace's ruleset with it); the root namespace is never touched.
+
+    .venv/bin/python bench/apply.py                    # 100, 300, then 1000 interfaces
+    .venv/bin/python bench/apply.py --sizes 100 --runs 1
+
+For each size N (`/work/shared/tools/gen-config --interfaces N --rules 50`: ~2 groups
+of ~50 rules per interface, so ~100 rules per interface):
+  (a) agent:  /usr/bin/time -v ip netns exec NS .venv/bin/python -m agent.cli apply \\
+                  -c big.json --host hv-bench       (process start to exit, fresh NS)
+  (b) nft:    /usr/bin/time -v ip netns exec NS nft -f big.nft   where big.nft is
+                  `secgroup-agent render -c big.json --host hv-bench` (fresh NS)
+  (c) compile-only: load (parse + validate), build_ruleset, render, in one process
+  interleaved a, b, c, a, b, c, ... `--runs` times; medians and [min-max].
+Kernel memory: SUnreclaim (and VmallocUsed, Percpu, MemAvailable) in /proc/meminfo just
+before the load and `--settle` seconds after the loading process exited, and again
+after the namespace is deleted (what the deletion gave back): two readings per load,
+six loads per size, median. Other users of the machine move these numbers too.
+
+Safety: the sizes run in order; before a size above the largest measured one, the
+kernel memory is extrapolated from the two largest measured sizes (linear and power
+law, the larger), and the size is skipped (and the run stops) if that exceeds
+`--max-kernel-gb` (default 6).
+
+Revocation: apply_once lists conntrack after the commit. In a fresh namespace the
+table is empty; the benchmark also times the listing and the revocation plan on
+`--flows` synthetic entries (tcp, from local instance addresses) in a separate step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = str(ROOT / ".venv" / "bin" / "python")
+GEN = "/work/shared/tools/gen-config"
+MEMKEYS = ("SUnreclaim", "VmallocUsed", "Percpu", "MemAvailable")
+
+BREAKDOWN = r"""
+import json, sys, time
+def clock():
+    return time.perf_counter(), time.process_time()
+c0 = clock()
+from agent.compile import build_ruleset
+from agent.reconcile import script_stamp
+from agent.render import render_ruleset
+from agent.validate import load_state
+c1 = clock(); state = load_state(sys.argv[1], sys.argv[2])
+c2 = clock(); ruleset = build_ruleset(state)
+c3 = clock(); text = render_ruleset(ruleset, script_stamp(ruleset))
+c4 = clock()
+d = lambda a, b: [b[0] - a[0], b[1] - a[1]]
+print(json.dumps({"imports": d(c0, c1), "load": d(c1, c2), "compile": d(c2, c3), "render": d(c3, c4),
+                  "sets": sum(len(t.sets) for t in ruleset.tables),
+                  "chains": sum(len(t.chains) for t in ruleset.tables),
+                  "elements": sum(len(s.elements) for t in ruleset.tables for s in t.sets),
+                  "bytes": len(text)}))
+"""
+
+CONNTRACK = r"""
+import ipaddress, json, random, sys, time
+from pyroute2 import Conntrack
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+from agent import conntrack
+from agent.reconcile import read_local_addresses
+from agent.revoke import plan_revocations
+from agent.validate import load_state
+state = load_state(sys.argv[1], sys.argv[2])
+flows_wanted = int(sys.argv[3])
+out = {}
+def measure(label):
+    t0 = time.perf_counter(); flows = conntrack.list_flows()
+    t1 = time.perf_counter(); previous = read_local_addresses()
+    t2 = time.perf_counter(); plan = plan_revocations(state, flows, previous)
+    t3 = time.perf_counter()
+    out[label] = {"flows": len(flows), "list_s": t1 - t0, "local_addr_s": t2 - t1, "plan_s": t3 - t2,
+                  "would_revoke": len(plan)}
+measure("empty")
+if flows_wanted:
+    rnd = random.Random(7)
+    local = [a for nic in state.local_interfaces.values() for a in nic.addresses if a.version == 4]
+    with Conntrack() as ct:
+        for i in range(flows_wanted):
+            src = str(rnd.choice(local)); dst = f"198.51.{100 + i % 4}.{1 + i % 250}"
+            sport, dport = 20000 + i % 40000, rnd.choice([22, 80, 443, 3389, 5432, rnd.randint(1, 65535)])
+            ct.entry("add", tuple_orig=NFCTAttrTuple(saddr=src, daddr=dst, proto=6, sport=sport, dport=dport),
+                     tuple_reply=NFCTAttrTuple(saddr=dst, daddr=src, proto=6, sport=dport, dport=sport),
+                     timeout=600, status=0x0e)
+    measure("seeded")
+print(json.dumps(out))
+"""
+
+
+# -- helpers ------------------------------------------------------------------------------
+def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, rest = line.split(":", 1)
+        if key in MEMKEYS:
+            out[key] = int(rest.split()[0])          # kB
+    return out
+
+
+def settle(timeout: float = 40.0) -> dict[str, int]:
+    """Wait until SUnreclaim stops moving (a deleted namespace is freed asynchronously)."""
+    prev = meminfo()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        cur = meminfo()
+        if abs(cur["SUnreclaim"] - prev["SUnreclaim"]) < 4096:
+            return cur
+        prev = cur
+    return prev
+
+
+def parse_time_v(stderr: str) -> dict:
+    def grab(label: str) -> str:
+        m = re.search(rf"^\s*{re.escape(label)}: (.*)$", stderr, re.M)
+        return m.group(1).strip() if m else ""
+    return {"max_rss_kb": int(grab("Maximum resident set size (kbytes)") or 0),
+            "user_s": float(grab("User time (seconds)") or 0), "sys_s": float(grab("System time (seconds)") or 0)}
+
+
+class Namespaces:
+    def __init__(self, prefix: str):
+        self.prefix, self.n = prefix, 0
+
+    def new(self) -> str:
+        self.n += 1
+        ns = f"{self.prefix}-{self.n}"
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        return ns
+
+    @staticmethod
+    def delete(ns: str) -> None:
+        sh(["ip", "netns", "del", ns])
+
+    def cleanup(self) -> None:
+        for ns in sh(["ip", "netns", "list"]).stdout.split():
+            if ns.startswith(f"{self.prefix}-"):
+                self.delete(ns)
+
+
+def load_in_fresh_ns(nss: Namespaces, cmd: list[str], settle_s: float, after=None) -> dict:
+    """Run `cmd` (a loader) under /usr/bin/time -v in a fresh namespace; measure wall time,
+    peak RSS and the kernel memory the loaded ruleset holds; delete the namespace."""
+    ns = nss.new()
+    try:
+        before = settle()
+        start = time.monotonic()
+        p = sh(["/usr/bin/time", "-v", "ip", "netns", "exec", ns, *cmd], cwd=ROOT, timeout=3600)
+        wall = time.monotonic() - start
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:4])}... failed ({p.returncode}): {p.stderr[-2000:]}{p.stdout[-500:]}")
+        time.sleep(settle_s)
+        after_mem = meminfo()
+        extra = after(ns) if after else None
+    finally:
+        nss.delete(ns)
+    released = settle()
+    out = {"wall_s": wall, **parse_time_v(p.stderr), "stdout": p.stdout.strip(), "extra": extra}
+    # two readings of the same cost: what loading added, and what deleting the
+    # namespace gave back (other users of the machine disturb one or the other)
+    out["kmem_kb"] = {k: after_mem[k] - before[k] for k in MEMKEYS}
+    out["kmem_kb"]["MemAvailable"] = -out["kmem_kb"]["MemAvailable"]     # as "used"
+    out["kmem_freed_kb"] = {k: after_mem[k] - released[k] for k in MEMKEYS}
+    out["kmem_freed_kb"]["MemAvailable"] = -out["kmem_freed_kb"]["MemAvailable"]
+    return out
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(xs: list[float], fmt: str = "{:.1f}") -> str:
+    return f"{fmt.format(med(xs))} [{fmt.format(min(xs))}-{fmt.format(max(xs))}]"
+
+
+def mb(kb: float) -> float:
+    return kb / 1024
+
+
+# -- one size -------------------------------------------------------------------------------
+def bench_size(n: int, args, tmp: Path, nss: Namespaces) -> dict:
+    config = tmp / f"big-{n}.json"
+    config.write_text(sh([GEN, "--interfaces", str(n), "--rules", str(args.rules)], check=True).stdout)
+    host = json.loads(config.read_text())["host"]
+    start = time.monotonic()
+    r = sh([PY, "-m", "agent.cli", "render", "-c", str(config), "--host", host], cwd=ROOT, check=True)
+    render_wall = time.monotonic() - start
+    script = tmp / f"big-{n}.nft"
+    script.write_text(r.stdout)
+    print(f"  gen-config --interfaces {n} --rules {args.rules}: {config.stat().st_size / 1e6:.1f} MB JSON; "
+          f"render -> {script.stat().st_size / 1e6:.1f} MB nft script ({render_wall:.1f} s)", flush=True)
+
+    def conntrack_step(ns: str) -> dict:
+        p = sh(["ip", "netns", "exec", ns, PY, "-c", CONNTRACK, str(config), host, str(args.flows)],
+               cwd=ROOT, timeout=1800)
+        if p.returncode != 0:
+            return {"error": p.stderr.strip()[-500:]}
+        return json.loads(p.stdout)
+
+    agent, nft, comp = [], [], []
+    ct = None
+    for run in range(1, args.runs + 1):
+        a = load_in_fresh_ns(nss, [PY, "-m", "agent.cli", "apply", "-c", str(config), "--host", host],
+                             args.settle, after=conntrack_step if run == 1 else None)
+        if run == 1:
+            ct = a["extra"]
+        m = re.search(r"in (\d+) ms \(kernel (\d+) ms\)", a["stdout"])
+        a["apply_once_s"], a["kernel_s"] = (int(m.group(1)) / 1000, int(m.group(2)) / 1000) if m else (0, 0)
+        agent.append(a)
+        b = load_in_fresh_ns(nss, ["nft", "-f", str(script)], args.settle)
+        nft.append(b)
+        p = sh(["/usr/bin/time", "-v", PY, "-c", BREAKDOWN, str(config), host], cwd=ROOT, check=True,
+               timeout=3600)
+        c = json.loads(p.stdout)
+        c["max_rss_kb"] = parse_time_v(p.stderr)["max_rss_kb"]
+        comp.append(c)
+        print(f"  run {run}: agent apply {a['wall_s']:.1f} s (apply_once {a['apply_once_s']:.1f} s, "
+              f"nft commit {a['kernel_s']:.1f} s; user {a['user_s']:.1f} s, sys {a['sys_s']:.1f} s; "
+              f"peak RSS {mb(a['max_rss_kb']):.0f} MB; SUnreclaim +{mb(a['kmem_kb']['SUnreclaim']):.0f}"
+              f"/-{mb(a['kmem_freed_kb']['SUnreclaim']):.0f} MB)"
+              f" | nft -f {b['wall_s']:.1f} s (user {b['user_s']:.1f} s, sys {b['sys_s']:.1f} s; "
+              f"peak RSS {mb(b['max_rss_kb']):.0f} MB; SUnreclaim +{mb(b['kmem_kb']['SUnreclaim']):.0f}"
+              f"/-{mb(b['kmem_freed_kb']['SUnreclaim']):.0f} MB)"
+              f" | compile-only: load {c['load'][0]:.1f} s, compile {c['compile'][0]:.1f} s "
+              f"(cpu {c['compile'][1]:.1f} s), render {c['render'][0]:.1f} s, peak RSS "
+              f"{mb(c['max_rss_kb']):.0f} MB", flush=True)
+    return {"n": n, "agent": agent, "nft": nft, "compile": comp, "conntrack": ct,
+            "objects": {k: comp[0][k] for k in ("sets", "chains", "elements", "bytes")}}
+
+
+def kmem_readings(res: dict, key: str = "SUnreclaim") -> list[float]:
+    """Every reading (kB) of the kernel memory of this size's ruleset: each load (agent
+    and nft load the same script) added it, and deleting its namespace gave it back."""
+    return [x[which][key] for x in res["agent"] + res["nft"] for which in ("kmem_kb", "kmem_freed_kb")]
+
+
+def kmem_estimate(res: dict, key: str = "SUnreclaim") -> float:
+    return med(kmem_readings(res, key))
+
+
+def extrapolate(points: list[tuple[int, float]], n: int) -> tuple[float, float]:
+    (n1, m1), (n2, m2) = points[-2], points[-1]
+    linear = m2 + (m2 - m1) * (n - n2) / (n2 - n1)
+    power = m2 * (n / n2) ** (math.log(m2 / m1) / math.log(n2 / n1)) if m1 > 0 and m2 > m1 else linear
+    return linear, power
+
+
+def report(results: list[dict]) -> None:
+    print()
+    print("| interfaces | sets / chains / elements | agent apply s | nft -f s | ratio (medians) | paired ratios "
+          "| compile-only s (load / compile / render) | agent peak RSS MB (compile-only) | nft peak RSS MB "
+          "| kernel SUnreclaim MB | MemAvailable drop MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        a = [x["wall_s"] for x in r["agent"]]
+        b = [x["wall_s"] for x in r["nft"]]
+        ratios = [x / y for x, y in zip(a, b)]
+        c = r["compile"]
+        o = r["objects"]
+        kmem = [mb(x) for x in kmem_readings(r)]
+        avail = [mb(x) for x in kmem_readings(r, "MemAvailable")]
+        print(f"| {r['n']} | {o['sets']} / {o['chains']} / {o['elements']} | {spread(a)} | {spread(b)} "
+              f"| {med(a) / med(b):.2f} | {spread(ratios, '{:.2f}')} "
+              f"| {med([x['load'][0] for x in c]):.1f} / {med([x['compile'][0] for x in c]):.1f} "
+              f"(cpu {med([x['compile'][1] for x in c]):.1f}) / {med([x['render'][0] for x in c]):.1f} "
+              f"| {spread([mb(x['max_rss_kb']) for x in r['agent']], '{:.0f}')} "
+              f"({med([mb(x['max_rss_kb']) for x in c]):.0f}) "
+              f"| {spread([mb(x['max_rss_kb']) for x in r['nft']], '{:.0f}')} "
+              f"| {spread(kmem, '{:.0f}')} | {spread(avail, '{:.0f}')} |")
+    print()
+    for r in results:
+        a = r["agent"]
+        print(f"{r['n']} interfaces, agent apply breakdown (medians): wall {med([x['wall_s'] for x in a]):.1f} s = "
+              f"apply_once {med([x['apply_once_s'] for x in a]):.1f} s (of which nft commit "
+              f"{med([x['kernel_s'] for x in a]):.1f} s) + start/load/exit; user "
+              f"{med([x['user_s'] for x in a]):.1f} s, sys {med([x['sys_s'] for x in a]):.1f} s; nft -f: user "
+              f"{med([x['user_s'] for x in r['nft']]):.1f} s, sys {med([x['sys_s'] for x in r['nft']]):.1f} s")
+        ct = r["conntrack"] or {}
+        for label, v in ct.items():
+            if isinstance(v, dict):
+                print(f"  conntrack ({label}): {v['flows']} flows listed in {v['list_s'] * 1000:.0f} ms, "
+                      f"local addresses read in {v['local_addr_s'] * 1000:.0f} ms, revocation plan "
+                      f"{v['plan_s'] * 1000:.0f} ms ({v['would_revoke']} would be revoked)")
+            else:
+                print(f"  conntrack: {v}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
+    ap.add_argument("--rules", type=int, default=50, help="gen-config --rules (per group)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--settle", type=float, default=4.0, help="seconds to wait before reading kernel memory")
+    ap.add_argument("--flows", type=int, default=10000, help="synthetic conntrack entries for the revocation step")
+    ap.add_argument("--max-kernel-gb", type=float, default=6.0)
+    ap.add_argument("--json", action="store_true", help="also print all results as one JSON line")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    load0 = os.getloadavg()
+    print(f"# apply benchmark: kernel {platform.release()}, {os.cpu_count()} CPUs, "
+          f"{meminfo()['MemAvailable'] / 1024 / 1024:.1f} GB available, load average "
+          f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; {sh(['nft', '--version']).stdout.strip()}")
+    nss = Namespaces(f"sgbap{os.getpid()}")
+    results: list[dict] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="sgbap") as d:
+            tmp = Path(d)
+            for n in sorted(args.sizes):
+                measured = [(r["n"], kmem_estimate(r)) for r in results]
+                if len(measured) >= 2 and n > measured[-1][0]:
+                    linear, power = extrapolate(measured, n)
+                    est_gb = max(linear, power) / 1024 / 1024
+                    print(f"kernel memory at {n} interfaces, extrapolated from {measured[-2][0]} and "
+                          f"{measured[-1][0]}: linear {linear / 1024:.0f} MB, power law {power / 1024:.0f} MB",
+                          flush=True)
+                    if est_gb > args.max_kernel_gb:
+                        print(f"STOP: {est_gb:.1f} GB > {args.max_kernel_gb} GB; {n} interfaces not run")
+                        break
+                print(f"{n} interfaces", flush=True)
+                results.append(bench_size(n, args, tmp, nss))
+    finally:
+        nss.cleanup()
+    report(results)
+    load1 = os.getloadavg()
+    print(f"# load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    if args.json:
+        for r in results:
+            for x in r["agent"] + r["nft"]:
+                x.pop("stdout", None)
+        print(json.dumps({"apply": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
