@@ -106,18 +106,23 @@ def list_table(family: str, name: str) -> Optional[str]:
     return out
 
 
-def list_tables() -> list[tuple[str, str]]:
+def _json_cmd(command: str) -> tuple[int, list[dict], str]:
+    """Run one listing command with JSON output: (rc, the `nftables` objects, stderr)."""
     with _lock:
         ctx = _nft()
         ctx.set_json_output(True)
         try:
-            rc, out, err = ctx.cmd("list tables")
+            rc, out, err = ctx.cmd(command)
         finally:
             ctx.set_json_output(False)
+    return rc, (json.loads(out).get("nftables", []) if rc == 0 and out else []), err
+
+
+def list_tables() -> list[tuple[str, str]]:
+    rc, objects, err = _json_cmd("list tables")
     if rc != 0:
         raise KernelError(f"cannot list tables: {_first_lines(err)}")
-    return [(o["table"]["family"], o["table"]["name"])
-            for o in json.loads(out).get("nftables", []) if "table" in o]
+    return [(o["table"]["family"], o["table"]["name"]) for o in objects if "table" in o]
 
 
 def _first_lines(text: str, limit: int = 6) -> str:
@@ -125,35 +130,18 @@ def _first_lines(text: str, limit: int = 6) -> str:
     return " | ".join(lines[:limit]) + (" ..." if len(lines) > limit else "")
 
 
+def _named_set(family: str, table: str, name: str) -> Optional[dict]:
+    """A named set as nft's JSON describes it (None when the table or set is absent)."""
+    rc, objects, _err = _json_cmd(f"list set {family} {table} {name}")
+    return next((o["set"] for o in objects if "set" in o), None) if rc == 0 else None
+
+
 def set_elements(family: str, table: str, name: str) -> list[str]:
     """Elements of a named set as strings ([] when the table or set is absent)."""
-    with _lock:
-        ctx = _nft()
-        ctx.set_json_output(True)
-        try:
-            rc, out, _err = ctx.cmd(f"list set {family} {table} {name}")
-        finally:
-            ctx.set_json_output(False)
-    if rc != 0:
-        return []
-    for obj in json.loads(out).get("nftables", []):
-        if "set" in obj:
-            return [e if isinstance(e, str) else json.dumps(e) for e in obj["set"].get("elem", [])]
-    return []
+    found = _named_set(family, table, name) or {}
+    return [e if isinstance(e, str) else json.dumps(e) for e in found.get("elem", [])]
 
 
 def set_comment(family: str, table: str, name: str) -> Optional[str]:
     """The comment of a named set (None when the table, the set or a comment is absent)."""
-    with _lock:
-        ctx = _nft()
-        ctx.set_json_output(True)
-        try:
-            rc, out, _err = ctx.cmd(f"list set {family} {table} {name}")
-        finally:
-            ctx.set_json_output(False)
-    if rc != 0:
-        return None
-    for obj in json.loads(out).get("nftables", []):
-        if "set" in obj:
-            return obj["set"].get("comment")
-    return None
+    return (_named_set(family, table, name) or {}).get("comment")
