@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from agent import conntrack, nft
 from agent.compile import TABLE, Ruleset, build_ruleset
 from agent.model import DesiredState
-from agent.render import STAMP_SET, render_flush, render_ruleset
+from agent.render import STAMP_SET, add_stamp, render_flush, render_ruleset
 from agent.revoke import plan_revocations
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,9 @@ def read_local_addresses() -> frozenset:
     return frozenset(out)
 
 
-def apply_ruleset(ruleset: Ruleset, stamp: str | None = None) -> float:
-    return nft.apply_script(render_ruleset(ruleset, stamp))
-
-
-def script_stamp(ruleset: Ruleset) -> str:
-    """The digest of the script (rendered without its stamp) that `ruleset` commits."""
-    return "sha256:" + hashlib.sha256(render_ruleset(ruleset).encode()).hexdigest()
+def script_stamp(script: str) -> str:
+    """The digest of a script as rendered (before its stamp is added)."""
+    return "sha256:" + hashlib.sha256(script.encode()).hexdigest()
 
 
 def kernel_holds(ruleset: Ruleset, stamp: str) -> bool:
@@ -92,14 +88,15 @@ def apply_once(state: DesiredState, force: bool = False) -> ApplyReport:
     nothing and report `changed=False`, unless `force`."""
     start = time.monotonic()
     ruleset = build_ruleset(state)
-    stamp = script_stamp(ruleset)
+    script = render_ruleset(ruleset)
+    stamp = script_stamp(script)
     if not force and kernel_holds(ruleset, stamp):
         return ApplyReport(time.monotonic() - start, 0.0, len(state.local_interfaces),
                            sum(len(t.sets) for t in ruleset.tables),
                            sum(len(t.chains) for t in ruleset.tables), 0, ruleset.errors,
                            changed=False)
     previous = read_local_addresses()
-    nft_seconds = apply_ruleset(ruleset, stamp)
+    nft_seconds = nft.apply_script(add_stamp(script, stamp))
     revoked = revoke_connections(state, previous) if state.revoke_connections else 0
     for err in ruleset.errors:
         log.error("host %s: %s", state.host, err)
