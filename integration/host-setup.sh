@@ -4,16 +4,7 @@
 # background, when none answers; it keeps running afterwards so that cached images
 # stay useful). Touches nothing else on the host.
 set -eu
-PKGS="docker.io docker-compose mmdebstrap"
-missing=""
-for p in $PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "installing:$missing"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
-fi
+sh "$(dirname "$0")/../scripts/install-deps.sh" docker.io docker-compose mmdebstrap
 if ! docker info >/dev/null 2>&1; then
     log=/var/log/sgit-dockerd.log
     echo "starting dockerd (log: $log)"
