@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from agent.compile import TABLE, Chain, NftSet, Table, safe_name
+from agent.compile import safe_name
+from agent.ruleset import TABLE, Chain, NftSet, Table
 from agent.model import BRIDGED, EGRESS, INGRESS, DesiredState
 
 FORWARD_PRIORITY = 0          # filter

@@ -49,7 +49,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from agent.compile import Chain, NftSet, Ruleset, Table
+from agent.ruleset import Chain, NftSet, Ruleset, Table
 from agent.render import render_table
 
 
@@ -105,12 +105,19 @@ def _decl(s: NftSet) -> tuple:
     return s.type, s.interval, s.map_to
 
 
+_SET_REFERENCE = re.compile(r"@([A-Za-z0-9_.\-]+)")
+
+
 def _references(rules: tuple[str, ...], set_names: set[str]) -> bool:
     """Whether any rule names one of the sets (`@name`, not a longer name)."""
     if not set_names:
         return False
-    text = "\n".join(rules) + "\n"
-    return any(re.search(rf"@{re.escape(n)}(?![A-Za-z0-9_.\-])", text) for n in set_names if f"@{n}" in text)
+    return any(n in set_names for r in rules if "@" in r for n in _SET_REFERENCE.findall(r))
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal; identity first (an unchanged object of the compiler's memo is the same one)."""
+    return a is b or a == b
 
 
 @dataclass(frozen=True)
@@ -126,13 +133,13 @@ class _TableDiff:
 def diff_table(o: Table, n: Table, replace_sets: bool = False) -> _TableDiff:
     osets, nsets = {s.name: s for s in o.sets}, {s.name: s for s in n.sets}
     ochains, nchains = {c.name: c for c in o.chains}, {c.name: c for c in n.chains}
-    replaced = {k for k in osets.keys() & nsets.keys() if _decl(osets[k]) != _decl(nsets[k]) or
-                (replace_sets and osets[k].elements != nsets[k].elements)}
+    replaced = {k for k in osets.keys() & nsets.keys() if osets[k] is not nsets[k] and (
+        _decl(osets[k]) != _decl(nsets[k]) or (replace_sets and not _same(osets[k].elements, nsets[k].elements)))}
     refilled = tuple(c for k, c in nchains.items() if k in ochains and (
-        c.rules != ochains[k].rules or _references(c.rules, replaced)))
+        not _same(c.rules, ochains[k].rules) or _references(c.rules, replaced)))
     changes = []
     for k, s in nsets.items():
-        if k in osets and k not in replaced:
+        if k in osets and k not in replaced and not _same(osets[k].elements, s.elements):
             removed, added = element_diff(osets[k], s)
             if removed or added:
                 changes.append((s, removed, added))

@@ -9,10 +9,11 @@ import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Optional, Union
+from functools import cached_property, lru_cache
+from typing import Iterable, Optional, Union
 
-from agent.schema import DocumentDoc, RuleDoc, parse_network, parse_port_range
+from agent.schema import (DocumentDoc, InstanceDoc, PrefixListDoc, RuleDoc, SecurityGroupDoc,
+                          parse_network, parse_port_range)
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -142,8 +143,15 @@ class DesiredState:
     @cached_property
     def group_networks(self) -> dict[str, tuple[IPNetwork, ...]]:
         """Group id -> its member addresses as host networks (/32, /128), computed once."""
-        return {gid: tuple(ipaddress.ip_network(a) for a in addrs)
+        return {gid: tuple(host_network(a) for a in addrs)
                 for gid, addrs in self.group_addresses.items()}
+
+
+@lru_cache(maxsize=1 << 16)
+def host_network(address: IPAddress) -> IPNetwork:
+    """The /32 or /128 of an address, built once per process (addresses recur in every
+    revision of the desired state the daemon validates)."""
+    return ipaddress.ip_network(address)
 
 
 def member_addresses(inst: Instance) -> tuple[IPAddress, ...]:
@@ -191,29 +199,43 @@ def build_rule(group_id: str, doc: RuleDoc) -> Rule:
                 description=doc.description)
 
 
+def build_group(g: SecurityGroupDoc) -> Group:
+    """One group of a valid document: its rules built, sorted, identical ones merged."""
+    rules = sorted({build_rule(g.id, r) for r in g.rules})
+    inner = g.inner_access or ("drop" if g.type == "enterprise" else "accept")
+    return Group(g.id, g.name or g.id, g.type, g.network, inner, g.allow_http, g.allow_https,
+                 tuple(rules))
+
+
+def build_instance(i: InstanceDoc, attachment: str) -> Instance:
+    """One instance of a valid document; `attachment` is the document's default."""
+    nics = tuple(Interface(n.name, i.id, n.nic_type, n.mac,
+                           tuple(ipaddress.ip_address(a) for a in n.addresses),
+                           n.attachment or attachment) for n in i.interfaces)
+    return Instance(i.id, i.host, i.network, tuple(dict.fromkeys(i.security_groups)), nics)
+
+
+def build_prefix_list(p: PrefixListDoc) -> tuple[str, tuple[IPNetwork, ...]]:
+    return p.id, tuple(sorted({parse_network(e) for e in p.entries}, key=_net_key))
+
+
+def assemble_state(host: str, groups: Iterable[Group], instances: Iterable[Instance],
+                   prefix_lists: Iterable[tuple[str, tuple[IPNetwork, ...]]],
+                   anti_spoofing: bool, revoke_connections: bool) -> DesiredState:
+    """The state from built objects, in the canonical order (each kind sorted by id)."""
+    return DesiredState(host=host, groups=tuple(sorted(groups, key=lambda g: g.id)),
+                        instances=tuple(sorted(instances, key=lambda i: i.id)),
+                        prefix_lists=tuple(sorted(prefix_lists)), anti_spoofing=anti_spoofing,
+                        revoke_connections=revoke_connections)
+
+
 def build_state(doc: DocumentDoc, host: str) -> DesiredState:
     """Domain objects from a document that `agent.validate` found valid. `host` is the
     agent's name as resolved by `agent.validate.agent_host` (--host over the document's)."""
-    groups = []
-    for g in doc.security_groups:
-        rules = sorted({build_rule(g.id, r) for r in g.rules})
-        inner = g.inner_access or ("drop" if g.type == "enterprise" else "accept")
-        groups.append(Group(g.id, g.name or g.id, g.type, g.network, inner,
-                            g.allow_http, g.allow_https, tuple(rules)))
-    instances = []
-    for i in doc.instances:
-        nics = tuple(Interface(n.name, i.id, n.nic_type, n.mac,
-                               tuple(ipaddress.ip_address(a) for a in n.addresses),
-                               n.attachment or doc.attachment) for n in i.interfaces)
-        instances.append(Instance(i.id, i.host, i.network, tuple(dict.fromkeys(i.security_groups)),
-                                  nics))
-    prefix_lists = tuple(sorted((p.id, tuple(sorted({parse_network(e) for e in p.entries},
-                                                    key=_net_key)))
-                                for p in doc.prefix_lists))
-    return DesiredState(host=host, groups=tuple(sorted(groups, key=lambda g: g.id)),
-                        instances=tuple(sorted(instances, key=lambda i: i.id)),
-                        prefix_lists=prefix_lists, anti_spoofing=doc.anti_spoofing,
-                        revoke_connections=doc.revoke_connections)
+    return assemble_state(host, [build_group(g) for g in doc.security_groups],
+                          [build_instance(i, doc.attachment) for i in doc.instances],
+                          [build_prefix_list(p) for p in doc.prefix_lists],
+                          doc.anti_spoofing, doc.revoke_connections)
 
 
 def _net_key(net: IPNetwork) -> tuple:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional
 
 from agent.model import (ACCEPT, DEFAULT_PRIORITY, DROP, EGRESS, INGRESS, INTRANET, VPC,
@@ -92,9 +93,15 @@ class Decision:
     index: int                         # position in the effective list (0-based)
 
 
+@lru_cache(maxsize=1 << 16)
+def cidr_network(text: str) -> IPNetwork:
+    """A rule's CIDR (already normalised by agent.model), parsed once per process."""
+    return ipaddress.ip_network(text)
+
+
 def peer_networks(state: DesiredState, peer: Peer) -> tuple[IPNetwork, ...]:
     if peer.kind == "cidr":
-        return (ipaddress.ip_network(peer.value),)
+        return (cidr_network(peer.value),)
     if peer.kind == "prefix_list":
         return state.prefix_list_by_id.get(peer.value, ())
     return state.group_networks.get(peer.value, ())
@@ -140,11 +147,8 @@ def _default_matches(group: Group, direction: str) -> list[tuple[Match, str]]:
     return out
 
 
-def build_effective_list(state: DesiredState, nic_name: str, direction: str) -> EffectiveList:
-    """SPEC §3 for one local interface and direction. KeyError if not local."""
-    nic = state.local_interfaces[nic_name]
-    inst = state.instance_by_id[nic.instance_id]
-    groups = tuple(state.group_by_id[g] for g in inst.groups)
+def essential_entries(state: DesiredState, nic: Interface, direction: str) -> list[Entry]:
+    """Stages 1-2 of one interface and direction."""
     entries = [Entry(STATE, "established", ACCEPT, description="established or related connection"),
                Entry(STATE, "invalid", DROP, description="invalid packet"),
                Entry(ESSENTIALS, "nd", ACCEPT, description="IPv6 neighbour discovery (ICMPv6 133-136)")]
@@ -154,12 +158,28 @@ def build_effective_list(state: DesiredState, nic_name: str, direction: str) -> 
                                  description=f"anti-spoofing: source MAC is not {nic.mac}"))
         entries.append(Entry(ESSENTIALS, "spoof-ip", DROP,
                              description="anti-spoofing: source address is not the interface's"))
-    if inst.network == VPC or nic.nic_type == INTRANET:
-        for g in groups:
-            if g.inner_access == ACCEPT:
-                nets = peer_networks(state, Peer("group", g.id))
-                entries.append(Entry(INTRA_GROUP, "match", ACCEPT, Match(nets), g.id,
-                                     peer=Peer("group", g.id), description=f"members of {g.id}"))
+    return entries
+
+
+def intra_group_ids(state: DesiredState, nic: Interface) -> tuple[str, ...]:
+    """Stage 3: the groups of the interface's instance whose members it lets in (and out)
+    before any user rule; none on a classic network's internet interface."""
+    inst = state.instance_by_id[nic.instance_id]
+    if inst.network != VPC and nic.nic_type != INTRANET:
+        return ()
+    return tuple(gid for gid in inst.groups if state.group_by_id[gid].inner_access == ACCEPT)
+
+
+def build_effective_list(state: DesiredState, nic_name: str, direction: str) -> EffectiveList:
+    """SPEC §3 for one local interface and direction. KeyError if not local."""
+    nic = state.local_interfaces[nic_name]
+    inst = state.instance_by_id[nic.instance_id]
+    groups = tuple(state.group_by_id[g] for g in inst.groups)
+    entries = essential_entries(state, nic, direction)
+    for gid in intra_group_ids(state, nic):
+        nets = peer_networks(state, Peer("group", gid))
+        entries.append(Entry(INTRA_GROUP, "match", ACCEPT, Match(nets), gid,
+                             peer=Peer("group", gid), description=f"members of {gid}"))
     for r in user_rules(state, groups, inst.network, nic, direction):
         match = Match(peer_networks(state, r.peer), r.protocol, r.ports, r.sports)
         entries.append(Entry(USER, "match", r.policy, match, r.group_id, r.id, r.priority,

@@ -5,7 +5,7 @@ kernel either holds the new tables or keeps the old ones; never an empty moment.
 """
 from __future__ import annotations
 
-from agent.compile import TABLE, Chain, NftSet, Ruleset, Table
+from agent.ruleset import TABLE, Chain, NftSet, Ruleset, Table
 
 STAMP_SET = "agent_stamp"      # an empty set whose comment names the script applied
 
