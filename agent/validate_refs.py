@@ -64,26 +64,36 @@ def _duplicates(pairs: list[tuple[str, Any]], what: str) -> Iterator[InputError]
         seen[value] += 1
 
 
+def group_type(group: dict) -> Optional[str]:
+    """A group's type as the checks read it (None: not a string; pydantic reports it)."""
+    return _word(group.get("type"), "custom")
+
+
+def group_network(group: dict) -> Optional[str]:
+    return _word(group.get("network"), "vpc")
+
+
 def cross_reference_errors(data: dict, host: Optional[str] = None) -> list[InputError]:
     """Every cross-reference error of `data`; `host` is the agent's name (instances on it,
     or with no host, are local and share one namespace of interface names)."""
     groups = _items(data, "security_groups")
-    group_types = {_key(g["id"]): _word(g.get("type"), "custom") for _, g in groups
-                   if isinstance(g.get("id"), str)}
-    group_nets = {_key(g["id"]): _word(g.get("network"), "vpc") for _, g in groups
+    group_types = {_key(g["id"]): group_type(g) for _, g in groups if isinstance(g.get("id"), str)}
+    group_nets = {_key(g["id"]): group_network(g) for _, g in groups
                   if isinstance(g.get("id"), str)}
     prefix_lists = _ids(_items(data, "prefix_lists"))
     errors: list[InputError] = []
     for key in ("prefix_lists", "security_groups", "instances"):
         errors += _duplicates([(f"{key}[{i}].id", x.get("id")) for i, x in _items(data, key)], "id")
     for gi, group in groups:
-        errors += _group_errors(f"security_groups[{gi}]", group, group_types, prefix_lists)
+        errors += group_errors(f"security_groups[{gi}]", group, group_types, prefix_lists)
     errors += _instance_errors(data, group_types, group_nets, host)
     return errors
 
 
-def _group_errors(path: str, group: dict, group_types: dict, prefix_lists: set) -> Iterator[InputError]:
-    gtype = _word(group.get("type"), "custom")
+def group_errors(path: str, group: dict, group_types: dict, prefix_lists: set) -> Iterator[InputError]:
+    """The errors of one group (its rules included) given the types of every group by id
+    and the ids of the prefix lists."""
+    gtype = group_type(group)
     if gtype == "enterprise" and _word(group.get("inner_access"), "drop") == "accept":
         yield InputError(f"{path}.inner_access", "accept",
                          "an enterprise group cannot let its members reach each other by default")
@@ -95,7 +105,7 @@ def _group_errors(path: str, group: dict, group_types: dict, prefix_lists: set) 
     by_id: dict[str, dict] = {}
     for ri, rule in rules:
         rpath = f"{path}.rules[{ri}]"
-        yield from _rule_errors(rpath, rule, _word(group.get("network"), "vpc"), group_types,
+        yield from _rule_errors(rpath, rule, group_network(group), group_types,
                                 prefix_lists)
         rid = _key(rule.get("id"))
         if isinstance(rid, str):
@@ -167,33 +177,39 @@ def _instance_errors(data: dict, group_types: dict, group_nets: dict,
     names_by_host: dict[Any, list[tuple[str, Any]]] = defaultdict(list)
     for ii, inst in _items(data, "instances"):
         path = f"instances[{ii}]"
-        network = _word(inst.get("network"), "vpc")
-        refs = inst.get("security_groups")
-        kinds = set()
-        for gi, gid in enumerate(refs if isinstance(refs, list) else []):
-            gid = _key(gid)
-            if gid is None:
-                continue
-            if gid not in group_types:
-                yield InputError(f"{path}.security_groups[{gi}]", gid, "unknown security group")
-                continue
-            if group_types[gid] is not None:
-                kinds.add("enterprise" if group_types[gid] == "enterprise" else "basic")
-            if None not in (group_nets[gid], network) and group_nets[gid] != network:
-                yield InputError(f"{path}.security_groups[{gi}]", gid,
-                                 f"a {group_nets[gid]} group cannot hold a {network} instance")
-        if len(kinds) > 1:
-            yield InputError(f"{path}.security_groups", show_value(refs),
-                             "an instance cannot mix enterprise and basic (default/custom) groups")
-        nics = _items(inst, "interfaces")
-        yield from _nic_type_errors(path, network, nics)
+        yield from instance_errors(path, inst, group_types, group_nets)
         where = inst.get("host")
         if where is not None and not isinstance(where, str):
             continue                # a shape error; pydantic reports it
         where = None if where is None or where.strip() == local else where.strip()
-        names_by_host[where] += [(f"{path}.interfaces[{ni}].name", nic.get("name")) for ni, nic in nics]
+        names_by_host[where] += [(f"{path}.interfaces[{ni}].name", nic.get("name"))
+                                 for ni, nic in _items(inst, "interfaces")]
     for names in names_by_host.values():
         yield from _duplicates(names, "interface name on this host")
+
+
+def instance_errors(path: str, inst: dict, group_types: dict,
+                    group_nets: dict) -> Iterator[InputError]:
+    """The errors of one instance but interface names clashing with other instances'."""
+    network = _word(inst.get("network"), "vpc")
+    refs = inst.get("security_groups")
+    kinds = set()
+    for gi, gid in enumerate(refs if isinstance(refs, list) else []):
+        gid = _key(gid)
+        if gid is None:
+            continue
+        if gid not in group_types:
+            yield InputError(f"{path}.security_groups[{gi}]", gid, "unknown security group")
+            continue
+        if group_types[gid] is not None:
+            kinds.add("enterprise" if group_types[gid] == "enterprise" else "basic")
+        if None not in (group_nets[gid], network) and group_nets[gid] != network:
+            yield InputError(f"{path}.security_groups[{gi}]", gid,
+                             f"a {group_nets[gid]} group cannot hold a {network} instance")
+    if len(kinds) > 1:
+        yield InputError(f"{path}.security_groups", show_value(refs),
+                         "an instance cannot mix enterprise and basic (default/custom) groups")
+    yield from _nic_type_errors(path, network, _items(inst, "interfaces"))
 
 
 def _nic_type_errors(path: str, network: str, nics: list[tuple[int, dict]]) -> Iterator[InputError]:
