@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Protocol
 
-from agent.compile import TABLE, Ruleset, build_ruleset
+from agent.compile import TABLE, Ruleset, compile_ruleset
+from agent.compile_memo import CompileMemo
 from agent.errors import KernelError
 from agent.incremental import plan_update
 from agent.model import DesiredState
@@ -101,13 +102,14 @@ class Keeper:
     our_generation: Optional[int] = None      # generation right after our last commit
     reference: Optional[str] = None           # the listing of what we applied
     verified_generation: Optional[int] = None
+    memo: Optional[CompileMemo] = None        # the last build's, so a change recompiles what it touches
     repairs: int = 0
     revoked_total: int = 0
     tables: tuple[tuple[str, str], ...] = field(default=(("inet", TABLE), ("bridge", TABLE)))
 
     def apply(self, state: DesiredState, revision: str = "?") -> ApplyResult:
         start = time.monotonic()
-        ruleset = build_ruleset(state)
+        ruleset, self.memo = compile_ruleset(state, self.memo)
         if self.applied is not None and ruleset == self.applied:
             self.state = state
             return ApplyResult(UNCHANGED, time.monotonic() - start, 0.0, 0, 0, ruleset.errors)
