@@ -83,6 +83,13 @@ class _Builder:
             parts.append(tails.get(iv) or tails.setdefault(iv, render_interval(0, iv)))
         return " . ".join(parts)
 
+    def add_chain(self, name: str, rules: tuple[str, ...]) -> None:
+        """A chain; the previous build's object when its rules are the same (so what
+        did not change compares by identity downstream)."""
+        old = self.previous.chains.get(name) if self.previous else None
+        chain = old if old is not None and old.rules == rules else Chain(name, rules)
+        self.chains[name] = self.memo.chains[name] = chain      # type: ignore[index]
+
     def add_set(self, s: NftSet, identity: tuple) -> str:
         name = self.claim(s.name, ("set",) + identity)
         self.sets.setdefault(name, s if s.name == name else replace(s, name=name))
@@ -145,7 +152,7 @@ def build_interface_chain(b: _Builder, nic: Interface, direction: str) -> str:
     except Exception as exc:  # fail closed: this interface drops, the rest is enforced
         b.errors.append(f"{nic.name} {direction}: cannot compile ({exc}); traffic is dropped")
         rules = ["counter drop"]
-    b.chains[name] = Chain(name, tuple(rules))
+    b.add_chain(name, tuple(rules))
     return name
 
 
@@ -211,7 +218,7 @@ def build_policy_chain(b: _Builder, nic: Interface, direction: str) -> str:
         assert entries[-1].stage == FINAL
         region = region_rules(b, name, [e for e in entries if e.stage in (USER, DEFAULTS)], peer_kw)
     b.memo.regions[(name, identity)] = (signature, region)   # type: ignore[index]
-    b.chains[name] = Chain(name, tuple(rules) + region[0] + ("drop",))
+    b.add_chain(name, tuple(rules) + region[0] + ("drop",))
     return name
 
 
@@ -222,8 +229,9 @@ def _remembered_region(b: _Builder, name: str, identity: tuple, signature: tuple
     if hit is None or hit[0] != signature:
         return None
     sets = hit[1][1]
-    if any(b.claim(f"{name}_{v}", ("set", "region", name, v)) != s.name for v, s in sets):
-        return None
+    for v, s in sets:
+        if b.claim(f"{name}_{v}", ("set", "region", name, v)) != s.name:
+            return None
     for _, s in sets:
         b.sets.setdefault(s.name, s)
     return hit[1]

@@ -35,6 +35,7 @@ class CompileMemo:
     regions: Mapping[tuple, tuple[Signature, RegionResult]] = field(default_factory=dict)
     interfaces: Mapping[tuple, tuple[Any, tuple[str, ...]]] = field(default_factory=dict)
     group_sets: Mapping[tuple, tuple[Any, Any]] = field(default_factory=dict)
+    chains: Mapping[str, Any] = field(default_factory=dict)          # name -> Chain
 
 
 def _same(old: Any, new: Any) -> Any:
@@ -44,14 +45,14 @@ def _same(old: Any, new: Any) -> Any:
 
 def canonicalise(state: DesiredState, previous: Optional[CompileMemo]) -> CompileMemo:
     """This build's inputs, with every value equal to the previous build's replaced by
-    that object. `regions`, `interfaces` and `group_sets` are left empty: the build
-    fills its own (what it reused and what it made)."""
+    that object. `regions`, `interfaces`, `group_sets` and `chains` are left empty:
+    the build fills its own (what it reused and what it made)."""
     prev = previous or CompileMemo()
     groups = {g.id: _same(prev.groups.get(g.id), g) for g in state.groups}
     networks = {gid: _same(prev.networks.get(gid), nets) for gid, nets in state.group_networks.items()}
     prefix_lists = {pid: _same(prev.prefix_lists.get(pid), nets) for pid, nets in state.prefix_lists}
     parts = {gid: _group_parts(g, prev.parts.get(gid)) for gid, g in groups.items()}
-    return CompileMemo(groups, networks, prefix_lists, parts, {}, {}, {})
+    return CompileMemo(groups, networks, prefix_lists, parts, {}, {}, {}, {})
 
 
 def _group_parts(group: Group, previous: Optional[tuple]) -> tuple[Group, Mapping[str, tuple]]:

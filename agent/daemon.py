@@ -263,11 +263,14 @@ class Daemon:
     def verify(self, deep: bool = False) -> None:
         self._checks += 1
         deep = deep or self._checks % max(1, self.config.deep_verify_every) == 0
+        start = time.monotonic()
         try:
             problem = self.keeper.verify(self.notifications_lost, deep)
         except AgentError as exc:
             log.warning("revision %s: cannot verify the tables: %s", self.revision, exc)
             return
+        log.debug("revision %s: %s check of the tables took %.0f ms", self.revision,
+                  "deep" if deep else "shallow", (time.monotonic() - start) * 1000)
         self.notifications_lost = False
         if problem:
             self._repair_due = problem

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 from agent.ruleset import Chain, NftSet, Ruleset, Table
 from agent.render import render_table
@@ -67,6 +67,36 @@ def ruleset_size(rs: Ruleset) -> RulesetSize:
                        sum(len(c.rules) for t in rs.tables for c in t.chains),
                        sum(len(t.sets) for t in rs.tables),
                        sum(len(s.elements) for t in rs.tables for s in t.sets))
+
+
+@dataclass(frozen=True)
+class ElementChange:
+    """Elements leaving and joining one set, the whole difference of that set."""
+    family: str
+    table: str
+    set: NftSet
+    removed: tuple[str, ...]
+    added: tuple[str, ...]
+
+
+def plan_element_changes(old: Ruleset, new: Ruleset) -> Optional[tuple[ElementChange, ...]]:
+    """When `new` differs from `old` only in the elements of sets (same tables, chains
+    and set declarations), those differences; None otherwise. This is the common case
+    of a daemon's change (a rule edited, an instance joining a group), and the kernel
+    boundary can commit it without libnftables (agent.nft_elements)."""
+    if [(t.family, t.name) for t in old.tables] != [(t.family, t.name) for t in new.tables]:
+        return None
+    out: list[ElementChange] = []
+    for o, n in zip(old.tables, new.tables):
+        if o is n:
+            continue
+        if not _same(o.chains, n.chains) or [(s.name, _decl(s)) for s in o.sets] != [(s.name, _decl(s)) for s in n.sets]:
+            return None
+        for os_, ns in zip(o.sets, n.sets):
+            if os_ is not ns and not _same(os_.elements, ns.elements):
+                removed, added = element_diff(os_, ns)
+                out.append(ElementChange(n.family, n.name, ns, removed, added))
+    return tuple(out)
 
 
 def plan_update(old: Ruleset, new: Ruleset, replace_sets: bool = False) -> str:
@@ -175,17 +205,14 @@ def plan_table(o: Table, n: Table, replace_sets: bool = False) -> list[str]:
     out += [f"flush chain {where} {c.name}" for c in d.refilled]
     out += [f"flush chain {where} {name}" for name in d.removed_chains]
     out += [_elements("delete", where, s, removed) for s, removed, _ in d.element_changes if removed]
-    out += [f"delete {'map' if _was_map(o, name) else 'set'} {where} {name}" for name in d.removed_sets]
+    maps = {s.name for s in o.sets if s.map_to}
+    out += [f"delete {'map' if name in maps else 'set'} {where} {name}" for name in d.removed_sets]
     out += [add_set(where, s) for s in d.added_sets]
     out += [_elements("add", where, s, added) for s, _, added in d.element_changes if added]
     for c in d.added_chains + d.refilled:
         out += [f"add rule {where} {c.name} {r}" for r in c.rules]
     out += [f"delete chain {where} {name}" for name in d.removed_chains]
     return out
-
-
-def _was_map(t: Table, name: str) -> bool:
-    return any(s.name == name and s.map_to for s in t.sets)
 
 
 def _elements(verb: str, where: str, s: NftSet, elements: Iterable[str]) -> str:

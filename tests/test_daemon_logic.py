@@ -10,7 +10,7 @@ import yaml
 
 from agent.errors import InvalidInput, InputError, KernelError
 from agent.daemon import Daemon, DaemonConfig, Ports
-from agent.keeper import FULL, INCREMENTAL, UNCHANGED, Keeper
+from agent.keeper import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, Keeper
 from agent.revoke import Flow
 from agent.sources import SourceError
 from agent.status import StatusServer, format_status, query
@@ -24,6 +24,7 @@ class FakeKernel:
         self.gen = 1
         self.table = None           # what `listing` returns
         self.refuse_incremental = False
+        self.refuse_elements = False
         self.flows: list[Flow] = []
         self.deleted: list[Flow] = []
 
@@ -31,6 +32,15 @@ class FakeKernel:
         if what == INCREMENTAL and self.refuse_incremental:
             raise KernelError("refused")
         self.scripts.append((what, script))
+        self.gen += 1
+        self.table = f"table {len(self.scripts)}"
+        return 0.001
+
+    def commit_elements(self, changes):
+        if self.refuse_elements:
+            raise KernelError("refused")
+        self.scripts.append(("elements", "\n".join(
+            f"{c.set.name} -{list(c.removed)} +{list(c.added)}" for c in changes)))
         self.gen += 1
         self.table = f"table {len(self.scripts)}"
         return 0.001
@@ -116,25 +126,45 @@ def test_first_apply_is_a_full_replace_then_ready():
     assert doc["revision"] == "r1" and doc["ready"] and doc["interfaces"]["present"] == 1
 
 
-def test_change_is_incremental_and_unchanged_revision_costs_nothing():
-    d, kernel, source, _n, _ = make()
-    d.step([("source",)])
-    assert len(kernel.scripts) == 1                                       # same revision: nothing
+def _port_change(source) -> None:
     doc = copy.deepcopy(WEBSHOP)
     doc["security_groups"][0]["rules"][0]["port_range"] = "8080/8080"
     source.result = (doc, "r2")
+
+
+def test_element_change_is_committed_alone_and_unchanged_revision_costs_nothing():
+    d, kernel, source, _n, _ = make()
+    d.step([("source",)])
+    assert len(kernel.scripts) == 1                                       # same revision: nothing
+    _port_change(source)
     d.step([("source",), ("source",), ("source",)])                         # a burst: one apply
+    assert [w for w, _ in kernel.scripts] == [FULL, ELEMENTS]
+    assert "8080" in kernel.scripts[1][1]
+    assert d.revision == "r2" and d.applies == {FULL: 1, ELEMENTS: 1}
+
+
+def test_chain_change_is_an_incremental_script():
+    d, kernel, source, _n, _ = make()
+    doc = copy.deepcopy(WEBSHOP)
+    doc["anti_spoofing"] = False                          # interface chains change
+    source.result = (doc, "r2")
+    d.step([("source",)])
     assert [w for w, _ in kernel.scripts] == [FULL, INCREMENTAL]
     assert "delete table" not in kernel.scripts[1][1]
-    assert d.revision == "r2" and d.applies == {FULL: 1, INCREMENTAL: 1}
+
+
+def test_refused_element_commit_falls_back_to_a_script():
+    d, kernel, source, _n, _ = make()
+    kernel.refuse_elements = True
+    _port_change(source)
+    d.step([("source",)])
+    assert [w for w, _ in kernel.scripts] == [FULL, INCREMENTAL] and d.revision == "r2"
 
 
 def test_refused_incremental_falls_back_to_full_replace():
     d, kernel, source, _n, _ = make()
-    kernel.refuse_incremental = True
-    doc = copy.deepcopy(WEBSHOP)
-    doc["security_groups"][0]["rules"][0]["port_range"] = "8080/8080"
-    source.result = (doc, "r2")
+    kernel.refuse_elements = kernel.refuse_incremental = True
+    _port_change(source)
     d.step([("source",)])
     assert [w for w, _ in kernel.scripts] == [FULL, FULL] and d.revision == "r2"
 
@@ -206,6 +236,15 @@ def test_lost_notifications_with_foreign_commits_force_a_repair():
     cb["lost"]()
     d.step(d._wait(block=False))
     assert [w for w, _ in kernel.scripts] == [FULL, "repair"]
+
+
+def test_lost_notifications_of_our_own_commit_cost_no_listing():
+    d, kernel, _s, _n, cb = make()
+    listed = []
+    kernel.listing = lambda tables: listed.append(tables) or kernel.table
+    cb["lost"]()                        # our own big commit overflowed the monitor
+    d.step(d._wait(block=False))
+    assert listed == [] and [w for w, _ in kernel.scripts] == [FULL] and not d.notifications_lost
 
 
 def test_interface_removal_deletes_its_connections_only():

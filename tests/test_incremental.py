@@ -119,3 +119,19 @@ def test_replace_sets_mode_replaces_a_changed_set_with_its_chains():
         f"add set inet {TABLE} g4 {{ type ipv4_addr; flags interval; elements = {{ 10.2.0.5 }}; }}",
         f"add rule inet {TABLE} c ip saddr @g4 accept"]
     assert "element" in plan_update(old, new)
+
+
+def test_element_changes_alone_when_only_elements_differ():
+    from agent.incremental import plan_element_changes
+    chains = [BASE, Chain("in_tap1", ("ip saddr @g4 accept", "drop"))]
+    old = _rs([ADDRS, PORTS], chains)
+    narrowed = NftSet("g4", "ipv4_addr", ("10.0.0.0-10.0.0.127", "10.2.0.5"))
+    changes = plan_element_changes(old, _rs([narrowed, PORTS], chains))
+    assert [(c.set.name, c.removed, c.added) for c in changes] == [
+        ("g4", ("10.0.0.0-10.0.0.255",), ("10.0.0.0-10.0.0.127",))]
+    assert plan_element_changes(old, old) == ()
+    other_chain = [BASE, Chain("in_tap1", ("drop",))]
+    assert plan_element_changes(old, _rs([narrowed, PORTS], other_chain)) is None
+    assert plan_element_changes(old, _rs([ADDRS], chains)) is None                 # a set went
+    redeclared = NftSet("g4", "ipv4_addr", ADDRS.elements, interval=False)
+    assert plan_element_changes(old, _rs([redeclared, PORTS], chains)) is None
