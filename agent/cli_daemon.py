@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from typing import Callable
 
 from agent.status import DEFAULT_SOCKET
@@ -27,7 +28,8 @@ def build_daemon(args: argparse.Namespace):
     from agent.keeper import Keeper, RealKernel
     from agent.sources import open_source
     source = open_source(args.source or args.config, **source_options(args))
-    ports = Ports(present_links=links.present_links, notify=sdnotify.notify)
+    ports = Ports(present_links=links.present_links, notify=sdnotify.notify,
+                  background=lambda work: threading.Thread(target=work, name="verify", daemon=True).start())
     if not args.no_link_monitor:
         ports.link_monitor = lambda cb: _started(links.LinkMonitor(cb))
     if not args.no_drift_monitor:

@@ -56,6 +56,7 @@ class Ports:
     table_watch: Optional[Callable[[Callable[[str], None], Callable[[], None]], Closable]] = None
     notify: Callable[..., bool] = lambda *fields: False
     observe_apply: Callable[[ApplyResult], None] = lambda result: None
+    background: Callable[[Callable[[], None]], None] = lambda work: work()   # production: a thread
 
 
 @dataclass
@@ -107,6 +108,7 @@ class Daemon:
     _next_ping: float = 0.0
     _repair_due: Optional[str] = None
     _checks: int = 0
+    _listing: bool = False                   # a background listing is under way
 
     # -- thread-safe entry points ------------------------------------------------------
     def request(self, *event: Any) -> None:
@@ -176,6 +178,8 @@ class Daemon:
                 self._next_verify = 0.0
             elif e[0] == "link":
                 self.link_changed(e[1], e[2])
+            elif e[0] == "listed":
+                self.listed(*e[1:])
         if "stop" in kinds:
             return False
         if self._repair_due:
@@ -261,17 +265,50 @@ class Daemon:
             self._repair_due = what
 
     def verify(self, deep: bool = False) -> None:
+        """The backstop check. A listing (deep check, or lost notifications with foreign
+        commits) is taken in the background (`Ports.background`): seconds at the large
+        sizes, which must not hold up changes; its result comes back as ("listed", ...)."""
         self._checks += 1
         deep = deep or self._checks % max(1, self.config.deep_verify_every) == 0
-        start = time.monotonic()
         try:
-            problem = self.keeper.verify(self.notifications_lost, deep)
+            problem, listing_needed, gen = self.keeper.precheck(self.notifications_lost, deep)
         except AgentError as exc:
             log.warning("revision %s: cannot verify the tables: %s", self.revision, exc)
             return
-        log.debug("revision %s: %s check of the tables took %.0f ms", self.revision,
-                  "deep" if deep else "shallow", (time.monotonic() - start) * 1000)
+        if listing_needed:
+            return self._list_in_background(gen)
         self.notifications_lost = False
+        self._found(problem)
+
+    def _list_in_background(self, gen: Optional[int]) -> None:
+        if self._listing:
+            return
+        self._listing, lost, tables = True, self.notifications_lost, self.keeper.tables
+        start = time.monotonic()
+
+        def work() -> None:
+            try:
+                text: Any = self.keeper.kernel.listing(tables)
+            except AgentError as exc:
+                text = exc
+            self.request("listed", text, gen, lost, time.monotonic() - start)
+        self.ports.background(work)
+
+    def listed(self, text: Any, gen: Optional[int], lost: bool, took: float) -> None:
+        """A background listing is back: judge it, unless the tables were committed to
+        meanwhile (then it proves nothing; the monitor covered that time)."""
+        self._listing = False
+        if isinstance(text, AgentError):
+            log.warning("revision %s: cannot list the tables: %s", self.revision, text)
+            return
+        log.debug("revision %s: tables listed in %.0f ms", self.revision, took * 1000)
+        if self.keeper.generation() != gen:
+            log.debug("revision %s: the tables changed while they were listed; next check", self.revision)
+            return
+        self.notifications_lost = self.notifications_lost and not lost
+        self._found(self.keeper.judge_listing(text, gen, lost))
+
+    def _found(self, problem: Optional[str]) -> None:
         if problem:
             self._repair_due = problem
             self.repair()

@@ -67,7 +67,7 @@ class RealKernel:
 
     def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]:
         from agent import nft
-        parts = [nft.list_table(family, name) for family, name in tables]
+        parts = [nft.list_table_isolated(family, name) for family, name in tables]
         return None if all(p is None for p in parts) else "\n".join(p or "" for p in parts)
 
     def tables_present(self, tables: tuple[tuple[str, str], ...]) -> bool:
@@ -186,7 +186,7 @@ class Keeper:
 
     def _applied(self, ruleset: Ruleset, state: DesiredState) -> None:
         self.applied, self.state, self.reference = ruleset, state, None
-        self.our_generation = self._generation()
+        self.our_generation = self.generation()
         self.verified_generation = None
 
     def _previous_addresses(self) -> frozenset:
@@ -198,7 +198,7 @@ class Keeper:
             log.warning("table %s: cannot read the previous addresses: %s", TABLE, exc)
             return frozenset()
 
-    def _generation(self) -> Optional[int]:
+    def generation(self) -> Optional[int]:
         try:
             return self.kernel.generation()
         except OSError as exc:
@@ -228,27 +228,41 @@ class Keeper:
         return took
 
     def verify(self, notifications_lost: bool = False, deep: bool = True) -> Optional[str]:
-        """Why the kernel no longer holds what was applied, or None. Nothing to do when
-        nothing was committed since the last check (the ruleset generation is unchanged);
-        a shallow check only sees that the tables exist (the monitor reports edits), a
-        deep one lists them and compares with the listing taken after the apply."""
+        """Why the kernel no longer holds what was applied, or None (`precheck`, then
+        the listing if one is needed, judged by `judge_listing`)."""
+        problem, listing_needed, gen = self.precheck(notifications_lost, deep)
+        if not listing_needed:
+            return problem
+        return self.judge_listing(self.kernel.listing(self.tables), gen, notifications_lost)
+
+    def precheck(self, notifications_lost: bool, deep: bool) -> tuple[Optional[str], bool, Optional[int]]:
+        """(problem, whether a listing is needed, ruleset generation). Nothing to do when
+        nothing was committed since the last check (the generation is unchanged); a
+        shallow check only sees that the tables exist (the monitor reports edits); a
+        deep one, or one after lost notifications with foreign commits, needs a listing."""
         if self.applied is None:
-            return None
-        gen = self._generation()
+            return None, False, None
+        gen = self.generation()
         if gen is not None and gen == self.verified_generation:
-            return None
+            return None, False, gen
         if notifications_lost and gen is not None and gen == self.our_generation:
             notifications_lost = False      # nobody committed since us: the lost ones were ours
         if not deep and not notifications_lost:
             present = self.kernel.tables_present(tuple((t.family, t.name) for t in self.applied.tables))
-            return None if present else "the agent's tables are gone"
-        listing = normalize_listing(self.kernel.listing(self.tables))
+            return (None if present else "the agent's tables are gone"), False, gen
+        return None, True, gen
+
+    def judge_listing(self, text: Optional[str], gen: Optional[int], notifications_lost: bool) -> Optional[str]:
+        """Compare a listing taken at generation `gen` with the one taken after our
+        apply (the first listing after an apply becomes that reference)."""
+        if self.applied is None:
+            return None
+        listing = normalize_listing(text)
         if listing is None and self.applied.tables:
             return "the agent's tables are gone"
         if self.reference is None:
-            if gen is None or gen != self.our_generation:
-                if notifications_lost:
-                    return "changes happened while notifications were lost"
+            if (gen is None or gen != self.our_generation) and notifications_lost:
+                return "changes happened while notifications were lost"
             self.reference = listing
         elif listing != self.reference:
             return "the tables differ from what was applied"

@@ -5,8 +5,11 @@ real kernel, in a network namespace of its own.
     sudo .venv/bin/python bench/incremental.py --interfaces 100 --rules 50
 
 Re-executes itself inside `ip netns exec` (libnftables acts on the caller's namespace).
-Prints compile time, the full replace's commit, and the incremental plan + commit of one
-changed rule (its port range widened), plus the ratio of the two commits.
+A Keeper (the daemon's reconciler) applies the document (full replace), then the same
+document with one rule's port range widened, twice: once as the daemon does it (the
+elements of the changed sets over netlink, agent.nft_elements), once forced through the
+nft-script path (changed sets replaced with their chains, agent.incremental). Prints
+each step's time: whole apply (validate + compile + plan + commit) and the commit alone.
 """
 from __future__ import annotations
 
@@ -24,35 +27,42 @@ sys.path.insert(0, str(ROOT))
 GEN = "/work/shared/tools/gen-config"
 
 
-def inside(doc: dict) -> None:
-    from agent import nft
-    from agent.compile import build_ruleset
-    from agent.incremental import plan_update, ruleset_size
-    from agent.render import render_ruleset
-    from agent.validate import validate_document
-    t = time.monotonic()
-    old = build_ruleset(validate_document(doc))
-    compile_s = time.monotonic() - t
-    new_doc = copy.deepcopy(doc)
-    rule = next(r for g in new_doc["security_groups"] for r in g["rules"]
+def widened(doc: dict, width: int) -> dict:
+    new = copy.deepcopy(doc)
+    rule = next(r for g in new["security_groups"] for r in g["rules"]
                 if r["protocol"] in ("tcp", "udp") and r["direction"] == "ingress")
     lo = int(rule["port_range"].split("/")[0])
-    rule["port_range"] = f"{lo}/{min(65535, lo + 7)}"
-    new = build_ruleset(validate_document(new_doc))
-    full_s = nft.apply_script(render_ruleset(old))
-    nft.apply_script("", "release")                  # libnftables frees its cache here
+    rule["port_range"] = f"{lo}/{min(65535, lo + width)}"
+    return new
+
+
+def timed_apply(keeper, validated, doc: dict):
+    from agent.validate_incremental import validate_update
     t = time.monotonic()
-    from agent.keeper import REPLACE_SETS_FROM
-    script = plan_update(old, new, replace_sets=ruleset_size(old).sets >= REPLACE_SETS_FROM)
-    plan_s = time.monotonic() - t
-    inc_s = nft.apply_script(script)
-    size = ruleset_size(old)
+    validated = validate_update(doc, None, validated)
+    result = keeper.apply(validated.state)
+    return validated, result, time.monotonic() - t
+
+
+def inside(doc: dict) -> None:
+    from agent.incremental import ruleset_size
+    from agent.keeper import Keeper, RealKernel
+    keeper = Keeper(RealKernel())
+    validated, full, full_s = timed_apply(keeper, None, doc)
+    size = ruleset_size(keeper.applied)
     print(f"ruleset: {size.chains} chains, {size.rules} rules, {size.sets} sets, {size.elements} elements")
-    print(f"validate+compile: {compile_s:.2f} s")
-    print(f"full replace commit: {full_s * 1000:.0f} ms")
-    print(f"one-rule change ({rule['id']}): plan {plan_s * 1000:.1f} ms, script {len(script)} bytes "
-          f"({script.count(chr(10))} commands), commit {inc_s * 1000:.1f} ms "
-          f"= {100 * (plan_s + inc_s) / full_s:.2f} % of the full replace")
+    print(f"full replace: apply {full_s:.2f} s, commit {full.nft_seconds:.2f} s")
+    validated, elements, elements_s = timed_apply(keeper, validated, widened(doc, 7))
+    keeper.kernel.commit_elements = _refuse           # the nft-script path, for comparison
+    validated, script, script_s = timed_apply(keeper, validated, widened(doc, 15))
+    for label, r, took in (("daemon's path", elements, elements_s), ("nft-script path", script, script_s)):
+        print(f"one-rule change, {label} ({r.mode}, {r.script_bytes} bytes): apply {took * 1000:.1f} ms, "
+              f"commit {r.nft_seconds * 1000:.1f} ms = {100 * took / full_s:.2f} % of the full apply")
+
+
+def _refuse(changes):
+    from agent.errors import KernelError
+    raise KernelError("bench: element path off")
 
 
 def main() -> int:

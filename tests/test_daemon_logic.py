@@ -223,7 +223,9 @@ def test_verify_takes_a_reference_then_repairs_a_difference():
     kernel.table = "tampered"
     d.verify()                                              # shallow: the tables exist
     assert [w for w, _ in kernel.scripts] == [FULL]
-    d.verify(deep=True)
+    d.verify(deep=True)                                     # listed in the background ...
+    assert [w for w, _ in kernel.scripts] == [FULL]
+    d.step(d._wait(block=False))                            # ... judged when it is back
     assert [w for w, _ in kernel.scripts] == [FULL, "repair"]
     kernel.gen += 1
     kernel.table = None
@@ -234,8 +236,21 @@ def test_lost_notifications_with_foreign_commits_force_a_repair():
     d, kernel, _s, _n, cb = make()
     kernel.gen += 5                                         # someone committed; events lost
     cb["lost"]()
-    d.step(d._wait(block=False))
+    d.step(d._wait(block=False))                            # a listing is started
+    d.step(d._wait(block=False))                            # and judged
     assert [w for w, _ in kernel.scripts] == [FULL, "repair"]
+
+
+def test_a_listing_overtaken_by_a_commit_proves_nothing():
+    d, kernel, _s, _n, _ = make()
+    kernel.gen += 1
+    kernel.table = "tampered"
+    d.ports.background = lambda work: setattr(d, "_work", work)
+    d.verify(deep=True)
+    kernel.gen += 1                                         # a commit while it lists
+    d._work()
+    d.step(d._wait(block=False))
+    assert [w for w, _ in kernel.scripts] == [FULL] and not d._listing
 
 
 def test_lost_notifications_of_our_own_commit_cost_no_listing():
