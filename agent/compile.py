@@ -26,7 +26,7 @@ from typing import Optional
 
 from agent.boxes import Box, first_match_region
 from agent.model import (ACCEPT, BRIDGED, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface)
-from agent.compile_memo import CompileMemo, canonicalise, policy_signature
+from agent.compile_memo import BuildRecord, CompileMemo, canonicalise, policy_signature
 from agent.policy import (DEFAULTS, FINAL, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER, Entry,
                           build_effective_list, essential_entries, intra_group_ids)
 from agent.ruleset import TABLE, Chain, NftSet, Ruleset, Table
@@ -120,19 +120,28 @@ def compile_ruleset(state: DesiredState, previous: Optional[CompileMemo]) -> tup
         for direction in DIRECTIONS:
             chain = build_interface_chain(b, nic, direction)
             dispatch[direction].append((nic.name, chain))
-    tables = [_inet_table(b, dispatch)]
-    bridge = build_bridge_table(state)
-    if bridge is not None:
-        tables.append(bridge)
-    return Ruleset(tables=tuple(tables), errors=tuple(b.errors)), b.memo
-
-
-def _inet_table(b: _Builder, dispatch: dict[str, list[tuple[str, str]]]) -> Table:
     from agent.compile_dispatch import dispatch_objects
     sets, chains = dispatch_objects(b.state, dispatch)
-    all_sets = tuple(sorted(list(b.sets.values()) + list(sets), key=lambda s: s.name))
-    all_chains = tuple(chains) + tuple(sorted(b.chains.values(), key=lambda c: c.name))
-    return Table("inet", TABLE, all_sets, all_chains)
+    return finish_build(b, BuildRecord(local_layout(state), (tuple(sets), tuple(chains)),
+                                       build_bridge_table(state)))
+
+
+def local_layout(state: DesiredState) -> tuple:
+    """What the interface chains and the dispatch objects are made of: the host's
+    interfaces, the network and groups of their instances, anti-spoofing."""
+    return (state.host, state.anti_spoofing, tuple(
+        (name, nic, state.instance_by_id[nic.instance_id].network, state.instance_by_id[nic.instance_id].groups)
+        for name, nic in sorted(state.local_interfaces.items())))
+
+
+def finish_build(b: _Builder, record: BuildRecord) -> tuple[Ruleset, CompileMemo]:
+    """The Ruleset of a build, and its memo (with what a patched build needs)."""
+    dispatch_sets, dispatch_chains = record.dispatch
+    all_sets = tuple(sorted(list(b.sets.values()) + list(dispatch_sets), key=lambda s: s.name))
+    all_chains = dispatch_chains + tuple(sorted(b.chains.values(), key=lambda c: c.name))
+    tables = (Table("inet", TABLE, all_sets, all_chains),) + ((record.bridge,) if record.bridge else ())
+    record = replace(record, owners=b.owners, sets=b.sets, group_set_names=b.group_sets, errors=tuple(b.errors))
+    return Ruleset(tables=tables, errors=tuple(b.errors)), replace(b.memo, record=record)
 
 
 def build_bridge_table(state: DesiredState) -> Optional[Table]:
@@ -206,8 +215,12 @@ def build_policy_chain(b: _Builder, nic: Interface, direction: str) -> str:
     """Stages 3-6, shared by interfaces with the same groups, network and nic type."""
     identity = policy_identity(b.state, nic, direction)
     name = b.claim(safe_name(policy_key(b.state, nic, direction)), identity)
-    if name in b.chains:
-        return name
+    if name not in b.chains:
+        policy_chain_body(b, name, identity, nic, direction)
+    return name
+
+
+def policy_chain_body(b: _Builder, name: str, identity: tuple, nic: Interface, direction: str) -> None:
     peer_kw = "saddr" if direction == INGRESS else "daddr"
     intra = intra_group_ids(b.state, nic)
     rules = [r for gid in intra for r in intra_group_rules(b, gid, peer_kw)]
@@ -217,9 +230,8 @@ def build_policy_chain(b: _Builder, nic: Interface, direction: str) -> str:
         entries = build_effective_list(b.state, nic.name, direction).entries
         assert entries[-1].stage == FINAL
         region = region_rules(b, name, [e for e in entries if e.stage in (USER, DEFAULTS)], peer_kw)
-    b.memo.regions[(name, identity)] = (signature, region)   # type: ignore[index]
+    b.memo.regions[(name, identity)] = (signature, region, nic.name)   # type: ignore[index]
     b.add_chain(name, tuple(rules) + region[0] + ("drop",))
-    return name
 
 
 def _remembered_region(b: _Builder, name: str, identity: tuple, signature: tuple) -> Optional[tuple]:
@@ -288,25 +300,45 @@ def region_rules(b: _Builder, prefix: str, entries: list[Entry], peer_kw: str) -
     dynamic = any(e.peer is not None and e.peer.kind != "cidr" for e in entries)
     rules, sets = [], []
     for v in (4, 6):
-        items = [(bx, e.verdict == ACCEPT) for e in entries
-                 for bx in entry_boxes(e, v, with_sport, with_dport)]
-        boxes = first_match_region(items)
-        full = ((0, 2 ** ADDR_BITS[v] - 1), FULL_PROTO) + (FULL_PORTS,) * (with_sport + with_dport)
-        if boxes == (full,):
-            rules.append(f"meta nfproto {'ipv4' if v == 4 else 'ipv6'} accept")
-            continue
-        if not boxes and not dynamic:
-            continue
-        key = [f"{FAMILY_KW[v]} {peer_kw}", "meta l4proto"] + ["th sport"] * with_sport + \
-            ["th dport"] * with_dport
-        types = [ADDR_TYPE[v], "inet_proto"] + ["inet_service"] * (with_sport + with_dport)
-        elements = tuple(b.element(v, bx) for bx in boxes)
-        sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements), ("region", prefix, v))
-        sets.append((v, b.sets[sname]))
-        rules.append(f"{' . '.join(key)} @{sname} accept")
+        items = tuple((bx, e.verdict == ACCEPT) for e in entries
+                      for bx in entry_boxes(e, v, with_sport, with_dport))
+        rule, nft_set = _version_region(b, prefix, v, (items, with_sport, with_dport, dynamic, peer_kw))
+        rules += [rule] if rule else []
+        sets += [(v, nft_set)] if nft_set else []
     if len(rules) == 2 and all(r.startswith("meta nfproto") for r in rules):
         rules = ["accept"]
     return tuple(rules), tuple(sets)
+
+
+def _version_region(b: _Builder, prefix: str, v: int, inputs: tuple) -> tuple[Optional[str], Optional[NftSet]]:
+    """One IP version's region rule and set; the previous build's when its lines in
+    this version are the same (an IPv4 rule edited leaves the IPv6 set alone)."""
+    hit = b.previous.region_parts.get((prefix, v)) if b.previous else None
+    if hit is not None and hit[0] == inputs and (
+            hit[2] is None or b.claim(f"{prefix}_{v}", ("set", "region", prefix, v)) == hit[2].name):
+        rule, nft_set = hit[1], hit[2]
+        if nft_set is not None:
+            b.sets.setdefault(nft_set.name, nft_set)
+    else:
+        rule, nft_set = _paint_region(b, prefix, v, *inputs)
+    b.memo.region_parts[(prefix, v)] = (inputs, rule, nft_set)      # type: ignore[index]
+    return rule, nft_set
+
+
+def _paint_region(b: _Builder, prefix: str, v: int, items: tuple, with_sport: bool, with_dport: bool,
+                  dynamic: bool, peer_kw: str) -> tuple[Optional[str], Optional[NftSet]]:
+    boxes = first_match_region(list(items))
+    full = ((0, 2 ** ADDR_BITS[v] - 1), FULL_PROTO) + (FULL_PORTS,) * (with_sport + with_dport)
+    if boxes == (full,):
+        return f"meta nfproto {'ipv4' if v == 4 else 'ipv6'} accept", None
+    if not boxes and not dynamic:
+        return None, None
+    key = [f"{FAMILY_KW[v]} {peer_kw}", "meta l4proto"] + ["th sport"] * with_sport + \
+        ["th dport"] * with_dport
+    types = [ADDR_TYPE[v], "inet_proto"] + ["inet_service"] * (with_sport + with_dport)
+    elements = tuple(b.element(v, bx) for bx in boxes)
+    sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements), ("region", prefix, v))
+    return f"{' . '.join(key)} @{sname} accept", b.sets[sname]
 
 
 def _net_interval(net) -> tuple[int, int]:

@@ -27,6 +27,18 @@ RegionResult = tuple[tuple[str, ...], tuple[Any, ...]]      # (rules, NftSets)
 
 
 @dataclass(frozen=True)
+class BuildRecord:
+    """What a build made besides its chains and regions, for a patched next build."""
+    layout: tuple                                   # agent.compile.local_layout of its state
+    dispatch: tuple                                 # (dispatch sets, base chains)
+    bridge: Any                                     # the bridge Table or None
+    owners: Mapping[str, tuple] = field(default_factory=dict)      # nft name -> what it names
+    sets: Mapping[str, Any] = field(default_factory=dict)          # name -> NftSet (not dispatch)
+    group_set_names: Mapping[tuple, str] = field(default_factory=dict)   # (group, version) -> name
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CompileMemo:
     groups: Mapping[str, Group] = field(default_factory=dict)
     networks: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
@@ -36,6 +48,8 @@ class CompileMemo:
     interfaces: Mapping[tuple, tuple[Any, tuple[str, ...]]] = field(default_factory=dict)
     group_sets: Mapping[tuple, tuple[Any, Any]] = field(default_factory=dict)
     chains: Mapping[str, Any] = field(default_factory=dict)          # name -> Chain
+    region_parts: Mapping[tuple, tuple] = field(default_factory=dict)  # (chain, version) -> region
+    record: Optional[BuildRecord] = None
 
 
 def _same(old: Any, new: Any) -> Any:
@@ -45,14 +59,14 @@ def _same(old: Any, new: Any) -> Any:
 
 def canonicalise(state: DesiredState, previous: Optional[CompileMemo]) -> CompileMemo:
     """This build's inputs, with every value equal to the previous build's replaced by
-    that object. `regions`, `interfaces`, `group_sets` and `chains` are left empty:
-    the build fills its own (what it reused and what it made)."""
+    that object. `regions`, `interfaces`, `group_sets`, `chains` and `region_parts` are
+    left empty: the build fills its own (what it reused and what it made)."""
     prev = previous or CompileMemo()
     groups = {g.id: _same(prev.groups.get(g.id), g) for g in state.groups}
     networks = {gid: _same(prev.networks.get(gid), nets) for gid, nets in state.group_networks.items()}
     prefix_lists = {pid: _same(prev.prefix_lists.get(pid), nets) for pid, nets in state.prefix_lists}
     parts = {gid: _group_parts(g, prev.parts.get(gid)) for gid, g in groups.items()}
-    return CompileMemo(groups, networks, prefix_lists, parts, {}, {}, {}, {})
+    return CompileMemo(groups, networks, prefix_lists, parts, {}, {}, {}, {}, {})
 
 
 def _group_parts(group: Group, previous: Optional[tuple]) -> tuple[Group, Mapping[str, tuple]]:

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Protocol
 
-from agent.compile import TABLE, Ruleset, compile_ruleset
+from agent.compile import TABLE, Ruleset
+from agent.compile_patch import compile_changes
 from agent.compile_memo import CompileMemo
 from agent.errors import KernelError
 from agent.incremental import ElementChange, plan_element_changes, plan_update
@@ -131,7 +132,7 @@ class Keeper:
 
     def apply(self, state: DesiredState, revision: str = "?") -> ApplyResult:
         start = time.monotonic()
-        ruleset, self.memo = compile_ruleset(state, self.memo)
+        ruleset, self.memo = compile_changes(state, self.memo)
         if self.applied is not None and ruleset == self.applied:
             self.state = state
             return ApplyResult(UNCHANGED, time.monotonic() - start, 0.0, 0, 0, ruleset.errors)

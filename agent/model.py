@@ -229,6 +229,23 @@ def assemble_state(host: str, groups: Iterable[Group], instances: Iterable[Insta
                         revoke_connections=revoke_connections)
 
 
+MEMBERSHIP_TABLES = ("members", "group_addresses", "group_networks", "instance_by_id")
+
+
+def carry_membership(state: DesiredState, previous: DesiredState) -> DesiredState:
+    """`state`, given the derived membership tables `previous` computed, when they are
+    made of the very same objects (the same instances, the same group ids): a rule edit
+    then costs no recomputation of every group's members (~10 ms at 1,000 instances)."""
+    same = (len(state.instances) == len(previous.instances)
+            and all(a is b for a, b in zip(state.instances, previous.instances))
+            and [g.id for g in state.groups] == [g.id for g in previous.groups])
+    if same:
+        for name in MEMBERSHIP_TABLES:
+            if name in previous.__dict__:            # computed there (functools.cached_property)
+                state.__dict__[name] = previous.__dict__[name]
+    return state
+
+
 def build_state(doc: DocumentDoc, host: str) -> DesiredState:
     """Domain objects from a document that `agent.validate` found valid. `host` is the
     agent's name as resolved by `agent.validate.agent_host` (--host over the document's)."""

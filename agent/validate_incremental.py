@@ -29,7 +29,7 @@ from typing import Any, Iterable, Literal, Optional
 from pydantic import BaseModel, ValidationError
 
 from agent.model import (DesiredState, Group, Instance, IPNetwork, assemble_state, build_group,
-                         build_instance, build_prefix_list)
+                         build_instance, build_prefix_list, carry_membership)
 from agent.schema import DocumentDoc, InstanceDoc, PrefixListDoc, SecurityGroupDoc
 from agent.validate import agent_host, validate_document
 from agent.validate_refs import group_errors, group_network, group_type, instance_errors
@@ -131,9 +131,9 @@ def _incremental(data: Any, host: Optional[str], prev: Validated) -> Validated:
     built_plists = _build_prefix_lists(plists)
     built_groups = _build_groups(groups, types, prefix_ids)
     built_insts, owner = _build_instances(insts, prev, types, nets, local)
-    state = assemble_state(local, built_groups.values(), built_insts.values(),
-                           built_plists.items(), prev.state.anti_spoofing,
-                           prev.state.revoke_connections)
+    state = carry_membership(assemble_state(local, built_groups.values(), built_insts.values(),
+                                            built_plists.items(), prev.state.anti_spoofing,
+                                            prev.state.revoke_connections), prev.state)
     log.debug("incremental validation: %d groups, %d instances, %d prefix lists re-checked",
               len(groups.changed), len(insts.changed), len(plists.changed))
     return Validated(data=data, host=host, state=state, mode="incremental", scalars=prev.scalars,

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.compile import build_ruleset, compile_ruleset
+from agent.compile_patch import compile_changes
 from agent.errors import InvalidInput
 from agent.incremental import plan_update
 from agent.validate import validate_document
@@ -74,12 +75,15 @@ def _edit(rng: random.Random, doc: dict) -> None:
         nic["mac"] = rng.choice([None, "52:54:00:00:00:aa"])
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(0, 1), st.integers(0, 2 ** 32), st.integers(1, 6))
-def test_memo_build_equals_fresh_build(which, seed, steps):
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 1), st.integers(0, 2 ** 32), st.integers(1, 8), st.booleans())
+def test_memo_build_equals_fresh_build(which, seed, steps, patched):
+    """Both entry points: compile_ruleset (memo per chain) and compile_changes (the
+    patched build the daemon uses, which falls back to compile_ruleset)."""
+    build = compile_changes if patched else compile_ruleset
     rng = random.Random(seed)
     doc = copy.deepcopy(DOCS[which])
-    ruleset, memo = compile_ruleset(validate_document(doc, HOST), None)
+    ruleset, memo = build(validate_document(doc, HOST), None)
     for _ in range(steps):
         before = copy.deepcopy(doc)
         _edit(rng, doc)
@@ -88,7 +92,7 @@ def test_memo_build_equals_fresh_build(which, seed, steps):
         except InvalidInput:        # e.g. icmp with an IPv6 CIDR: not a change the daemon applies
             doc = before
             continue
-        ruleset, memo = compile_ruleset(state, memo)
+        ruleset, memo = build(state, memo)
         assert ruleset == build_ruleset(state)
 
 
@@ -112,3 +116,23 @@ def test_one_rule_change_repaints_only_chains_of_that_group():
     changed = {s.name for s in second.tables[0].sets
                if s.name.startswith(("pin", "peg", "grp")) and old_sets.get(s.name) is not s}
     assert changed and all(s.startswith("pin_") and group["id"] in s for s in changed), changed
+
+
+def test_patched_build_is_taken_for_rule_prefix_and_group_setting_edits(monkeypatch):
+    import agent.compile_patch as patch
+    calls = []
+    real = patch._patched
+    monkeypatch.setattr(patch, "_patched", lambda *a: calls.append(1) or real(*a))
+    doc = copy.deepcopy(DOCS[0])
+    _, memo = compile_changes(validate_document(doc, HOST), None)
+    edits = [lambda d: d["security_groups"][1]["rules"].append(
+                 {"direction": "egress", "policy": "drop", "priority": 3, "protocol": "tcp",
+                  "port_range": "25/25", "dest_cidr": "0.0.0.0/0"}),
+             lambda d: d["prefix_lists"][0]["entries"].append("198.51.100.0/24"),
+             lambda d: d["security_groups"][0].update(inner_access="drop"),
+             lambda d: d["security_groups"][0].update(inner_access="accept")]
+    for n, edit in enumerate(edits, 1):
+        edit(doc)
+        state = validate_document(copy.deepcopy(doc), HOST)
+        ruleset, memo = compile_changes(state, memo)
+        assert len(calls) == n and ruleset == build_ruleset(state)

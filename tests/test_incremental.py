@@ -89,6 +89,9 @@ def test_remote_instance_joining_a_group_changes_only_set_elements():
     assert script
     verbs = {" ".join(line.split()[:2]) for line in script.splitlines()}
     assert verbs <= {"add element", "delete element"}, script
+    from agent.incremental import plan_element_changes       # what the daemon commits
+    changes = plan_element_changes(_compiled(WEBSHOP), _compiled(new))
+    assert changes and all("10.0.1.99" in " ".join(c.added) for c in changes)
 
 
 def test_local_instance_leaving_a_group_touches_only_its_own_chains_and_sets():
