@@ -40,7 +40,8 @@ ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 
 
 @dataclass
-class _Builder:
+class Builder:
+    """One build's working state: the objects made so far and the names they hold."""
     state: DesiredState
     memo: CompileMemo                 # this build's canonical inputs; `regions` filled here
     previous: Optional[CompileMemo]   # the last build's, if any
@@ -113,7 +114,7 @@ def build_ruleset(state: DesiredState) -> Ruleset:
 def compile_ruleset(state: DesiredState, previous: Optional[CompileMemo]) -> tuple[Ruleset, CompileMemo]:
     """`build_ruleset`, reusing the policy chains of the build `previous` remembers
     whose inputs did not change (agent.compile_memo); the same Ruleset either way."""
-    b = _Builder(state, canonicalise(state, previous), previous)
+    b = Builder(state, canonicalise(state, previous), previous)
     dispatch: dict[str, list[tuple[str, str]]] = {INGRESS: [], EGRESS: []}
     for name in sorted(state.local_interfaces):
         nic = state.local_interfaces[name]
@@ -134,7 +135,7 @@ def local_layout(state: DesiredState) -> tuple:
         for name, nic in sorted(state.local_interfaces.items())))
 
 
-def finish_build(b: _Builder, record: BuildRecord) -> tuple[Ruleset, CompileMemo]:
+def finish_build(b: Builder, record: BuildRecord) -> tuple[Ruleset, CompileMemo]:
     """The Ruleset of a build, and its memo (with what a patched build needs)."""
     dispatch_sets, dispatch_chains = record.dispatch
     all_sets = tuple(sorted(list(b.sets.values()) + list(dispatch_sets), key=lambda s: s.name))
@@ -153,7 +154,7 @@ def interface_chain_name(nic: Interface, direction: str) -> str:
     return f"{'in' if direction == INGRESS else 'eg'}_{safe_name(nic.name)}"
 
 
-def build_interface_chain(b: _Builder, nic: Interface, direction: str) -> str:
+def build_interface_chain(b: Builder, nic: Interface, direction: str) -> str:
     name = b.claim(interface_chain_name(nic, direction), ("interface", nic.name, direction))
     try:
         rules = list(_interface_rules(b, nic, direction))
@@ -165,7 +166,7 @@ def build_interface_chain(b: _Builder, nic: Interface, direction: str) -> str:
     return name
 
 
-def _interface_rules(b: _Builder, nic: Interface, direction: str) -> tuple[str, ...]:
+def _interface_rules(b: Builder, nic: Interface, direction: str) -> tuple[str, ...]:
     """`interface_rules`, or the previous build's when the interface is the same."""
     key, inputs = (nic.name, direction), (nic, b.state.anti_spoofing)
     hit = b.previous.interfaces.get(key) if b.previous else None
@@ -211,7 +212,7 @@ def policy_identity(state: DesiredState, nic: Interface, direction: str) -> tupl
     return ("policy", direction, inst.network, kind, tuple(sorted(inst.groups)))
 
 
-def build_policy_chain(b: _Builder, nic: Interface, direction: str) -> str:
+def build_policy_chain(b: Builder, nic: Interface, direction: str) -> str:
     """Stages 3-6, shared by interfaces with the same groups, network and nic type."""
     identity = policy_identity(b.state, nic, direction)
     name = b.claim(safe_name(policy_key(b.state, nic, direction)), identity)
@@ -220,7 +221,7 @@ def build_policy_chain(b: _Builder, nic: Interface, direction: str) -> str:
     return name
 
 
-def policy_chain_body(b: _Builder, name: str, identity: tuple, nic: Interface, direction: str) -> None:
+def policy_chain_body(b: Builder, name: str, identity: tuple, nic: Interface, direction: str) -> None:
     peer_kw = "saddr" if direction == INGRESS else "daddr"
     intra = intra_group_ids(b.state, nic)
     rules = [r for gid in intra for r in intra_group_rules(b, gid, peer_kw)]
@@ -234,7 +235,7 @@ def policy_chain_body(b: _Builder, name: str, identity: tuple, nic: Interface, d
     b.add_chain(name, tuple(rules) + region[0] + ("drop",))
 
 
-def _remembered_region(b: _Builder, name: str, identity: tuple, signature: tuple) -> Optional[tuple]:
+def _remembered_region(b: Builder, name: str, identity: tuple, signature: tuple) -> Optional[tuple]:
     """The previous build's region rules and sets of this chain if its inputs are the
     same (and its sets get the same names here); their sets are added to this build."""
     hit = b.previous.regions.get((name, identity)) if b.previous else None
@@ -249,18 +250,18 @@ def _remembered_region(b: _Builder, name: str, identity: tuple, signature: tuple
     return hit[1]
 
 
-def intra_group_rules(b: _Builder, group_id: str, peer_kw: str) -> list[str]:
+def intra_group_rules(b: Builder, group_id: str, peer_kw: str) -> list[str]:
     rules = []
     for v in (4, 6):
         sname = b.group_sets.get((group_id, v))
         if sname is None:       # a group's set is the same in every chain: build it once
-            sname = b.add_set(_group_set(b, group_id, v), ("group", group_id, v))
+            sname = b.add_set(build_group_set(b, group_id, v), ("group", group_id, v))
             b.group_sets[(group_id, v)] = sname
         rules.append(f"{FAMILY_KW[v]} {peer_kw} @{sname} accept")
     return rules
 
 
-def _group_set(b: _Builder, group_id: str, version: int) -> NftSet:
+def build_group_set(b: Builder, group_id: str, version: int) -> NftSet:
     """The member addresses of a group (the previous build's set if they are the same)."""
     nets = b.memo.networks.get(group_id, ())
     hit = b.previous.group_sets.get((group_id, version)) if b.previous else None
@@ -289,7 +290,7 @@ def entry_boxes(e: Entry, version: int, with_sport: bool, with_dport: bool) -> l
     return [(_net_interval(n),) + tail for n in m.networks if isinstance(n, kind)]
 
 
-def region_rules(b: _Builder, prefix: str, entries: list[Entry], peer_kw: str) -> tuple[tuple[str, ...], tuple]:
+def region_rules(b: Builder, prefix: str, entries: list[Entry], peer_kw: str) -> tuple[tuple[str, ...], tuple]:
     """Stages 4-5 as ONE lookup per IP version: the set holds exactly the points whose
     first matching line (user rules by priority, drops first, then defaults) accepts.
     Points outside it are dropped by an earlier drop line or by the final drop, so the
@@ -310,7 +311,7 @@ def region_rules(b: _Builder, prefix: str, entries: list[Entry], peer_kw: str) -
     return tuple(rules), tuple(sets)
 
 
-def _version_region(b: _Builder, prefix: str, v: int, inputs: tuple) -> tuple[Optional[str], Optional[NftSet]]:
+def _version_region(b: Builder, prefix: str, v: int, inputs: tuple) -> tuple[Optional[str], Optional[NftSet]]:
     """One IP version's region rule and set; the previous build's when its lines in
     this version are the same (an IPv4 rule edited leaves the IPv6 set alone). The
     memo keeps a SHA-256 of the lines, not the lines: all of them are ~140 MB at
@@ -328,7 +329,7 @@ def _version_region(b: _Builder, prefix: str, v: int, inputs: tuple) -> tuple[Op
     return rule, nft_set
 
 
-def _paint_region(b: _Builder, prefix: str, v: int, items: tuple, with_sport: bool, with_dport: bool,
+def _paint_region(b: Builder, prefix: str, v: int, items: tuple, with_sport: bool, with_dport: bool,
                   dynamic: bool, peer_kw: str) -> tuple[Optional[str], Optional[NftSet]]:
     boxes = first_match_region(list(items))
     full = ((0, 2 ** ADDR_BITS[v] - 1), FULL_PROTO) + (FULL_PORTS,) * (with_sport + with_dport)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from agent.compile import (CompileMemo, Ruleset, _Builder, _group_set, compile_ruleset, finish_build,
+from agent.compile import (Builder, CompileMemo, Ruleset, build_group_set, compile_ruleset, finish_build,
                            local_layout, policy_chain_body)
 from agent.compile_memo import canonicalise
 from agent.model import DIRECTIONS, DesiredState
@@ -44,7 +44,7 @@ def compile_changes(state: DesiredState, previous: Optional[CompileMemo]) -> tup
 def _patched(state: DesiredState, previous: CompileMemo, memo: CompileMemo) -> tuple[Ruleset, CompileMemo]:
     record = previous.record
     assert record is not None
-    b = _Builder(state, memo, previous, sets=dict(record.sets), owners=dict(record.owners),
+    b = Builder(state, memo, previous, sets=dict(record.sets), owners=dict(record.owners),
                  group_sets=dict(record.group_set_names))
     b.chains.update(previous.chains)
     memo.chains.update(previous.chains)                    # type: ignore[attr-defined]
@@ -56,7 +56,7 @@ def _patched(state: DesiredState, previous: CompileMemo, memo: CompileMemo) -> t
                    if parts[d] is not previous.parts[g][1][d]}
     for (gid, v), name in record.group_set_names.items():
         if gid in dirty_nets:
-            b.sets[name] = _group_set(b, gid, v)
+            b.sets[name] = build_group_set(b, gid, v)
         else:
             memo.group_sets[(gid, v)] = previous.group_sets[(gid, v)]     # type: ignore[index]
     for key, entry in previous.regions.items():
@@ -68,7 +68,7 @@ def _patched(state: DesiredState, previous: CompileMemo, memo: CompileMemo) -> t
     return finish_build(b, record)
 
 
-def _drop_unreferenced_group_sets(b: _Builder) -> None:
+def _drop_unreferenced_group_sets(b: Builder) -> None:
     """A group whose members no chain lets in any more (inner_access now drop) has no
     set, as in a full build."""
     wanted = {g for entry in b.memo.regions.values() for g in entry[0][1]}
@@ -97,7 +97,7 @@ def _carry(memo: CompileMemo, previous: CompileMemo, key: tuple, entry: tuple) -
             memo.region_parts[(key[0], v)] = part                      # type: ignore[index]
 
 
-def _rebuild(b: _Builder, key: tuple, entry: tuple) -> None:
+def _rebuild(b: Builder, key: tuple, entry: tuple) -> None:
     name, identity = key
     for _, old_set in entry[1][1]:
         del b.sets[old_set.name]
