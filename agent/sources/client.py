@@ -17,7 +17,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import httpx
 
@@ -142,6 +142,30 @@ class Interruptor:
         with self._lock:
             self.interrupted, stream = True, self._stream
         _shutdown(stream)
+
+
+class WatchThread:
+    """The watch loop of a remote source: one daemon thread, and how another thread
+    stops it: `stopped` (the loop checks it and sleeps on it) and `interruptor` (cuts
+    the loop's blocked request short)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stopped = threading.Event()
+        self.interruptor = Interruptor()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, loop: Callable[[Callable[[], None]], None], on_change: Callable[[], None]) -> None:
+        """Run `loop(on_change)` in the thread (once; later calls do nothing)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=loop, args=(on_change,), name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopped.set()
+        self.interruptor.interrupt()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
 
 
 def _shutdown(stream: Any) -> None:

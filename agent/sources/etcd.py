@@ -22,7 +22,7 @@ import threading
 from typing import Any, Callable, Optional
 
 from agent.sources import SourceError
-from agent.sources.client import Backoff, ClientOptions, Interruptor, warn_unknown
+from agent.sources.client import Backoff, ClientOptions, WatchThread, warn_unknown
 from agent.sources.etcd_gateway import WATCH_IDLE_TIMEOUT, EtcdGateway, Snapshot, WatchMessage
 from agent.sources.etcd_layout import keys_document, parse_etcd_spec
 
@@ -44,9 +44,7 @@ class EtcdSource:
         self._revision = 0
         self._in_sync = False
         self._last_read: Optional[Snapshot] = None
-        self._stop = threading.Event()
-        self._interruptor = Interruptor()
-        self._thread: Optional[threading.Thread] = None
+        self._watcher = WatchThread(f"etcd-source {self.name}")
         self.backoff = Backoff()
         self.watching = threading.Event()     # set while a watch stream is established
         self.resyncs = 0                      # full re-reads after the first (for status/tests)
@@ -64,16 +62,10 @@ class EtcdSource:
         return keys_document(kvs, self.target.prefix, self.name), str(revision)
 
     def start(self, on_change: Callable[[], None]) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, args=(on_change,),
-                                            name=f"etcd-source {self.name}", daemon=True)
-            self._thread.start()
+        self._watcher.start(self._run, on_change)
 
     def close(self) -> None:
-        self._stop.set()
-        self._interruptor.interrupt()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._watcher.stop()
         self._gw.close()
 
     # -- the watch loop ------------------------------------------------------------------
@@ -82,7 +74,7 @@ class EtcdSource:
             snap, self._last_read = self._last_read, None
         # a snapshot fetch() already returned is no news; a fresh read always is
         failures, installed, seen = 0, False, snap is not None
-        while not self._stop.is_set():
+        while not self._watcher.stopped.is_set():
             try:
                 if snap is None:
                     snap = self._gw.range_prefix(self.target.key_prefix)
@@ -96,7 +88,7 @@ class EtcdSource:
             if self.watching.is_set():
                 failures = 0                 # the watch worked for a while
             self.watching.clear()
-            if self._stop.is_set():
+            if self._watcher.stopped.is_set():
                 break
             self._lost(why, 0.0 if why == "compacted" else self.backoff.delay(failures), on_change)
             failures += why != "compacted"
@@ -118,11 +110,11 @@ class EtcdSource:
         log.log(level, "etcd-source %s: watch lost (%s); resyncing in %.1fs", self.name, why, delay)
         if was_in_sync:
             on_change()                      # fetch() now reads etcd itself, or fails
-        self._stop.wait(delay)
+        self._watcher.stopped.wait(delay)
 
     def _follow(self, revision: int, on_change: Callable[[], None]) -> str:
         """Apply watch messages from revision+1 on; returns why the watch ended."""
-        stream = self._gw.watch(self.target.key_prefix, revision + 1, self._interruptor,
+        stream = self._gw.watch(self.target.key_prefix, revision + 1, self._watcher.interruptor,
                                 self.idle_timeout)
         for msg in stream:
             if msg.canceled or msg.compact_revision:

@@ -28,7 +28,7 @@ import httpx
 
 from agent.errors import InvalidInput
 from agent.sources import SourceError
-from agent.sources.client import (TLS_OPTIONS, Backoff, ClientOptions, Interruptor, describe,
+from agent.sources.client import (TLS_OPTIONS, Backoff, ClientOptions, WatchThread, describe,
                                   warn_unknown)
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ class HttpSource:
         self._poll = self.opts.httpx_client(httpx.Timeout(self.wait_timeout + 10.0, connect=connect), 1)
         self._lock = threading.Lock()
         self._snapshot: Optional[Snapshot] = None
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._interruptor = Interruptor()
+        self._watcher = WatchThread(f"http-source {self.url}")
         self.backoff = Backoff()
         self.stats = {"requests": 0, "not_modified": 0, "errors": 0}
 
@@ -100,17 +98,10 @@ class HttpSource:
         return snap.data, snap.revision
 
     def start(self, on_change: Callable[[], None]) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._watch, args=(on_change,),
-                                        name=f"http-source {self.url}", daemon=True)
-        self._thread.start()
+        self._watcher.start(self._watch, on_change)
 
     def close(self) -> None:
-        self._stop.set()
-        self._interruptor.interrupt()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._watcher.stop()
         self._client.close()
         self._poll.close()
 
@@ -124,7 +115,7 @@ class HttpSource:
             headers["If-None-Match"] = held.etag
         params = {"wait": wait} if wait is not None else None
         self.stats["requests"] += 1
-        ext = {"trace": self._interruptor} if client is self._poll else None
+        ext = {"trace": self._watcher.interruptor} if client is self._poll else None
         try:
             with client.stream("GET", self.url, headers=headers, params=params, extensions=ext) as response:
                 response.read()
@@ -154,7 +145,7 @@ class HttpSource:
         with self._lock:
             if self._snapshot is not None:
                 revision = self._snapshot.revision
-        while not self._stop.is_set():
+        while not self._watcher.stopped.is_set():
             began = time.monotonic()
             try:
                 snap = self._get(self._poll, revision)
@@ -169,14 +160,14 @@ class HttpSource:
                 log.debug("source %s: revision %s", self.url, revision)
                 on_change()
             elif time.monotonic() - began < min(1.0, self.wait_timeout / 2):
-                self._stop.wait(self.poll_interval)      # the server does not hold waits
+                self._watcher.stopped.wait(self.poll_interval)      # the server does not hold waits
 
     def _failed(self, exc: SourceError, failures: int, on_change: Callable[[], None]) -> int:
-        if self._stop.is_set():
+        if self._watcher.stopped.is_set():
             return failures
         delay = self.backoff.delay(failures)
         log.warning("source %s unavailable: %s; retrying in %.1fs", self.url, exc, delay)
         if failures == 0:
             on_change()                                  # fetch() will now report the failure
-        self._stop.wait(delay)
+        self._watcher.stopped.wait(delay)
         return failures + 1
