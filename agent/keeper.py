@@ -68,7 +68,7 @@ class RealKernel:
 
     def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]:
         from agent import nft
-        parts = [nft.list_table_isolated(family, name) for family, name in tables]
+        parts = [nft.list_table(family, name) for family, name in tables]
         return None if all(p is None for p in parts) else "\n".join(p or "" for p in parts)
 
     def tables_present(self, tables: tuple[tuple[str, str], ...]) -> bool:

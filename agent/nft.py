@@ -98,21 +98,10 @@ def check_script(script: str) -> None:
 
 
 def list_table(family: str, name: str) -> Optional[str]:
-    """The table as nft prints it, or None when it does not exist."""
-    with _lock:
-        rc, out, err = _nft().cmd(f"list table {family} {name}")
-    release_memory()
-    if rc != 0:
-        if "No such file or directory" in err:
-            return None
-        raise KernelError(f"cannot list table {family} {name}: {_first_lines(err)}")
-    return out
-
-
-def list_table_isolated(family: str, name: str) -> Optional[str]:
-    """`list_table`, done by a child process (`nft list table`, the same libnftables):
-    listing a large table costs seconds and about 1 GB (libnftables caches every
-    element of every set, 1.2 GB at 800,000 elements) - the child's, not the daemon's."""
+    """The table as nft prints it, or None when it does not exist. Listed by a child
+    process (`nft list table`, the same libnftables): a large table costs seconds and
+    about 1 GB (libnftables caches every element of every set, 1.2 GB at 800,000
+    elements) - the child's, not the daemon's."""
     try:
         out = subprocess.run([shutil.which("nft") or "/usr/sbin/nft", "list", "table", family, name],
                              capture_output=True, text=True, timeout=LIST_TIMEOUT, check=False)
