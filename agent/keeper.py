@@ -23,7 +23,8 @@ from agent.errors import KernelError
 from agent.incremental import ElementChange, plan_element_changes, plan_update
 from agent.model import DesiredState
 from agent.render import render_ruleset
-from agent.revoke import Flow, plan_revocations
+from agent.reconcile import read_local_addresses, revoke_connections
+from agent.revoke import Flow
 
 log = logging.getLogger(__name__)
 FULL, INCREMENTAL, ELEMENTS, UNCHANGED = "full", "incremental", "elements", "unchanged"
@@ -83,7 +84,6 @@ class RealKernel:
         return ruleset_generation()
 
     def local_addresses(self) -> frozenset:
-        from agent.reconcile import read_local_addresses
         return read_local_addresses()
 
     def list_flows(self) -> list[Flow]:
@@ -208,10 +208,7 @@ class Keeper:
 
     def revoke(self, state: DesiredState, previous: frozenset) -> int:
         try:
-            plan = plan_revocations(state, self.kernel.list_flows(), previous)
-            for r in plan:
-                log.info("revoking %s %s -> %s: %s", r.flow.protocol, r.flow.src, r.flow.dst, r.reason)
-            deleted = self.kernel.delete_flows(r.flow for r in plan) if plan else 0
+            deleted = revoke_connections(state, previous, self.kernel)
         except KernelError as exc:
             log.error("host %s: revocation failed: %s", state.host, exc)
             return 0

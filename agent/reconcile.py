@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent import conntrack, nft
 from agent.compile import TABLE, Ruleset, build_ruleset
@@ -75,11 +76,14 @@ def kernel_holds(ruleset: Ruleset, stamp: str) -> bool:
     return present == {(t.family, t.name) for t in ruleset.tables}
 
 
-def revoke_connections(state: DesiredState, previous: frozenset) -> int:
-    plan = plan_revocations(state, conntrack.list_flows(), previous)
+def revoke_connections(state: DesiredState, previous: frozenset, flows: Any = conntrack) -> int:
+    """Delete the tracked connections `state` no longer allows (agent.revoke); `flows`
+    lists and deletes them (`list_flows()`, `delete_flows(...)`): agent.conntrack, or
+    the daemon keeper's kernel port. Returns how many were deleted."""
+    plan = plan_revocations(state, flows.list_flows(), previous)
     for r in plan:
         log.info("revoking %s %s -> %s: %s", r.flow.protocol, r.flow.src, r.flow.dst, r.reason)
-    return conntrack.delete_flows(r.flow for r in plan) if plan else 0
+    return flows.delete_flows(r.flow for r in plan) if plan else 0
 
 
 def apply_once(state: DesiredState, force: bool = False) -> ApplyReport:
