@@ -58,14 +58,9 @@ class RealKernel:
 
     def commit_elements(self, changes: tuple[ElementChange, ...]) -> float:
         from agent import nft_elements
-        tables = {(c.family, c.table) for c in changes}
-        if len(tables) != 1 or not all(nft_elements.supported(c.set.type, c.set.interval, c.set.map_to)
-                                       for c in changes):
+        if not all(nft_elements.supported(c.set.type, c.set.interval, c.set.map_to) for c in changes):
             raise KernelError("not a change of element sets the netlink path handles")
-        ((family, table),) = tables
-        return nft_elements.commit_element_changes(family, table, [
-            nft_elements.ElementChange(c.set.name, c.set.type, c.set.interval, c.removed, c.added)
-            for c in changes])
+        return nft_elements.commit_element_changes(changes)
 
     def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]:
         from agent import nft

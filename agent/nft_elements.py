@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from agent.errors import KernelError
+from agent.incremental import ElementChange
 from agent.nft import COMMIT_COMM, _lock, _thread_name
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,6 @@ ELEM_KEY, ELEM_FLAGS, ELEM_USERDATA, ELEM_KEY_END, DATA_VALUE, ELEM_INTERVAL_END
 OPEN_INTERVAL_UDATA = bytes([1, 4]) + struct.pack("=I", 1)
 MAX_ELEMENTS_BYTES = 60_000        # per message: the elements attribute has a u16 length
 TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class ElementChange:
-    set_name: str
-    set_type: str                 # as NftSet.type, e.g. "ipv4_addr . inet_proto . inet_service"
-    interval: bool                # NftSet.interval
-    removed: tuple[str, ...]      # element texts as agent.compile renders them
-    added: tuple[str, ...]
 
 
 def supported(set_type: str, interval: bool, map_to: Optional[str]) -> bool:
@@ -135,19 +127,19 @@ class _Sent:
         return f"{self.verb} {what} in set {self.set_name}"
 
 
-def _messages(family: int, table: str, change: ElementChange, delete: bool,
-              seq: int) -> list[tuple[bytes, _Sent]]:
+def _messages(change: ElementChange, delete: bool, seq: int) -> list[tuple[bytes, _Sent]]:
     """The messages (each < 64 KB) deleting or adding the elements of one set."""
+    family, name = FAMILIES[change.family], change.set.name
     mtype = (NFNL_SUBSYS_NFTABLES << 8) | (NFT_MSG_DELSETELEM if delete else NFT_MSG_NEWSETELEM)
     flags = NLM_F_REQUEST | NLM_F_ACK | (0 if delete else NLM_F_CREATE | NLM_F_EXCL)
-    head = _attr(LIST_TABLE, table.encode() + b"\0") + _attr(LIST_SET, change.set_name.encode() + b"\0")
+    head = _attr(LIST_TABLE, change.table.encode() + b"\0") + _attr(LIST_SET, name.encode() + b"\0")
     verb = "deleting" if delete else "adding"
-    chunks = [_Sent(change.set_name, verb)]
+    chunks = [_Sent(name, verb)]
     for text in change.removed if delete else change.added:
-        encoded = encode_element(change.set_type, text)
+        encoded = encode_element(change.set.type, text)
         need = sum(len(e) for e in encoded)
         if chunks[-1].size + need > MAX_ELEMENTS_BYTES and chunks[-1].texts:
-            chunks.append(_Sent(change.set_name, verb))
+            chunks.append(_Sent(name, verb))
         last = chunks[-1]
         last.offsets.append(24 + len(head) + last.size)      # after nlmsghdr, nfgenmsg, nest
         last.texts.append(text)
@@ -158,17 +150,15 @@ def _messages(family: int, table: str, change: ElementChange, delete: bool,
             for i, (body, c) in enumerate(bodies)]
 
 
-def build_batch(family: str, table: str, changes: Sequence[ElementChange],
-                seq: int = 1) -> tuple[bytes, dict[int, _Sent]]:
+def build_batch(changes: Sequence[ElementChange], seq: int = 1) -> tuple[bytes, dict[int, _Sent]]:
     """BATCH_BEGIN, all deletions, all additions, BATCH_END; and the messages by seq."""
-    nfproto = FAMILIES[family]
     for change in changes:
-        if not supported(change.set_type, change.interval, None):
-            raise ValueError(f"set {change.set_name}: cannot encode elements of {change.set_type!r}")
+        if not supported(change.set.type, change.set.interval, change.set.map_to):
+            raise ValueError(f"set {change.set.name}: cannot encode elements of {change.set.type!r}")
     msgs: list[tuple[bytes, _Sent]] = []
     for delete in (True, False):
         for change in changes:
-            msgs += _messages(nfproto, table, change, delete, seq + 1 + len(msgs))
+            msgs += _messages(change, delete, seq + 1 + len(msgs))
     begin = _header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, 0)
     end = _header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1 + len(msgs), 0, NFNL_SUBSYS_NFTABLES, 0)
     return begin + b"".join(m for m, _ in msgs) + end, {seq + 1 + i: s for i, (_, s) in enumerate(msgs)}
@@ -239,14 +229,16 @@ def _talk(batch: bytes, expected: set[int]) -> dict[int, tuple[int, Optional[int
     return answers
 
 
-def commit_element_changes(family: str, table: str, changes: Sequence[ElementChange]) -> float:
-    """Commit all element changes as one transaction; returns the seconds it took.
-    Raises KernelError (and nothing changed) when the kernel refuses any of them."""
+def commit_element_changes(changes: Sequence[ElementChange]) -> float:
+    """Commit all element changes (agent.incremental.plan_element_changes) as one
+    transaction; returns the seconds it took. Raises KernelError (and nothing changed)
+    when the kernel refuses any of them, ValueError for a set it cannot encode."""
     if not any(c.removed or c.added for c in changes):
         return 0.0
+    where = ", ".join(sorted({f"{c.family} {c.table}" for c in changes}))
     with _lock:
         _Channel.seq = _Channel.seq % 0x7fff + 1
-        batch, sent = build_batch(family, table, changes, _Channel.seq << 16)
+        batch, sent = build_batch(changes, _Channel.seq << 16)
         previous = _thread_name()
         _thread_name(COMMIT_COMM.encode())
         try:
@@ -257,16 +249,16 @@ def commit_element_changes(family: str, table: str, changes: Sequence[ElementCha
             if _Channel.sock is not None:
                 _Channel.sock.close()
             _Channel.sock = None
-            raise KernelError(f"netlink commit of set elements in {family} {table} failed: {exc}") from exc
+            raise KernelError(f"netlink commit of set elements in {where} failed: {exc}") from exc
         finally:
             _thread_name(previous)
     refused = [f"{sent[seq].describe(off) if seq in sent else 'the batch'}: {os.strerror(err)} "
                f"(errno {err})" for seq, (err, off) in sorted(answers.items()) if err]
     if refused:
-        raise KernelError(f"the kernel refused the element changes in {family} {table} "
+        raise KernelError(f"the kernel refused the element changes in {where} "
                           f"(nothing was changed): {'; '.join(refused)}")
     if not set(sent) <= answers.keys():
-        raise KernelError(f"no answer from the kernel to the element changes in {family} {table}")
-    log.debug("set elements in %s %s committed in %.4fs (%d messages, %d bytes)",
-              family, table, took, len(sent), len(batch))
+        raise KernelError(f"no answer from the kernel to the element changes in {where}")
+    log.debug("set elements in %s committed in %.4fs (%d messages, %d bytes)",
+              where, took, len(sent), len(batch))
     return took

@@ -12,10 +12,17 @@ import pytest
 
 from agent import nft, nft_elements as ne
 from agent.errors import KernelError
-from agent.nft_elements import ElementChange, build_batch, encode_element, supported
+from agent.incremental import ElementChange
+from agent.nft_elements import build_batch, encode_element, supported
+from agent.ruleset import NftSet
 
 V4_CONCAT = "ipv4_addr . inet_proto . inet_service"
 V6_CONCAT = "ipv6_addr . inet_proto . inet_service"
+
+
+def change(name: str, set_type: str, interval: bool, removed: tuple, added: tuple) -> ElementChange:
+    """Elements leaving and joining set `name` of table inet t."""
+    return ElementChange("inet", "t", NftSet(name, set_type, (), interval), removed, added)
 
 
 def b(text: str) -> bytes:
@@ -106,7 +113,7 @@ def test_supported():
 
 def test_batch_golden():
     # one deletion and one addition in an rbtree set: BATCH_BEGIN, DELSETELEM, NEWSETELEM, END
-    batch, sent = build_batch("inet", "t", [ElementChange("c", "ipv4_addr", True, ("10.0.0.1",), ("10.0.0.2",))])
+    batch, sent = build_batch([change("c", "ipv4_addr", True, ("10.0.0.1",), ("10.0.0.2",))])
     begin = b("14000000 1000 0100 01000000 00000000 0000000a")            # res_id NFNL_SUBSYS_NFTABLES, be16
     delete = b("50000000 0e0a 0500 02000000 00000000 01000000"           # inet, REQUEST|ACK
                "06000100 74000000 06000200 63000000 2c000380"
@@ -132,9 +139,9 @@ def _messages(batch: bytes) -> list[tuple[int, int, int, bytes]]:
 
 def test_large_changes_are_split_into_messages_below_64k_deletions_first():
     many = tuple(f"10.{i // 256}.{i % 256}.1 . 6 . 80" for i in range(5000))
-    changes = [ElementChange("a", V4_CONCAT, True, (), many),
-               ElementChange("b", "ipv4_addr", True, ("10.0.0.1",), ())]
-    batch, sent = build_batch("inet", "t", changes)
+    changes = [change("a", V4_CONCAT, True, (), many),
+               change("b", "ipv4_addr", True, ("10.0.0.1",), ())]
+    batch, sent = build_batch(changes)
     msgs = _messages(batch)
     kinds = [m[0] & 0xff for m in msgs]
     assert kinds[0] == 0x10 and kinds[-1] == 0x11
@@ -154,8 +161,8 @@ def _error_reply(seq: int, errno: int, offset: int | None) -> bytes:
 
 
 def test_replies_name_the_refused_element(monkeypatch):
-    changes = [ElementChange("c", "ipv4_addr", True, ("10.0.0.1", "10.0.0.7"), ("10.0.0.2",))]
-    _batch, sent = build_batch("inet", "t", changes)
+    changes = [change("c", "ipv4_addr", True, ("10.0.0.1", "10.0.0.7"), ("10.0.0.2",))]
+    _batch, sent = build_batch(changes)
     second = sent[2].offsets[1]                 # offsets within a message, whatever the seq
     data = _error_reply(2, 2, second + 20) + _error_reply(3, 0, None)    # inside 10.0.0.7's end element
     assert ne._replies(data) == [(2, 2, second + 20), (3, 0, None)]
@@ -170,21 +177,21 @@ def test_replies_name_the_refused_element(monkeypatch):
 
     monkeypatch.setattr(ne, "_talk", fake_talk)
     with pytest.raises(KernelError) as exc:
-        ne.commit_element_changes("inet", "t", changes)
+        ne.commit_element_changes(changes)
     text = str(exc.value)
     assert "deleting '10.0.0.7' in set c" in text and "No such file or directory" in text
     assert "nothing was changed" in text
     assert names == [nft.COMMIT_COMM.encode()]                          # committed under its comm
     assert nft._thread_name() != nft.COMMIT_COMM.encode()
     with pytest.raises(KernelError):
-        ne.commit_element_changes("inet", "t", changes)
+        ne.commit_element_changes(changes)
     assert seqs[2] > seqs[0]                                            # each batch its own seqs
 
 
 def test_missing_answers_and_empty_changes(monkeypatch):
     monkeypatch.setattr(ne, "_talk", lambda batch, expected: {})
     with pytest.raises(KernelError, match="no answer"):
-        ne.commit_element_changes("inet", "t", [ElementChange("c", "ipv4_addr", True, (), ("10.0.0.2",))])
-    assert ne.commit_element_changes("inet", "t", [ElementChange("c", "ipv4_addr", True, (), ())]) == 0.0
+        ne.commit_element_changes([change("c", "ipv4_addr", True, (), ("10.0.0.2",))])
+    assert ne.commit_element_changes([change("c", "ipv4_addr", True, (), ())]) == 0.0
     with pytest.raises(ValueError):
-        build_batch("inet", "t", [ElementChange("m", "ipv4_addr", False, (), ("10.0.0.2",))])
+        build_batch([change("m", "ipv4_addr", False, (), ("10.0.0.2",))])

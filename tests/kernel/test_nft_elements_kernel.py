@@ -77,12 +77,19 @@ def _state(table: str, name: str) -> dict:
     return {"json": sorted(json.dumps(e, sort_keys=True) for e in elems), "raw": sorted(r.strip() for r in raw)}
 
 
+def element_change(table: str, name: str, set_type: str, removed, added):
+    """Elements leaving and joining the interval set `name` of table inet `table`."""
+    from agent.incremental import ElementChange
+    from agent.ruleset import NftSet
+    return ElementChange("inet", table, NftSet(name, set_type, ()), tuple(removed), tuple(added))
+
+
 def scenario_content() -> dict:
     from agent.nft import apply_script
-    from agent.nft_elements import ElementChange, commit_element_changes
+    from agent.nft_elements import commit_element_changes
     apply_script(table_script("sgtest", {n: (t, init) for n, (t, init, _r, _a) in SETS.items()}))
-    changes = [ElementChange(n, t, True, tuple(r), tuple(a)) for n, (t, _i, r, a) in SETS.items()]
-    took = commit_element_changes("inet", "sgtest", changes)
+    changes = [element_change("sgtest", n, t, r, a) for n, (t, _i, r, a) in SETS.items()]
+    took = commit_element_changes(changes)
     apply_script(table_script("sgref", {n: (t, final_elements(i, r, a)) for n, (t, i, r, a) in SETS.items()}))
     out = {n: {"got": _state("sgtest", n), "want": _state("sgref", n)} for n in SETS}
     apply_script("delete table inet sgtest\ndelete table inet sgref\n")
@@ -92,14 +99,14 @@ def scenario_content() -> dict:
 def scenario_large(count: int, changed: int) -> dict:
     """Large changes: many messages (each < 64 KB) in one batch."""
     from agent.nft import apply_script
-    from agent.nft_elements import ElementChange, commit_element_changes
+    from agent.nft_elements import commit_element_changes
     made = {V4C: lambda i: f"10.{i // 250 % 250}.{i % 250}.0-10.{i // 250 % 250}.{i % 250}.127 . 6 . {i % 60000}",
             "ipv4_addr": lambda i: f"{10 + i // 62500}.{i // 250 % 250}.{i % 250}.{i % 2 * 100}"}
     sets = {f"l{n}": (typ, [f(i) for i in range(count)], [f(i) for i in range(changed)],
                       [f(i) for i in range(count, count + changed)]) for n, (typ, f) in enumerate(made.items())}
     apply_script(table_script("sgtest", {n: (t, init) for n, (t, init, _r, _a) in sets.items()}))
-    changes = [ElementChange(n, t, True, tuple(r), tuple(a)) for n, (t, _i, r, a) in sets.items()]
-    took = commit_element_changes("inet", "sgtest", changes)
+    changes = [element_change("sgtest", n, t, r, a) for n, (t, _i, r, a) in sets.items()]
+    took = commit_element_changes(changes)
     apply_script(table_script("sgref", {n: (t, final_elements(i, r, a)) for n, (t, i, r, a) in sets.items()}))
     same = all(_state("sgtest", n) == _state("sgref", n) for n in sets)
     apply_script("delete table inet sgtest\ndelete table inet sgref\n")
@@ -109,20 +116,20 @@ def scenario_large(count: int, changed: int) -> dict:
 def scenario_refused() -> dict:
     from agent.errors import KernelError
     from agent.nft import apply_script
-    from agent.nft_elements import ElementChange, commit_element_changes
+    from agent.nft_elements import commit_element_changes
     apply_script(table_script("sgtest", {n: (t, init) for n, (t, init, _r, _a) in SETS.items()}))
     before = {n: _state("sgtest", n) for n in SETS}
-    good = [ElementChange(n, t, True, tuple(r), tuple(a)) for n, (t, _i, r, a) in SETS.items()]
-    bad = {"missing-concat": ElementChange("a", V4C, True, ("10.77.0.1 . 6 . 80",), ()),
-           "missing-rbtree": ElementChange("c", "ipv4_addr", True, ("10.0.0.3",), ()),
-           "overlap-concat": ElementChange("d", "ipv4_addr . inet_proto", True, (), ("10.0.0.5-10.0.0.6 . 17",)),
-           "overlap-rbtree": ElementChange("c", "ipv4_addr", True, (), ("10.0.0.0-10.0.0.1",)),
-           "duplicate": ElementChange("e", "inet_service", True, (), ("443",)),
-           "missing-set": ElementChange("nosuch", "ipv4_addr", True, (), ("10.0.0.9",))}
+    good = [element_change("sgtest", n, t, r, a) for n, (t, _i, r, a) in SETS.items()]
+    bad = {"missing-concat": element_change("sgtest", "a", V4C, ("10.77.0.1 . 6 . 80",), ()),
+           "missing-rbtree": element_change("sgtest", "c", "ipv4_addr", ("10.0.0.3",), ()),
+           "overlap-concat": element_change("sgtest", "d", "ipv4_addr . inet_proto", (), ("10.0.0.5-10.0.0.6 . 17",)),
+           "overlap-rbtree": element_change("sgtest", "c", "ipv4_addr", (), ("10.0.0.0-10.0.0.1",)),
+           "duplicate": element_change("sgtest", "e", "inet_service", (), ("443",)),
+           "missing-set": element_change("sgtest", "nosuch", "ipv4_addr", (), ("10.0.0.9",))}
     errors = {}
     for what, change in bad.items():
         try:
-            commit_element_changes("inet", "sgtest", good + [change])
+            commit_element_changes(good + [change])
             errors[what] = None
         except KernelError as exc:
             errors[what] = str(exc)
@@ -136,7 +143,7 @@ def scenario_timing(sets: int, per_set: int, rounds: int) -> dict:
     field, rbtree: libnftables fetches the elements of all of these before any element
     command). Per kind of set: 1 element removed + 1 added, over netlink, then by nft."""
     from agent.nft import apply_script
-    from agent.nft_elements import ElementChange, commit_element_changes
+    from agent.nft_elements import commit_element_changes
     kinds = {0: (V4C, lambda s, e: f"10.{s // 250}.{s % 250}.{e % 250} . 6 . {1000 + e}"),
              1: ("ipv4_addr", lambda s, e: f"{10 + e // 250}.{s // 250}.{s % 250}.{e % 250}")}
     lines = ["table inet sgbig {"]
@@ -151,7 +158,7 @@ def scenario_timing(sets: int, per_set: int, rounds: int) -> dict:
         name, netlink, libnft, old = f"s{target}", [], [], element(target, 0)
         for r in range(rounds):
             new, newer = element(target + 1000 * (r + 1), 0), element(target + 1000 * (r + 1), 1)
-            netlink.append(commit_element_changes("inet", "sgbig", [ElementChange(name, typ, True, (old,), (new,))]))
+            netlink.append(commit_element_changes([element_change("sgbig", name, typ, (old,), (new,))]))
             libnft.append(apply_script(f"delete element inet sgbig {name} {{ {new} }}\n"
                                        f"add element inet sgbig {name} {{ {newer} }}\n"))
             old = newer
@@ -165,13 +172,13 @@ def scenario_monitor() -> dict:
     run in a PID namespace) and `nft add element` by another process for foreign."""
     from agent import nftmon
     from agent.nft import apply_script
-    from agent.nft_elements import ElementChange, commit_element_changes
+    from agent.nft_elements import commit_element_changes
     apply_script(table_script("sgmon", {"c": ("ipv4_addr", ["10.0.0.1"])}))
     seen: list = []
     watch = nftmon.TableWatch({("inet", "sgmon")}, seen.append, lambda: seen.append("overflow"))
     watch.start()
     time.sleep(0.3)
-    commit_element_changes("inet", "sgmon", [ElementChange("c", "ipv4_addr", True, ("10.0.0.1",), ("10.0.0.2",))])
+    commit_element_changes([element_change("sgmon", "c", "ipv4_addr", ("10.0.0.1",), ("10.0.0.2",))])
     time.sleep(0.5)
     own = len(seen)
     _nft("add", "element", "inet", "sgmon", "c", "{ 10.0.0.9 }")
