@@ -10,7 +10,7 @@ namespace's ruleset with it); the root namespace is never touched.
     .venv/bin/python bench/apply.py                    # 100, 300, then 1000 interfaces
     .venv/bin/python bench/apply.py --sizes 100 --runs 1
 
-For each size N (`/work/shared/tools/gen-config --interfaces N --rules 50`: ~2 groups
+For each size N (`scripts/gen-config --interfaces N --rules 50`: ~2 groups
 of ~50 rules per interface, so ~100 rules per interface):
   (a) agent:  /usr/bin/time -v ip netns exec NS .venv/bin/python -m agent.cli apply \\
                   -c big.json --host hv-bench       (process start to exit, fresh NS)
@@ -49,7 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = str(ROOT / ".venv" / "bin" / "python")
-GEN = "/work/shared/tools/gen-config"
+GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
 MEMKEYS = ("SUnreclaim", "VmallocUsed", "Percpu", "MemAvailable")
 
 BREAKDOWN = r"""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-GEN = "/work/shared/tools/gen-config"
+GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
 
 
 def widened(doc: dict, width: int) -> dict:

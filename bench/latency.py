@@ -4,7 +4,7 @@ the daemon's resident memory. Everything runs in network namespaces of its own.
 
     sudo .venv/bin/python bench/latency.py --interfaces 10 --rules 50 --changes 20
 
-The desired state comes from /work/shared/tools/gen-config (or --config F). One local
+The desired state comes from scripts/gen-config (or --config F). One local
 interface gets a real instance namespace; a bench rule (priority 1, udp, from the
 `outside` namespace) is added to one of its groups. Each change moves that rule to a new
 port P and is written to the watched file by atomic rename at time t0; a sender in
@@ -36,7 +36,7 @@ from agent.sandbox import OUTSIDE4, Sandbox  # noqa: E402
 from agent.status import query  # noqa: E402
 from agent.validate import validate_document  # noqa: E402
 
-GEN = Path("/work/shared/tools/gen-config")
+GEN = Path(__file__).resolve().parents[1] / "scripts" / "gen-config"
 PY = sys.executable
 
 RECEIVER = """

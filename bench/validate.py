@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/validate.py --interfaces 1000 --rules 50
 
-The document comes from /work/shared/tools/gen-config (or --config F, JSON). For each kind
+The document comes from scripts/gen-config (or --config F, JSON). For each kind
 of change, every run validates a fresh parse of the edited document (JSON parsing is not
 timed) with `validate_document` and with `validate_update` given the result for the
 unedited document; prints the median of the runs and the path the update took.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from agent.validate import validate_document  # noqa: E402
 from agent.validate_incremental import validate_update  # noqa: E402
 
-GEN = "/work/shared/tools/gen-config"
+GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
 
 
 def one_rule_port(doc: dict) -> None:

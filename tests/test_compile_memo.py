@@ -7,6 +7,7 @@ import copy
 import json
 import random
 import subprocess
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,7 @@ from agent.errors import InvalidInput
 from agent.incremental import plan_update
 from agent.validate import validate_document
 
-GEN = "/work/shared/tools/gen-config"
+GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
 HOST = "hv-bench"
 
 

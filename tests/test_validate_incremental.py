@@ -2,7 +2,7 @@
 `validate_document` result (equal state, or the identical error list), and a typical
 change takes the fast path, reusing the built objects of whatever did not change.
 
-Documents: small outputs of /work/shared/tools/gen-config (when present) and the shop
+Documents: small outputs of scripts/gen-config (when present) and the shop
 fixture, edited at random; edits are chained so that `previous` is itself an incremental
 result, and an invalid document leaves the last valid result in place (as the daemon does).
 """
@@ -25,7 +25,7 @@ from agent.errors import InvalidInput
 from agent.validate import validate_document
 from agent.validate_incremental import Validated, validate_update
 
-GEN = Path("/work/shared/tools/gen-config")
+GEN = Path(__file__).resolve().parents[1] / "scripts" / "gen-config"
 SHOP = Path(__file__).resolve().parent / "fixtures" / "valid" / "shop.yaml"
 HOST = "hv-bench"
 

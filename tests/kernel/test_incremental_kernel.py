@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
 ROOT = Path(__file__).resolve().parents[2]
 WEBSHOP = yaml.safe_load((ROOT / "examples" / "webshop.yaml").read_text())
-GEN = Path("/work/shared/tools/gen-config")
+GEN = Path(__file__).resolve().parents[2] / "scripts" / "gen-config"
 NS = f"sginc{os.getpid() % 100000}"
 
 
