@@ -26,7 +26,9 @@ from typing import Optional
 
 from agent.boxes import Box, first_match_region
 from agent.model import (ACCEPT, BRIDGED, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface)
-from agent.compile_memo import BuildRecord, CompileMemo, canonicalise, policy_signature
+from agent.compile_memo import BuildRecord, CompileMemo, RegionPart, canonicalise, policy_signature
+from agent.compile_runs import Line, build_member_rules, build_points, build_runs
+from agent.compile_sets import build_shared_sets, net_interval as _net_interval, render_interval
 from agent.policy import (DEFAULTS, FINAL, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER, Entry,
                           build_effective_list, essential_entries, intra_group_ids)
 from agent.ruleset import TABLE, Chain, NftSet, Ruleset, Table
@@ -49,7 +51,7 @@ class Builder:
     chains: dict[str, Chain] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     owners: dict[str, tuple] = field(default_factory=dict)   # nft name -> what it names
-    group_sets: dict[tuple, str] = field(default_factory=dict)  # (group, version) -> set name
+    shared: dict[tuple, str] = field(default_factory=dict)  # (kind, id, version) -> set name
     texts: dict = field(default_factory=lambda: {0: {}, 4: {}, 6: {}})   # interval -> text
     elements: dict = field(default_factory=lambda: {4: {}, 6: {}})       # box -> element text
     group_inputs: dict = field(default_factory=dict)     # (group, direction) -> policy inputs
@@ -83,6 +85,18 @@ class Builder:
         for iv in box[1:]:
             parts.append(tails.get(iv) or tails.setdefault(iv, render_interval(0, iv)))
         return " . ".join(parts)
+
+    def shared_name(self, kind: str, ident: str, version: int) -> str:
+        """The name of a shared address set: a group's members (`grp4_<group>`), a prefix
+        list's entries (`pl4_<list>`) or the union of those the lines name (`peers4`).
+        Built once per build, after the chains (agent.compile_sets)."""
+        key = (kind, ident, version)
+        name = self.shared.get(key)
+        if name is None:
+            base = {"group": f"grp{version}_{safe_name(ident)}", "prefix_list": f"pl{version}_{safe_name(ident)}",
+                    "peers": f"peers{version}"}[kind]
+            name = self.shared[key] = self.claim(base, ("set", "shared") + key)
+        return name
 
     def add_chain(self, name: str, rules: tuple[str, ...]) -> None:
         """A chain; the previous build's object when its rules are the same (so what
@@ -137,11 +151,12 @@ def local_layout(state: DesiredState) -> tuple:
 
 def finish_build(b: Builder, record: BuildRecord) -> tuple[Ruleset, CompileMemo]:
     """The Ruleset of a build, and its memo (with what a patched build needs)."""
+    build_shared_sets(b)
     dispatch_sets, dispatch_chains = record.dispatch
     all_sets = tuple(sorted(list(b.sets.values()) + list(dispatch_sets), key=lambda s: s.name))
     all_chains = dispatch_chains + tuple(sorted(b.chains.values(), key=lambda c: c.name))
     tables = (Table("inet", TABLE, all_sets, all_chains),) + ((record.bridge,) if record.bridge else ())
-    record = replace(record, owners=b.owners, sets=b.sets, group_set_names=b.group_sets, errors=tuple(b.errors))
+    record = replace(record, owners=b.owners, sets=b.sets, shared_names=b.shared, errors=tuple(b.errors))
     return Ruleset(tables=tables, errors=tuple(b.errors)), replace(b.memo, record=record)
 
 
@@ -228,114 +243,176 @@ def policy_chain_body(b: Builder, name: str, identity: tuple, nic: Interface, di
     signature = policy_signature(b.memo, identity, intra, b.group_inputs)
     region = _remembered_region(b, name, identity, signature)
     if region is None:
-        entries = build_effective_list(b.state, nic.name, direction).entries
+        entries = build_effective_list(b.state, nic.name, direction, resolve_peers=False).entries
         assert entries[-1].stage == FINAL
         region = region_rules(b, name, [e for e in entries if e.stage in (USER, DEFAULTS)], peer_kw)
-    b.memo.regions[(name, identity)] = (signature, region, nic.name)   # type: ignore[index]
-    b.add_chain(name, tuple(rules) + region[0] + ("drop",))
+    refs = tuple((("group", g, v), b.shared_name("group", g, v), False) for g in intra for v in (4, 6))
+    b.memo.regions[(name, identity)] = (signature, region, nic.name, refs)   # type: ignore[index]
+    b.add_chain(name, tuple(rules) + region.rules + ("drop",))
 
 
-def _remembered_region(b: Builder, name: str, identity: tuple, signature: tuple) -> Optional[tuple]:
-    """The previous build's region rules and sets of this chain if its inputs are the
-    same (and its sets get the same names here); their sets are added to this build."""
+def _remembered_region(b: Builder, name: str, identity: tuple, signature: tuple) -> Optional[RegionPart]:
+    """The previous build's region of this chain if its inputs are the same and its
+    objects get the same names here; its objects are added to this build."""
     hit = b.previous.regions.get((name, identity)) if b.previous else None
-    if hit is None or hit[0] != signature:
+    if hit is None or hit[0] != signature or not _names_hold(b, hit[1]):
         return None
-    sets = hit[1][1]
-    for v, s in sets:
-        if b.claim(f"{name}_{v}", ("set", "region", name, v)) != s.name:
-            return None
-    for _, s in sets:
-        b.sets.setdefault(s.name, s)
+    _adopt(b, hit[1])
     return hit[1]
 
 
+def _names_hold(b: Builder, part: RegionPart) -> bool:
+    return all(b.claim(s.name, ident) == s.name for ident, s in part.sets) and \
+        all(b.claim(c.name, ident) == c.name for ident, c in part.chains) and \
+        all(b.shared_name(*key) == sname for key, sname, _ in part.refs)
+
+
+def _adopt(b: Builder, part: RegionPart) -> None:
+    for _, s in part.sets:
+        b.sets.setdefault(s.name, s)
+    for _, c in part.chains:
+        b.add_chain(c.name, c.rules)
+
+
 def intra_group_rules(b: Builder, group_id: str, peer_kw: str) -> list[str]:
-    rules = []
-    for v in (4, 6):
-        sname = b.group_sets.get((group_id, v))
-        if sname is None:       # a group's set is the same in every chain: build it once
-            sname = b.add_set(build_group_set(b, group_id, v), ("group", group_id, v))
-            b.group_sets[(group_id, v)] = sname
-        rules.append(f"{FAMILY_KW[v]} {peer_kw} @{sname} accept")
-    return rules
+    return [f"{FAMILY_KW[v]} {peer_kw} @{b.shared_name('group', group_id, v)} accept" for v in (4, 6)]
 
 
-def build_group_set(b: Builder, group_id: str, version: int) -> NftSet:
-    """The member addresses of a group (the previous build's set if they are the same)."""
-    nets = b.memo.networks.get(group_id, ())
-    hit = b.previous.group_sets.get((group_id, version)) if b.previous else None
-    if hit is not None and hit[0] is nets:
-        made = hit[1]
+def region_rules(b: Builder, prefix: str, entries: list[Entry], peer_kw: str) -> RegionPart:
+    """Stages 4-5: per IP version, the static path (ONE region lookup, after a hashed
+    map of single points where there are many) and, when some line names a group or a
+    prefix list, the member path for addresses in the shared sets (agent.compile_runs)."""
+    with_sport = any(e.match.sports for e in entries)
+    with_dport = any(e.match.ports for e in entries)
+    parts = [_version_part(b, prefix, v, build_lines(b, entries, v, with_sport, with_dport),
+                           (with_sport, with_dport, peer_kw)) for v in (4, 6)]
+    rules = tuple(r for p in parts for r in p.rules)
+    if rules == ("meta nfproto ipv4 accept", "meta nfproto ipv6 accept"):
+        rules = ("accept",)
+    return RegionPart(rules, tuple(s for p in parts for s in p.sets), tuple(c for p in parts for c in p.chains),
+                      tuple(r for p in parts for r in p.refs))
+
+
+def build_lines(b: Builder, entries: list[Entry], v: int, with_sport: bool, with_dport: bool) -> list[Line]:
+    lines = []
+    for order, e in enumerate(entries):
+        accept = e.verdict == ACCEPT
+        if e.peer is not None and e.peer.kind != "cidr":
+            tail = entry_tail(e, v, with_sport, with_dport)
+            if tail is not None:
+                lines.append(Line(order, accept, b.shared_name(e.peer.kind, e.peer.value, v), (tail,)))
+        else:
+            boxes = entry_boxes(e, v, with_sport, with_dport)
+            if boxes:
+                lines.append(Line(order, accept, None, tuple(boxes)))
+    return lines
+
+
+def _version_part(b: Builder, prefix: str, v: int, lines: list[Line], shape: tuple) -> RegionPart:
+    """One IP version's part; the previous build's when its lines in this version are
+    the same (an IPv4 rule edited leaves the IPv6 objects alone). The memo keeps a
+    SHA-256 of the lines, not the lines (~140 MB at 1,000 interfaces x 100 rules)."""
+    digest = hashlib.sha256(repr((lines, shape)).encode()).digest()
+    hit = b.previous.region_parts.get((prefix, v)) if b.previous else None
+    if hit is not None and hit[0] == digest and _names_hold(b, hit[1]):
+        part = hit[1]
+        _adopt(b, part)
     else:
-        merged = _merge([n for n in nets if n.version == version])
-        made = NftSet(f"grp{version}_{safe_name(group_id)}", ADDR_TYPE[version],
-                      tuple(render_interval(version, _net_interval(n)) for n in merged))
-    b.memo.group_sets[(group_id, version)] = (nets, made)      # type: ignore[index]
-    return made
+        part = _paint_version(b, prefix, v, lines, *shape)
+    b.memo.region_parts[(prefix, v)] = (digest, part)      # type: ignore[index]
+    return part
 
 
-def entry_boxes(e: Entry, version: int, with_sport: bool, with_dport: bool) -> list[Box]:
+def _paint_version(b: Builder, prefix: str, v: int, lines: list[Line], with_sport: bool, with_dport: bool,
+                   peer_kw: str) -> RegionPart:
+    rules: list[str] = []
+    sets: list[tuple[tuple, NftSet]] = []
+    chains: list[tuple[tuple, Chain]] = []
+    refs = tuple(sorted({(_ref_key(b, ln.ref), ln.ref, True) for ln in lines if ln.ref}))
+    if refs:
+        chain, maps = _member_path(b, prefix, v, lines, with_sport, with_dport, peer_kw)
+        peers = b.shared_name("peers", "", v)
+        refs += ((("peers", "", v), peers, False),)
+        rules.append(f"{FAMILY_KW[v]} {peer_kw} @{peers} goto {chain.name}")
+        chains.append((("chain", "members", prefix, v), chain))
+        sets += maps
+    items = [(bx, ln.accept) for ln in lines if ln.ref is None for bx in ln.boxes]
+    points, items = build_points(items, with_sport, with_dport)
+    if points:
+        sets.append(_points_map(b, prefix, v, points, peer_kw, rules))
+    rule, region = _paint_region(b, prefix, v, items, with_sport, with_dport, peer_kw)
+    rules += [rule] if rule else []
+    sets += [(("set", "region", prefix, v), region)] if region else []
+    return RegionPart(tuple(rules), tuple(sets), tuple(chains), refs)
+
+
+def _ref_key(b: Builder, name: str) -> tuple:
+    return b.owners[name][2:]
+
+
+def _member_path(b: Builder, prefix: str, v: int, lines: list[Line], with_sport: bool, with_dport: bool,
+                 peer_kw: str) -> tuple[Chain, list[tuple[tuple, NftSet]]]:
+    cname = b.claim(f"{prefix}_m{v}", ("chain", "members", prefix, v))
+
+    def map_name(i: int) -> str:
+        return b.claim(f"{cname}_{i}", ("set", "members", prefix, v, i))
+    rules, specs = build_member_rules(build_runs(lines), v, peer_kw, with_sport, with_dport, map_name)
+    maps = []
+    for spec in specs:
+        with_addr = spec.types[0] == ADDR_TYPE[v]
+        elements = tuple(f"{_key_text(b, v, bx, with_addr)} : {verdict}" for bx, verdict in spec.items)
+        made = NftSet(spec.name, " . ".join(spec.types), elements, interval=True, map_to="verdict")
+        b.sets[spec.name] = made
+        maps.append((("set",) + b.owners[spec.name][1:], made))
+    chain = Chain(cname, tuple(rules) + ("drop",))
+    b.add_chain(cname, chain.rules)
+    return b.chains[cname], maps
+
+
+def _key_text(b: Builder, v: int, box: Box, with_addr: bool) -> str:
+    """A member-path map key: address x tail (CIDR runs) or tail only (set runs)."""
+    return b.element(v, box) if with_addr else " . ".join(render_interval(0, iv) for iv in box)
+
+
+def _points_map(b: Builder, prefix: str, v: int, points: dict, peer_kw: str,
+                rules: list[str]) -> tuple[tuple, NftSet]:
+    name = b.add_set(NftSet(f"{prefix}_p{v}", f"{ADDR_TYPE[v]} . inet_proto . inet_service",
+                            tuple(f"{render_interval(v, (a, a))} . {p} . {port} : {'accept' if acc else 'drop'}"
+                                  for (a, p, port), acc in sorted(points.items())),
+                            interval=False, map_to="verdict"), ("points", prefix, v))
+    rules.append(f"{FAMILY_KW[v]} {peer_kw} . meta l4proto . th dport vmap @{name}")
+    return ("set", "points", prefix, v), b.sets[name]
+
+
+def entry_tail(e: Entry, version: int, with_sport: bool, with_dport: bool) -> Optional[Box]:
+    """The protocol x ports box of a line (its peer aside); None if not of this version."""
     m = e.match
     if PROTOCOL_FAMILY.get(m.protocol, version) != version:
-        return []
+        return None
     proto = FULL_PROTO if m.protocol == "all" else (PROTOCOL_NUMBERS[m.protocol],) * 2
     tail = [proto]
     if with_sport:
         tail.append((m.sports.lo, m.sports.hi) if m.sports else FULL_PORTS)
     if with_dport:
         tail.append((m.ports.lo, m.ports.hi) if m.ports else FULL_PORTS)
-    tail = tuple(tail)
+    return tuple(tail)
+
+
+def entry_boxes(e: Entry, version: int, with_sport: bool, with_dport: bool) -> list[Box]:
+    tail = entry_tail(e, version, with_sport, with_dport)
+    if tail is None:
+        return []
     kind = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-    return [(_net_interval(n),) + tail for n in m.networks if isinstance(n, kind)]
+    return [(_net_interval(n),) + tail for n in e.match.networks if isinstance(n, kind)]
 
 
-def region_rules(b: Builder, prefix: str, entries: list[Entry], peer_kw: str) -> tuple[tuple[str, ...], tuple]:
-    """Stages 4-5 as ONE lookup per IP version: the set holds exactly the points whose
-    first matching line (user rules by priority, drops first, then defaults) accepts.
-    Points outside it are dropped by an earlier drop line or by the final drop, so the
-    cost of a packet does not depend on the number of rules or their order.
-    Returns the rules and ((version, set), ...) of the sets they look up."""
-    with_sport = any(e.match.sports for e in entries)
-    with_dport = any(e.match.ports for e in entries)
-    dynamic = any(e.peer is not None and e.peer.kind != "cidr" for e in entries)
-    rules, sets = [], []
-    for v in (4, 6):
-        items = tuple((bx, e.verdict == ACCEPT) for e in entries
-                      for bx in entry_boxes(e, v, with_sport, with_dport))
-        rule, nft_set = _version_region(b, prefix, v, (items, with_sport, with_dport, dynamic, peer_kw))
-        rules += [rule] if rule else []
-        sets += [(v, nft_set)] if nft_set else []
-    if len(rules) == 2 and all(r.startswith("meta nfproto") for r in rules):
-        rules = ["accept"]
-    return tuple(rules), tuple(sets)
-
-
-def _version_region(b: Builder, prefix: str, v: int, inputs: tuple) -> tuple[Optional[str], Optional[NftSet]]:
-    """One IP version's region rule and set; the previous build's when its lines in
-    this version are the same (an IPv4 rule edited leaves the IPv6 set alone). The
-    memo keeps a SHA-256 of the lines, not the lines: all of them are ~140 MB at
-    1,000 interfaces x 100 rules."""
-    digest = hashlib.sha256(repr(inputs).encode()).digest()
-    hit = b.previous.region_parts.get((prefix, v)) if b.previous else None
-    if hit is not None and hit[0] == digest and (
-            hit[2] is None or b.claim(f"{prefix}_{v}", ("set", "region", prefix, v)) == hit[2].name):
-        rule, nft_set = hit[1], hit[2]
-        if nft_set is not None:
-            b.sets.setdefault(nft_set.name, nft_set)
-    else:
-        rule, nft_set = _paint_region(b, prefix, v, *inputs)
-    b.memo.region_parts[(prefix, v)] = (digest, rule, nft_set)      # type: ignore[index]
-    return rule, nft_set
-
-
-def _paint_region(b: Builder, prefix: str, v: int, items: tuple, with_sport: bool, with_dport: bool,
-                  dynamic: bool, peer_kw: str) -> tuple[Optional[str], Optional[NftSet]]:
-    boxes = first_match_region(list(items))
+def _paint_region(b: Builder, prefix: str, v: int, items: list, with_sport: bool, with_dport: bool,
+                  peer_kw: str) -> tuple[Optional[str], Optional[NftSet]]:
+    boxes = first_match_region(items)
     full = ((0, 2 ** ADDR_BITS[v] - 1), FULL_PROTO) + (FULL_PORTS,) * (with_sport + with_dport)
     if boxes == (full,):
         return f"meta nfproto {'ipv4' if v == 4 else 'ipv6'} accept", None
-    if not boxes and not dynamic:
+    if not boxes:
         return None, None
     key = [f"{FAMILY_KW[v]} {peer_kw}", "meta l4proto"] + ["th sport"] * with_sport + \
         ["th dport"] * with_dport
@@ -343,32 +420,3 @@ def _paint_region(b: Builder, prefix: str, v: int, items: tuple, with_sport: boo
     elements = tuple(b.element(v, bx) for bx in boxes)
     sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements), ("region", prefix, v))
     return f"{' . '.join(key)} @{sname} accept", b.sets[sname]
-
-
-def _net_interval(net) -> tuple[int, int]:
-    lo = int(net.network_address)
-    return lo, lo | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)     # == broadcast
-
-
-def _merge(nets) -> list:
-    return list(ipaddress.collapse_addresses(nets)) if nets else []
-
-
-def render_interval(version: int, iv: tuple[int, int]) -> str:
-    """version 4/6: an address range; 0: a plain integer range (protocol, port)."""
-    lo, hi = iv
-    if version:
-        text = _ADDR_TEXT[version]
-        return text(lo) if lo == hi else f"{text(lo)}-{text(hi)}"
-    return str(lo) if lo == hi else f"{lo}-{hi}"
-
-
-def _ipv4_text(value: int) -> str:
-    return socket.inet_ntoa(value.to_bytes(4, "big"))      # == str(IPv4Address(value))
-
-
-def _ipv6_text(value: int) -> str:
-    return str(ipaddress.IPv6Address(value))               # RFC 5952, as nft and ipaddress print
-
-
-_ADDR_TEXT = {4: _ipv4_text, 6: _ipv6_text}

@@ -20,10 +20,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from agent.model import DIRECTIONS, DesiredState, Group, IPNetwork
+from agent.model import DIRECTIONS, DesiredState, Group, IPAddress, IPNetwork
 
 Signature = tuple
-RegionResult = tuple[tuple[str, ...], tuple[Any, ...]]      # (rules, NftSets)
+
+
+@dataclass(frozen=True)
+class RegionPart:
+    """Stages 4-5 of a policy chain (or of one IP version of it): its rules, the sets and
+    member-path chains it made (each with the identity its name was claimed for), and the
+    shared sets it names: ((kind, id, version), set name, whether the union holds it)."""
+    rules: tuple[str, ...]
+    sets: tuple[tuple[tuple, Any], ...] = ()
+    chains: tuple[tuple[tuple, Any], ...] = ()
+    refs: tuple[tuple[tuple, str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -34,21 +44,21 @@ class BuildRecord:
     bridge: Any                                     # the bridge Table or None
     owners: Mapping[str, tuple] = field(default_factory=dict)      # nft name -> what it names
     sets: Mapping[str, Any] = field(default_factory=dict)          # name -> NftSet (not dispatch)
-    group_set_names: Mapping[tuple, str] = field(default_factory=dict)   # (group, version) -> name
+    shared_names: Mapping[tuple, str] = field(default_factory=dict)   # (kind, id, version) -> name
     errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class CompileMemo:
     groups: Mapping[str, Group] = field(default_factory=dict)
-    networks: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
+    networks: Mapping[str, tuple[IPAddress, ...]] = field(default_factory=dict)   # group -> member addresses
     prefix_lists: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
     parts: Mapping[str, tuple[Group, Mapping[str, tuple]]] = field(default_factory=dict)
-    regions: Mapping[tuple, tuple[Signature, RegionResult]] = field(default_factory=dict)
+    regions: Mapping[tuple, tuple] = field(default_factory=dict)  # (chain, identity) -> (sig, RegionPart, nic, refs)
     interfaces: Mapping[tuple, tuple[Any, tuple[str, ...]]] = field(default_factory=dict)
-    group_sets: Mapping[tuple, tuple[Any, Any]] = field(default_factory=dict)
+    shared_sets: Mapping[tuple, tuple[Any, Any]] = field(default_factory=dict)  # (kind, id, v) -> (inputs, NftSet)
     chains: Mapping[str, Any] = field(default_factory=dict)          # name -> Chain
-    region_parts: Mapping[tuple, tuple] = field(default_factory=dict)  # (chain, version) -> region
+    region_parts: Mapping[tuple, tuple] = field(default_factory=dict)  # (chain, version) -> (digest, RegionPart)
     record: Optional[BuildRecord] = None
 
 
@@ -63,10 +73,10 @@ def canonicalise(state: DesiredState, previous: Optional[CompileMemo]) -> Compil
     left empty: the build fills its own (what it reused and what it made)."""
     prev = previous or CompileMemo()
     groups = {g.id: _same(prev.groups.get(g.id), g) for g in state.groups}
-    networks = {gid: _same(prev.networks.get(gid), nets) for gid, nets in state.group_networks.items()}
+    networks = {gid: _same(prev.networks.get(gid), addrs) for gid, addrs in state.group_addresses.items()}
     prefix_lists = {pid: _same(prev.prefix_lists.get(pid), nets) for pid, nets in state.prefix_lists}
     parts = {gid: _group_parts(g, prev.parts.get(gid)) for gid, g in groups.items()}
-    return CompileMemo(groups, networks, prefix_lists, parts, {}, {}, {}, {}, {})
+    return CompileMemo(groups, networks, prefix_lists, parts, {}, {}, {}, {}, {})  # filled by the build
 
 
 def _group_parts(group: Group, previous: Optional[tuple]) -> tuple[Group, Mapping[str, tuple]]:
@@ -88,20 +98,18 @@ def _group_parts(group: Group, previous: Optional[tuple]) -> tuple[Group, Mappin
 
 
 def group_inputs(memo: CompileMemo, group_id: str, direction: str) -> tuple:
-    """What one group brings to a policy chain of `direction`: itself, and the networks
-    of the groups and prefix lists its rules of that direction name."""
-    part = memo.parts[group_id][1][direction]
-    return (part,) + tuple(
-        memo.networks.get(ref, ()) if kind == "group" else memo.prefix_lists.get(ref, ())
-        for kind, ref in part[2])
+    """What one group brings to a policy chain of `direction`: its settings and rules of
+    that direction. Not the members of the groups and prefix lists they name: those are
+    shared sets the chain looks up by name (agent.compile_sets)."""
+    return (memo.parts[group_id][1][direction],)
 
 
 def policy_signature(memo: CompileMemo, identity: tuple, intra: tuple[str, ...],
                      inputs: dict) -> Signature:
     """Everything stages 3-6 of the policy chain `identity` depend on besides the
-    identity itself: its groups and what they name in its direction (`group_inputs`,
-    memoised in `inputs` for this build), and the groups it grants intra-group access
-    to with their networks."""
+    identity itself: its groups' rules in its direction (`group_inputs`, memoised in
+    `inputs` for this build), and the groups it grants intra-group access to (by name:
+    their members are shared sets)."""
     _, direction, _, _, group_ids = identity
     per_group = []
     for gid in group_ids:
@@ -109,4 +117,4 @@ def policy_signature(memo: CompileMemo, identity: tuple, intra: tuple[str, ...],
         if got is None:
             got = inputs[(gid, direction)] = group_inputs(memo, gid, direction)
         per_group.append(got)
-    return tuple(per_group), intra, tuple(memo.networks.get(g, ()) for g in intra)
+    return tuple(per_group), intra

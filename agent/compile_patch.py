@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from agent.compile import (Builder, CompileMemo, Ruleset, build_group_set, compile_ruleset, finish_build,
-                           local_layout, policy_chain_body)
+from agent.compile import (Builder, CompileMemo, Ruleset, compile_ruleset, finish_build, local_layout,
+                           policy_chain_body)
 from agent.compile_memo import canonicalise
 from agent.model import DIRECTIONS, DesiredState
 
@@ -45,48 +45,25 @@ def _patched(state: DesiredState, previous: CompileMemo, memo: CompileMemo) -> t
     record = previous.record
     assert record is not None
     b = Builder(state, memo, previous, sets=dict(record.sets), owners=dict(record.owners),
-                 group_sets=dict(record.group_set_names))
+                shared=dict(record.shared_names))
     b.chains.update(previous.chains)
     memo.chains.update(previous.chains)                    # type: ignore[attr-defined]
     memo.interfaces.update(previous.interfaces)            # type: ignore[attr-defined]
-    dirty_nets = {g for g, nets in memo.networks.items() if nets is not previous.networks.get(g)}
-    dirty_nets |= {("prefix_list", p) for p, nets in memo.prefix_lists.items()
-                   if nets is not previous.prefix_lists.get(p)}
     dirty_parts = {(g, d) for g, (_, parts) in memo.parts.items() for d in DIRECTIONS
                    if parts[d] is not previous.parts[g][1][d]}
-    for (gid, v), name in record.group_set_names.items():
-        if gid in dirty_nets:
-            b.sets[name] = build_group_set(b, gid, v)
-        else:
-            memo.group_sets[(gid, v)] = previous.group_sets[(gid, v)]     # type: ignore[index]
     for key, entry in previous.regions.items():
-        if _unchanged(memo, key[1], entry[0][1], dirty_parts, dirty_nets):
+        if _unchanged(key[1], dirty_parts):
             _carry(memo, previous, key, entry)
         else:
             _rebuild(b, key, entry)
-    _drop_unreferenced_group_sets(b)
-    return finish_build(b, record)
+    return finish_build(b, record)          # the shared sets: rebuilt where members changed
 
 
-def _drop_unreferenced_group_sets(b: Builder) -> None:
-    """A group whose members no chain lets in any more (inner_access now drop) has no
-    set, as in a full build."""
-    wanted = {g for entry in b.memo.regions.values() for g in entry[0][1]}
-    for (gid, v), name in list(b.group_sets.items()):
-        if gid not in wanted:
-            del b.group_sets[(gid, v)], b.sets[name]
-            b.memo.group_sets.pop((gid, v), None)                      # type: ignore[attr-defined]
-
-
-def _unchanged(memo: CompileMemo, identity: tuple, intra: tuple, dirty_parts: set, dirty_nets: set) -> bool:
+def _unchanged(identity: tuple, dirty_parts: set) -> bool:
+    """A chain's region depends on its groups' rules of its direction only (members are
+    in shared sets, agent.compile_sets)."""
     _, direction, _, _, group_ids = identity
-    for gid in group_ids:
-        if (gid, direction) in dirty_parts:
-            return False
-        for kind, ref in memo.parts[gid][1][direction][2]:
-            if (ref if kind == "group" else (kind, ref)) in dirty_nets:
-                return False
-    return not any(g in dirty_nets for g in intra)
+    return not any((gid, direction) in dirty_parts for gid in group_ids)
 
 
 def _carry(memo: CompileMemo, previous: CompileMemo, key: tuple, entry: tuple) -> None:
@@ -99,7 +76,9 @@ def _carry(memo: CompileMemo, previous: CompileMemo, key: tuple, entry: tuple) -
 
 def _rebuild(b: Builder, key: tuple, entry: tuple) -> None:
     name, identity = key
-    for _, old_set in entry[1][1]:
+    for _, old_set in entry[1].sets:
         del b.sets[old_set.name]
-    del b.chains[name]
+    for chain_name in [c.name for _, c in entry[1].chains] + [name]:
+        del b.chains[chain_name]
+        b.memo.chains.pop(chain_name, None)                            # type: ignore[attr-defined]
     policy_chain_body(b, name, identity, b.state.local_interfaces[entry[2]], identity[1])

@@ -48,9 +48,20 @@ MAX_ELEMENTS_BYTES = 60_000        # per message: the elements attribute has a u
 TIMEOUT = 5.0
 
 
+SET_ELEM_DATA, DATA_VERDICT, VERDICT_CODE = 2, 2, 1
+VERDICT_CODES = {"accept": 1, "drop": 0}                 # NF_ACCEPT, NF_DROP
+
+
 def supported(set_type: str, interval: bool, map_to: Optional[str]) -> bool:
-    """Whether commit_element_changes can encode the elements of this set."""
-    return interval and map_to is None and all(f.strip() in FIELD_BYTES for f in set_type.split("."))
+    """Whether commit_element_changes can encode the elements of this set: interval sets,
+    and verdict maps (accept/drop) keyed by a concatenation (pipapo) or by exact keys
+    (hash), as the compiler's member-path and points maps are."""
+    fields = [f.strip() for f in set_type.split(".")]
+    if not all(f in FIELD_BYTES for f in fields):
+        return False
+    if map_to is None:
+        return interval
+    return map_to == "verdict" and (len(fields) > 1 or not interval)
 
 
 def _field_range(kind: str, text: str) -> tuple[int, int]:
@@ -86,17 +97,33 @@ def _data(kind: int, value: bytes) -> bytes:
     return _nest(kind, _attr(DATA_VALUE, value))
 
 
-def encode_element(set_type: str, text: str) -> list[bytes]:
-    """The NFTA_LIST_ELEM attributes of one element text of an interval set."""
+def encode_element(set_type: str, text: str, map_to: Optional[str] = None, interval: bool = True,
+                   with_data: bool = True) -> list[bytes]:
+    """The NFTA_LIST_ELEM attributes of one element text of a set (or of a verdict map:
+    `key : accept|drop`, its verdict as NFTA_SET_ELEM_DATA unless `with_data` is false,
+    as libnftnl leaves it out of deletions)."""
+    data = b""
+    if map_to == "verdict" and (with_data or " : " in text):     # deletions may name the key alone
+        text, _, verdict = text.rpartition(" : ")
+        if verdict not in VERDICT_CODES:
+            raise ValueError(f"element {text!r}: verdict {verdict!r} is not accept or drop")
+        if with_data:
+            data = _nest(SET_ELEM_DATA, _nest(DATA_VERDICT, _attr(VERDICT_CODE, struct.pack(">I", VERDICT_CODES[verdict]))))
     kinds = [f.strip() for f in set_type.split(".")]
     parts = [p.strip() for p in text.split(" . ")]
     if len(parts) != len(kinds):
         raise ValueError(f"element {text!r} does not match type {set_type!r}")
     ranges = [_field_range(k, p) for k, p in zip(kinds, parts)]
+    padded = len(kinds) > 1
+    if not interval:                                      # hash: one exact key
+        if any(lo != hi for lo, hi in ranges):
+            raise ValueError(f"element {text!r}: a range in a set without intervals")
+        key = b"".join(_value(k, lo, padded) for k, (lo, _hi) in zip(kinds, ranges))
+        return [_nest(LIST_ELEM, _data(ELEM_KEY, key), data)]
     if len(kinds) > 1:                                    # pipapo: start and end keys
         start = b"".join(_value(k, lo, True) for k, (lo, _hi) in zip(kinds, ranges))
         end = b"".join(_value(k, hi, True) for k, (_lo, hi) in zip(kinds, ranges))
-        return [_nest(LIST_ELEM, _data(ELEM_KEY, start), _data(ELEM_KEY_END, end))]
+        return [_nest(LIST_ELEM, _data(ELEM_KEY, start), _data(ELEM_KEY_END, end), data)]
     (kind,), ((lo, hi),) = kinds, ranges                   # rbtree: start + end elements
     if hi + 1 == 1 << (8 * FIELD_BYTES[kind]):            # open interval: no end element
         return [_nest(LIST_ELEM, _data(ELEM_KEY, _value(kind, lo, False)),
@@ -136,7 +163,7 @@ def _messages(change: ElementChange, delete: bool, seq: int) -> list[tuple[bytes
     verb = "deleting" if delete else "adding"
     chunks = [_Sent(name, verb)]
     for text in change.removed if delete else change.added:
-        encoded = encode_element(change.set.type, text)
+        encoded = encode_element(change.set.type, text, change.set.map_to, change.set.interval, not delete)
         need = sum(len(e) for e in encoded)
         if chunks[-1].size + need > MAX_ELEMENTS_BYTES and chunks[-1].texts:
             chunks.append(_Sent(name, verb))

@@ -170,18 +170,22 @@ def intra_group_ids(state: DesiredState, nic: Interface) -> tuple[str, ...]:
     return tuple(gid for gid in inst.groups if state.group_by_id[gid].inner_access == ACCEPT)
 
 
-def build_effective_list(state: DesiredState, nic_name: str, direction: str) -> EffectiveList:
-    """SPEC §3 for one local interface and direction. KeyError if not local."""
+def build_effective_list(state: DesiredState, nic_name: str, direction: str,
+                         resolve_peers: bool = True) -> EffectiveList:
+    """SPEC §3 for one local interface and direction. KeyError if not local.
+    `resolve_peers=False` leaves the networks of group and prefix-list peers empty (the
+    compiler looks their shared sets up by name and does not need their members)."""
     nic = state.local_interfaces[nic_name]
     inst = state.instance_by_id[nic.instance_id]
     groups = tuple(state.group_by_id[g] for g in inst.groups)
     entries = essential_entries(state, nic, direction)
     for gid in intra_group_ids(state, nic):
-        nets = peer_networks(state, Peer("group", gid))
+        nets = peer_networks(state, Peer("group", gid)) if resolve_peers else ()
         entries.append(Entry(INTRA_GROUP, "match", ACCEPT, Match(nets), gid,
                              peer=Peer("group", gid), description=f"members of {gid}"))
     for r in user_rules(state, groups, inst.network, nic, direction):
-        match = Match(peer_networks(state, r.peer), r.protocol, r.ports, r.sports)
+        nets = peer_networks(state, r.peer) if resolve_peers or r.peer.kind == "cidr" else ()
+        match = Match(nets, r.protocol, r.ports, r.sports)
         entries.append(Entry(USER, "match", r.policy, match, r.group_id, r.id, r.priority,
                              r.peer, r.description))
     entries += default_entries(groups, direction)

@@ -18,8 +18,13 @@ Grammar (VERDICT is `accept` or `drop`; an optional leading `counter` is a no-op
     ether saddr != MAC drop
     ip saddr != { ADDR|CIDR, ... } drop          ip6 saddr != { ... } drop
     meta nfproto ipv4|ipv6 VERDICT
-    ip|ip6 saddr|daddr @SET accept
+    ip|ip6 saddr|daddr @SET VERDICT
+    ip|ip6 saddr|daddr @SET goto CHAIN
     ip|ip6 saddr|daddr . meta l4proto [. th sport] [. th dport] @SET VERDICT
+    ip|ip6 saddr|daddr . meta l4proto [. th sport] [. th dport] vmap @MAP      (no element: next rule)
+    ip|ip6 saddr|daddr @SET meta l4proto [. th sport] [. th dport] vmap @MAP
+    ip|ip6 saddr|daddr ADDR|ADDR-ADDR|@SET [meta l4proto N] [th sport P[-Q]] [th dport P[-Q]] VERDICT
+    meta nfproto ipv4|ipv6 [meta l4proto N] [th sport P[-Q]] [th dport P[-Q]] VERDICT
     goto CHAIN
     VERDICT
 
@@ -216,14 +221,17 @@ class ParsedRule:
     verdict: Optional[str] = None    # accept | drop | None with goto
     goto: Optional[str] = None
     vmap: Optional[dict] = None      # ct state vmap: state -> verdict
+    decide: Optional[Callable[[Packet], Optional[str]]] = None   # verdict-map lookup (None: next rule)
 
 
 _V = r"(?P<verdict>accept|drop)"
 _ADDRKEY = r"(?P<fam>ip6?) (?P<dir>saddr|daddr)"
 
 
-def parse_rule(text: str, sets: dict[str, ParsedSet], chains: set[str]) -> ParsedRule:
+def parse_rule(text: str, sets: dict[str, ParsedSet], chains: set[str],
+               maps: Optional[dict[str, "ParsedMap"]] = None) -> ParsedRule:
     raw = text
+    maps = maps or {}
     text = re.sub(r"^counter ", "", text.strip())
     text = re.sub(r" counter (accept|drop)$", r" \1", text)
 
@@ -274,6 +282,10 @@ def parse_rule(text: str, sets: dict[str, ParsedSet], chains: set[str]) -> Parse
         version = 4 if m["fam"] == "ipv4" else 6
         return ParsedRule(raw, lambda p: _version(p) == version, m["verdict"])
 
+    parsed = _parse_lookup_rule(text, raw, sets, chains, maps)
+    if parsed is not None:
+        return parsed
+
     m = re.fullmatch(r"goto (?P<chain>[A-Za-z0-9_.-]+)", text)
     if m:
         if m["chain"] not in chains:
@@ -287,8 +299,6 @@ def parse_rule(text: str, sets: dict[str, ParsedSet], chains: set[str]) -> Parse
                 (), ("meta l4proto",), ("meta l4proto", "th sport"),
                 ("meta l4proto", "th dport"), ("meta l4proto", "th sport", "th dport")):
             raise UnknownRule(f"unknown lookup key {m['key']!r} in {raw!r}")
-        if len(keys) == 1 and m["verdict"] != "accept":
-            raise UnknownRule(f"address-set lookups only accept: {raw!r}")
         if m["set"] not in sets:
             raise UnknownRule(f"lookup in a missing set: {raw!r}")
         s = sets[m["set"]]
@@ -306,6 +316,115 @@ def parse_rule(text: str, sets: dict[str, ParsedSet], chains: set[str]) -> Parse
         return ParsedRule(raw, lambda p: True, text)
 
     raise UnknownRule(f"unknown rule form: {raw!r}")
+
+
+TAIL_KEYS = ((), ("meta l4proto",), ("meta l4proto", "th sport"), ("meta l4proto", "th dport"),
+             ("meta l4proto", "th sport", "th dport"))
+
+
+@dataclass(frozen=True)
+class ParsedMap:
+    """A verdict map with a concatenated key (intervals where the map has the flag)."""
+    name: str
+    types: tuple[str, ...]
+    elements: tuple[tuple[Element, str], ...]
+
+    def lookup(self, key: tuple[int, ...]) -> Optional[str]:
+        hits = [v for el, v in self.elements if all(lo <= k <= hi for (lo, hi), k in zip(el, key))]
+        if len(hits) > 1:
+            raise UnknownRule(f"map {self.name}: overlapping elements for {key}")
+        return hits[0] if hits else None
+
+
+def parse_concat_map(s: NftSet) -> ParsedMap:
+    types = tuple(t.strip() for t in s.type.split(" . "))
+    out = []
+    for text in s.elements:
+        m = re.fullmatch(r"(?P<key>.+) : (?P<verdict>accept|drop)", text)
+        if not m:
+            raise UnknownRule(f"map {s.name}: bad element {text!r}")
+        parts = m["key"].split(" . ")
+        if len(parts) != len(types):
+            raise UnknownRule(f"map {s.name}: element {text!r} does not have type {s.type}")
+        el = tuple(_component(p, t) for p, t in zip(parts, types))
+        if not s.interval and any(lo != hi for lo, hi in el):
+            raise UnknownRule(f"map {s.name}: range {text!r} without flags interval")
+        out.append((el, m["verdict"]))
+    return ParsedMap(s.name, types, tuple(out))
+
+
+def _check_types(want: tuple[str, ...], have: tuple[str, ...], name: str) -> None:
+    if want != have:
+        raise UnknownRule(f"{name} has type {' . '.join(have)}, key wants {' . '.join(want)}")
+
+
+def _parse_lookup_rule(text: str, raw: str, sets: dict, chains: set, maps: dict) -> Optional[ParsedRule]:
+    """The member-path forms: set lookups that goto, verdict maps, plain matches."""
+    m = re.fullmatch(_ADDRKEY + r" @(?P<set>[A-Za-z0-9_.-]+) goto (?P<chain>[A-Za-z0-9_.-]+)", text)
+    if m:
+        pred = _set_pred(f"{m['fam']} {m['dir']}", m["set"], sets, raw)
+        if m["chain"] not in chains:
+            raise UnknownRule(f"goto to a missing chain: {raw!r}")
+        return ParsedRule(raw, pred, goto=m["chain"])
+    m = re.fullmatch(_ADDRKEY + r"(?: @(?P<set>[A-Za-z0-9_.-]+) | \. )(?P<tail>[a-z0-9 .]+) vmap @(?P<map>[A-Za-z0-9_.-]+)", text)
+    if m:
+        addr_key = f"{m['fam']} {m['dir']}"
+        tail = tuple(k.strip() for k in m["tail"].split(" . "))
+        if tail not in TAIL_KEYS[1:] or m["map"] not in maps:
+            raise UnknownRule(f"unknown map lookup {raw!r}")
+        keys = tail if m["set"] else (addr_key,) + tail
+        pm = maps[m["map"]]
+        _check_types(tuple(KEY_TYPES[k] for k in keys), pm.types, pm.name)
+        member = _set_pred(addr_key, m["set"], sets, raw) if m["set"] else (lambda p: True)
+
+        def decide(p: Packet, keys=keys, pm=pm, member=member) -> Optional[str]:
+            _version(p)
+            values = tuple(_field(p, k) for k in keys)
+            if None in values or (addr_key.startswith("ip6") != (p.src.version == 6)) or not member(p):
+                return None
+            return pm.lookup(values)
+        return ParsedRule(raw, lambda p: True, decide=decide)
+    m = re.fullmatch(r"(?:" + _ADDRKEY + r" (?P<addr>@[A-Za-z0-9_.-]+|[0-9a-fA-F:.]+(?:-[0-9a-fA-F:.]+)?)"
+                     r"|meta nfproto (?P<nfp>ipv4|ipv6))"
+                     r"(?: meta l4proto (?P<proto>\d+(?:-\d+)?))?(?: th sport (?P<sport>\d+(?:-\d+)?))?"
+                     r"(?: th dport (?P<dport>\d+(?:-\d+)?))? " + _V, text)
+    if m and (m["proto"] or m["sport"] or m["dport"] or (m["addr"] and not m["addr"].startswith("@"))):
+        preds = _plain_preds(m, sets, raw)
+        return ParsedRule(raw, lambda p, preds=preds: all(f(p) for f in preds), m["verdict"])
+    return None
+
+
+def _set_pred(key: str, name: str, sets: dict, raw: str) -> Pred:
+    if name not in sets:
+        raise UnknownRule(f"lookup in a missing set: {raw!r}")
+    s = sets[name]
+    _check_types((KEY_TYPES[key],), s.types, s.name)
+
+    def pred(p: Packet) -> bool:
+        _version(p)
+        value = _field(p, key)
+        return value is not None and s.lookup((value,))
+    return pred
+
+
+def _plain_preds(m: re.Match, sets: dict, raw: str) -> list[Pred]:
+    preds: list[Pred] = []
+    if m["nfp"]:
+        version = 4 if m["nfp"] == "ipv4" else 6
+        preds.append(lambda p: _version(p) == version)
+    else:
+        key = f"{m['fam']} {m['dir']}"
+        if m["addr"].startswith("@"):
+            preds.append(_set_pred(key, m["addr"][1:], sets, raw))
+        else:
+            lo, hi = _addr_interval(m["addr"], 4 if m["fam"] == "ip" else 6)
+            preds.append(lambda p: (v := _field(p, key)) is not None and lo <= v <= hi)
+    for kind, field_key, name in (("inet_proto", "meta l4proto", "proto"), ("inet_service", "th sport", "sport"),
+                                  ("inet_service", "th dport", "dport")):
+        if m[name]:
+            a, b = _int_interval(m[name], kind)
+            preds.append(lambda p, a=a, b=b, k=field_key: a <= _field(p, k) <= b)
+    return preds
 
 
 # ---------------------------------------------------------------- the walk
@@ -377,7 +496,12 @@ class Simulator:
     def __init__(self, ruleset: Ruleset):
         self.table = inet_table(ruleset)
         self.sets = {s.name: parse_set(s) for s in self.table.sets if s.map_to is None}
-        self.vmaps = {s.name: _parse_vmap(s) for s in self.table.sets if s.map_to == "verdict"}
+        # dispatch maps (ifname, mark, address) and the policy chains' maps (keyed by
+        # protocol and ports, with or without an address in front)
+        self.vmaps = {s.name: _parse_vmap(s) for s in self.table.sets
+                      if s.map_to == "verdict" and "inet_proto" not in s.type}
+        self.cmaps = {s.name: parse_concat_map(s) for s in self.table.sets
+                      if s.map_to == "verdict" and "inet_proto" in s.type}
         if any(s.map_to not in (None, "verdict") for s in self.table.sets):
             raise UnknownRule("unknown map kind in the inet table")
         names = [c.name for c in self.table.chains]
@@ -388,7 +512,7 @@ class Simulator:
         self.base: dict[str, list[tuple[str, int, str]]] = {}
         for c in self.table.chains:
             if c.hook is None:
-                self.chains[c.name] = [parse_rule(r, self.sets, regular) for r in c.rules]
+                self.chains[c.name] = [parse_rule(r, self.sets, regular, self.cmaps) for r in c.rules]
             else:
                 self.base[c.name] = self._parse_base_chain(c, regular)
         for name in ("forward_egress", "forward_ingress"):
@@ -488,6 +612,12 @@ class Simulator:
             for i, rule in enumerate(self.chains[chain]):
                 if not rule.match(packet):
                     continue
+                if rule.decide is not None:
+                    decided = rule.decide(packet)
+                    if decided is None:
+                        continue
+                    trace.append(f"{chain}[{i}] {rule.text} -> {decided}")
+                    return SimResult(decided, chain, i, rule.text, tuple(trace))
                 if rule.vmap is not None:
                     trace.append(f"{chain}[{i}] {rule.text}")
                     return SimResult(rule.vmap[packet.state], chain, i, rule.text, tuple(trace))

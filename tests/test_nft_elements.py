@@ -106,7 +106,10 @@ def test_supported():
     assert supported("ipv6_addr . inet_proto", True, None)
     assert supported("ipv4_addr", True, None) and supported("inet_service", True, None)
     assert not supported("ipv4_addr", False, None)                    # hash sets: not needed
-    assert not supported(V4_CONCAT, True, "verdict")                  # maps
+    assert supported(V4_CONCAT, True, "verdict")                      # member-path maps
+    assert supported(V4_CONCAT, False, "verdict")                     # points maps
+    assert not supported("ipv4_addr", True, "verdict")                # single-field interval maps
+    assert not supported(V4_CONCAT, True, "mark")
     assert not supported("ifname . ipv4_addr", True, None)
     assert not supported("ether_addr", True, None)
 

@@ -66,11 +66,11 @@ def _nft(*args: str) -> str:
     return proc.stdout
 
 
-def _state(table: str, name: str) -> dict:
+def _state(table: str, name: str, kind: str = "set") -> dict:
     """The elements as nft lists them (JSON, sorted) and as the kernel holds them (raw)."""
-    found = json.loads(_nft("-j", "list", "set", "inet", table, name))["nftables"]
-    elems = next(o["set"] for o in found if "set" in o).get("elem", [])
-    raw = re.findall(r"^\s*element (.*)$", _nft("--debug=netlink", "list", "set", "inet", table, name), re.M)
+    found = json.loads(_nft("-j", "list", kind, "inet", table, name))["nftables"]
+    elems = next(o[kind] for o in found if kind in o).get("elem", [])
+    raw = re.findall(r"^\s*element (.*)$", _nft("--debug=netlink", "list", kind, "inet", table, name), re.M)
     # libnftables adds an end element at key 0 to a set it fills while empty (nothing
     # matches an end element); whether a set has it depends on its history, not content
     raw = [r for r in raw if not re.fullmatch(r"[0 ]+: 1 \[end\]", r.strip())]
@@ -93,6 +93,42 @@ def scenario_content() -> dict:
     apply_script(table_script("sgref", {n: (t, final_elements(i, r, a)) for n, (t, i, r, a) in SETS.items()}))
     out = {n: {"got": _state("sgtest", n), "want": _state("sgref", n)} for n in SETS}
     apply_script("delete table inet sgtest\ndelete table inet sgref\n")
+    return {"took": took, "sets": out}
+
+
+# verdict maps as the compiler makes them: member-path runs (concatenated, intervals) and
+# points (concatenated, exact keys); deletions name the key alone, as agent.incremental does
+MAPS = {
+    "m": ("ipv4_addr . inet_proto . inet_service", True,
+          ["10.0.0.0-10.0.0.255 . 6 . 80 : accept", "10.1.0.0-10.1.0.255 . 17 . 53 : drop"],
+          ["10.0.0.0-10.0.0.255 . 6 . 80"],
+          ["10.0.0.0-10.0.0.255 . 6 . 80-90 : drop", "10.2.0.0-10.2.0.255 . 0-255 . 0-65535 : accept"]),
+    "p": ("ipv4_addr . inet_proto . inet_service", False, ["10.0.0.1 . 17 . 9 : drop", "10.0.0.3 . 6 . 22 : accept"],
+          ["10.0.0.1 . 17 . 9"], ["10.0.0.1 . 17 . 9 : accept", "10.0.0.2 . 6 . 80 : drop"]),
+    "q": ("inet_proto . inet_service", True, ["6 . 22 : accept"], [], ["17 . 1000-2000 : drop"]),
+}
+
+
+def map_script(table: str, maps: dict[str, tuple[str, bool, list[str]]]) -> str:
+    lines = [f"table inet {table} {{"]
+    for name, (typ, interval, elements) in maps.items():
+        elems = f" elements = {{ {', '.join(elements)} }};" if elements else ""
+        lines.append(f"  map {name} {{ type {typ} : verdict;{' flags interval;' if interval else ''}{elems} }}")
+    return "\n".join(lines + ["}", ""])
+
+
+def scenario_maps() -> dict:
+    from agent.incremental import ElementChange, map_key
+    from agent.nft import apply_script
+    from agent.nft_elements import commit_element_changes
+    from agent.ruleset import NftSet
+    apply_script(map_script("sgmtest", {n: (t, iv, init) for n, (t, iv, init, _r, _a) in MAPS.items()}))
+    took = commit_element_changes([ElementChange("inet", "sgmtest", NftSet(n, t, (), iv, "verdict"), tuple(r), tuple(a))
+                                   for n, (t, iv, _i, r, a) in MAPS.items()])
+    final = {n: (t, iv, [e for e in init if map_key(e) not in r] + a) for n, (t, iv, init, r, a) in MAPS.items()}
+    apply_script(map_script("sgmref", final))
+    out = {n: {"got": _state("sgmtest", n, "map"), "want": _state("sgmref", n, "map")} for n in MAPS}
+    apply_script("delete table inet sgmtest\ndelete table inet sgmref\n")
     return {"took": took, "sets": out}
 
 
@@ -191,7 +227,7 @@ def scenario_monitor() -> dict:
 
 
 def main(argv: list[str]) -> None:
-    scenarios = {"content": scenario_content, "refused": scenario_refused, "timing": scenario_timing,
+    scenarios = {"content": scenario_content, "maps": scenario_maps, "refused": scenario_refused, "timing": scenario_timing,
                  "monitor": scenario_monitor, "large": scenario_large}
     print(json.dumps(scenarios[argv[0]](*json.loads(argv[1]) if len(argv) > 1 else ())))
 
@@ -220,6 +256,13 @@ def test_changes_leave_what_libnftables_declares(ns):
         assert state["got"]["json"] == state["want"]["json"], name
         assert state["got"]["raw"] == state["want"]["raw"], name
     assert result["took"] < 1.0
+
+
+def test_verdict_map_changes_leave_what_libnftables_declares(ns):
+    result = in_ns(ns, "maps")
+    for name, state in result["sets"].items():
+        assert state["got"]["json"] == state["want"]["json"], name
+        assert state["got"]["raw"] == state["want"]["raw"], name
 
 
 def test_large_changes_in_one_batch(ns):
