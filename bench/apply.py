@@ -58,12 +58,11 @@ def clock():
     return time.perf_counter(), time.process_time()
 c0 = clock()
 from agent.compile import build_ruleset
-from agent.reconcile import script_stamp
 from agent.render import render_ruleset
 from agent.validate import load_state
 c1 = clock(); state = load_state(sys.argv[1], sys.argv[2])
 c2 = clock(); ruleset = build_ruleset(state)
-c3 = clock(); text = render_ruleset(ruleset, script_stamp(ruleset))
+c3 = clock(); text = render_ruleset(ruleset)
 c4 = clock()
 d = lambda a, b: [b[0] - a[0], b[1] - a[1]]
 print(json.dumps({"imports": d(c0, c1), "load": d(c1, c2), "compile": d(c2, c3), "render": d(c3, c4),
@@ -202,17 +201,19 @@ def mb(kb: float) -> float:
 
 
 # -- one size -------------------------------------------------------------------------------
-def bench_size(n: int, args, tmp: Path, nss: Namespaces) -> dict:
-    config = tmp / f"big-{n}.json"
-    config.write_text(sh([GEN, "--interfaces", str(n), "--rules", str(args.rules)], check=True).stdout)
+def bench_size(n: int, args, tmp: Path, nss: Namespaces, remote: int = 0) -> dict:
+    config = tmp / f"big-{n}-{remote}.json"
+    extra = (["--groups", str(args.groups)] if args.groups else []) + (["--remote", str(remote)] if remote else [])
+    config.write_text(sh([GEN, "--interfaces", str(n), "--rules", str(args.rules), *extra], check=True).stdout)
     host = json.loads(config.read_text())["host"]
     start = time.monotonic()
     r = sh([PY, "-m", "agent.cli", "render", "-c", str(config), "--host", host], cwd=ROOT, check=True)
     render_wall = time.monotonic() - start
-    script = tmp / f"big-{n}.nft"
+    script = tmp / f"big-{n}-{remote}.nft"
     script.write_text(r.stdout)
-    print(f"  gen-config --interfaces {n} --rules {args.rules}: {config.stat().st_size / 1e6:.1f} MB JSON; "
-          f"render -> {script.stat().st_size / 1e6:.1f} MB nft script ({render_wall:.1f} s)", flush=True)
+    print(f"  gen-config --interfaces {n} --rules {args.rules} {' '.join(extra)}: {config.stat().st_size / 1e6:.1f} MB "
+          f"JSON; render -> {script.stat().st_size / 1e6:.1f} MB nft script, {r.stdout.count(chr(10))} lines "
+          f"({render_wall:.1f} s)", flush=True)
 
     def conntrack_step(ns: str) -> dict:
         p = sh(["ip", "netns", "exec", ns, PY, "-c", CONNTRACK, str(config), host, str(args.flows)],
@@ -248,7 +249,8 @@ def bench_size(n: int, args, tmp: Path, nss: Namespaces) -> dict:
               f" | compile-only: load {c['load'][0]:.1f} s, compile {c['compile'][0]:.1f} s "
               f"(cpu {c['compile'][1]:.1f} s), render {c['render'][0]:.1f} s, peak RSS "
               f"{mb(c['max_rss_kb']):.0f} MB", flush=True)
-    return {"n": n, "agent": agent, "nft": nft, "compile": comp, "conntrack": ct,
+    return {"n": n, "remote": remote, "render_s": render_wall, "agent": agent, "nft": nft, "compile": comp,
+            "conntrack": ct,
             "objects": {k: comp[0][k] for k in ("sets", "chains", "elements", "bytes")}}
 
 
@@ -271,7 +273,7 @@ def extrapolate(points: list[tuple[int, float]], n: int) -> tuple[float, float]:
 
 def report(results: list[dict]) -> None:
     print()
-    print("| interfaces | sets / chains / elements | agent apply s | nft -f s | ratio (medians) | paired ratios "
+    print("| interfaces (remote members) | sets / chains / elements | agent apply s | nft -f s | ratio (medians) | paired ratios "
           "| compile-only s (load / compile / render) | agent peak RSS MB (compile-only) | nft peak RSS MB "
           "| kernel SUnreclaim MB | MemAvailable drop MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -283,7 +285,7 @@ def report(results: list[dict]) -> None:
         o = r["objects"]
         kmem = [mb(x) for x in kmem_readings(r)]
         avail = [mb(x) for x in kmem_readings(r, "MemAvailable")]
-        print(f"| {r['n']} | {o['sets']} / {o['chains']} / {o['elements']} | {spread(a)} | {spread(b)} "
+        print(f"| {r['n']} ({r['remote']}) | {o['sets']} / {o['chains']} / {o['elements']} | {spread(a)} | {spread(b)} "
               f"| {med(a) / med(b):.2f} | {spread(ratios, '{:.2f}')} "
               f"| {med([x['load'][0] for x in c]):.1f} / {med([x['compile'][0] for x in c]):.1f} "
               f"(cpu {med([x['compile'][1] for x in c]):.1f}) / {med([x['render'][0] for x in c]):.1f} "
@@ -313,6 +315,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--rules", type=int, default=50, help="gen-config --rules (per group)")
+    ap.add_argument("--groups", type=int, default=0, help="gen-config --groups (0: its default)")
+    ap.add_argument("--remote", type=int, nargs="+", default=[0],
+                    help="gen-config --remote: members on other hosts (the fleet benchmark: 0 10000 100000)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--settle", type=float, default=4.0, help="seconds to wait before reading kernel memory")
     ap.add_argument("--flows", type=int, default=10000, help="synthetic conntrack entries for the revocation step")
@@ -342,8 +347,9 @@ def main() -> int:
                     if est_gb > args.max_kernel_gb:
                         print(f"STOP: {est_gb:.1f} GB > {args.max_kernel_gb} GB; {n} interfaces not run")
                         break
-                print(f"{n} interfaces", flush=True)
-                results.append(bench_size(n, args, tmp, nss))
+                for remote in args.remote:
+                    print(f"{n} interfaces, {remote} remote members", flush=True)
+                    results.append(bench_size(n, args, tmp, nss, remote))
     finally:
         nss.cleanup()
     report(results)

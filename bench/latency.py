@@ -11,6 +11,12 @@ port P and is written to the watched file by atomic rename at time t0; a sender 
 `outside` sends to P every 0.5 ms; the receiver in the instance records the first
 packet's arrival t1 (CLOCK_MONOTONIC is shared by all namespaces). Latency = t1 - t0:
 inotify, read, validate, compile, plan, commit, plus < 0.5 ms of sending interval.
+
+`--change member` measures a membership change instead: every group of the document gets
+a rule admitting udp/P from the group `sg-probe` (so every local policy chain names it),
+and each change makes a remote instance holding the `outside` address join `sg-probe`
+(after it left it in a change that is not timed); with `--remote N` the document has N
+more members on other hosts (gen-config --remote).
 """
 from __future__ import annotations
 
@@ -69,6 +75,24 @@ def bench_rule(port: int) -> dict:
             "protocol": "udp", "port_range": f"{port}/{port}", "source_cidr": "192.0.2.0/24"}
 
 
+PROBE_GROUP, IDLE_GROUP, MEMBER_PORT = "sg-probe", "sg-probe-idle", 64999
+
+
+def with_member(doc: dict, joined: bool) -> dict:
+    """`doc` with every group admitting udp/MEMBER_PORT from sg-probe, and the remote
+    instance holding the outside address in sg-probe (joined) or in an unnamed group."""
+    new = copy.deepcopy(doc)
+    for g in new["security_groups"]:
+        g["rules"] = g["rules"] + [{"id": "bench-member", "direction": "ingress", "policy": "accept",
+                                    "priority": 1, "protocol": "udp",
+                                    "port_range": f"{MEMBER_PORT}/{MEMBER_PORT}", "source_group": PROBE_GROUP}]
+    new["security_groups"] += [{"id": PROBE_GROUP, "rules": []}, {"id": IDLE_GROUP, "rules": []}]
+    new["instances"] = new["instances"] + [{
+        "id": "bench-member", "host": "elsewhere", "security_groups": [PROBE_GROUP if joined else IDLE_GROUP],
+        "interfaces": [{"name": "bench0", "addresses": [OUTSIDE4]}]}]
+    return new
+
+
 def with_port(doc: dict, gid: str, port: int) -> dict:
     new = copy.deepcopy(doc)
     group = next(g for g in new["security_groups"] if g["id"] == gid)
@@ -113,11 +137,11 @@ def pick_interface(doc: dict) -> tuple[str, str, str]:
     return inst["security_groups"][0], nic["name"], addr
 
 
-def measure(doc: dict, changes: int, tmp: Path) -> dict:
+def measure(doc: dict, changes: int, tmp: Path, member: bool = False) -> dict:
     gid, nic, addr = pick_interface(doc)
-    ports = usable_ports(doc, gid, nic, addr, changes)
+    ports = [MEMBER_PORT] * (changes + 1) if member else usable_ports(doc, gid, nic, addr, changes)
     config, sock = tmp / "config.json", str(tmp / "agent.sock")
-    write(config, with_port(doc, gid, ports[0]))
+    write(config, with_member(doc, False) if member else with_port(doc, gid, ports[0]))
     with Sandbox(f"sgb{os.getpid() % 10000}") as sb:
         ns = sb.add_instance("inst", nic, [addr])
         t = time.monotonic()
@@ -127,7 +151,10 @@ def measure(doc: dict, changes: int, tmp: Path) -> dict:
         send = sb.popen(sb.outside, PY, "-c", SENDER, addr, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             first = wait_ready(sock, agent, t)
-            lat = [one_change(config, doc, gid, p, recv, send) for p in ports[1:]]
+            if member:
+                lat = [one_join(config, doc, sock, recv, send) for _ in ports[1:]]
+            else:
+                lat = [one_change(config, doc, gid, p, recv, send) for p in ports[1:]]
             return {"first_apply_s": first, "latencies_ms": lat, "rss_mb": rss_mb(agent.pid),
                     "status": query(sock)}
         finally:
@@ -148,8 +175,8 @@ def wait_ready(sock: str, agent: subprocess.Popen, t: float) -> float:
         time.sleep(0.05)
 
 
-def one_change(config: Path, doc: dict, gid: str, port: int, recv, send) -> float:
-    new = with_port(doc, gid, port)
+def one_change(config: Path, doc: dict, gid: str, port: int, recv, send, new: dict | None = None) -> float:
+    new = new or with_port(doc, gid, port)
     recv.stdin.write(f"{port}\n")
     recv.stdin.flush()
     assert recv.stdout.readline().strip() == "READY"
@@ -164,6 +191,18 @@ def one_change(config: Path, doc: dict, gid: str, port: int, recv, send) -> floa
     return (t1 - t0) * 1000
 
 
+def one_join(config: Path, doc: dict, sock: str, recv, send) -> float:
+    """The member leaves (not timed; waited for until the daemon reports the revision
+    applied), then joins: the first packet admitted through sg-probe's set."""
+    before = query(sock).get("revision")
+    write(config, with_member(doc, False))
+    deadline = time.monotonic() + 30
+    while query(sock).get("revision") == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    return one_change(config, doc, "", MEMBER_PORT, recv, send, with_member(doc, True))
+
+
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
@@ -175,6 +214,9 @@ def main() -> int:
     ap.add_argument("--rules", type=int, default=50)
     ap.add_argument("--changes", type=int, default=20)
     ap.add_argument("--config", help="use this desired state instead of gen-config's")
+    ap.add_argument("--remote", type=int, default=0, help="gen-config --remote (members on other hosts)")
+    ap.add_argument("--change", choices=["rule", "member"], default="rule",
+                    help="rule: one rule moves to a new port; member: a remote member joins a peer group")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (network namespaces)")
@@ -182,14 +224,15 @@ def main() -> int:
         doc = json.loads(Path(a.config).read_text()) if a.config.endswith(".json") else \
             __import__("yaml").safe_load(Path(a.config).read_text())
     else:
-        doc = json.loads(subprocess.run([str(GEN), "--interfaces", str(a.interfaces), "--rules", str(a.rules)],
-                                        capture_output=True, text=True, check=True).stdout)
+        doc = json.loads(subprocess.run([str(GEN), "--interfaces", str(a.interfaces), "--rules", str(a.rules),
+                                         "--remote", str(a.remote)], capture_output=True, text=True, check=True).stdout)
     with tempfile.TemporaryDirectory(prefix="sgbench") as tmp:
-        r = measure(doc, a.changes, Path(tmp))
+        r = measure(doc, a.changes, Path(tmp), member=a.change == "member")
         if os.environ.get("BENCH_LOG"):
             print((Path(tmp) / "agent.log").read_text()[-3000:])
     lat, rs = r["latencies_ms"], r["status"]["ruleset"]
-    print(f"size: {a.interfaces} interfaces x {a.rules} rules/group -> {rs['chains']} chains, "
+    print(f"change: {a.change}; load average {os.getloadavg()[0]:.2f}")
+    print(f"size: {a.interfaces} interfaces x {a.rules} rules/group, {a.remote} remote -> {rs['chains']} chains, "
           f"{rs['rules']} rules, {rs['sets']} sets, {rs['elements']} elements")
     print(f"first (full) apply, start to ready: {r['first_apply_s']:.2f} s")
     print(f"change-to-enforced over {len(lat)} changes: p50 {percentile(lat, .5):.1f} ms, "

@@ -590,10 +590,10 @@ def test_failing_interface_compiles_closed(monkeypatch):
     before = build_ruleset(state)
     real = compile_mod.build_effective_list
 
-    def broken(st_, nic_name, direction):
+    def broken(st_, nic_name, direction, **kw):
         if nic_name == "tap-web2":
             raise RuntimeError("boom")
-        return real(st_, nic_name, direction)
+        return real(st_, nic_name, direction, **kw)
 
     monkeypatch.setattr(compile_mod, "build_effective_list", broken)
     rs = build_ruleset(state)

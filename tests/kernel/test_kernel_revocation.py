@@ -24,20 +24,25 @@ WATCH = 1.3            # how long the survivors are watched after the apply
 
 
 def rev_doc(t, allow_7001: bool = True, i2_in_srv: bool = True, with_i3: bool = True,
-            revoke: bool = True) -> dict:
+            revoke: bool = True, i3_in_peer: bool = False) -> dict:
+    """i1 also admits tcp/8081 from the members of sg-peer (a peer group: its members are
+    the shared set grp4/grp6_sg-peer), which i3 joins with `i3_in_peer`."""
     rules = [rule("ingress", "tcp", ports=f"{p}/{p}", rid=f"allow-{p}-v{v}", cidr=c)
              for p in ((7001, 7002) if allow_7001 else (7002,)) for v, c in ((4, "0.0.0.0/0"), (6, "::/0"))]
-    members = {"i1": ["sg-srv"], "i2": ["sg-srv", "sg-cli"] if i2_in_srv else ["sg-cli"], "i3": ["sg-cli"]}
+    rules.append({"id": "from-peer", "direction": "ingress", "protocol": "tcp", "port_range": "8081/8081",
+                  "source_group": "sg-peer"})
+    members = {"i1": ["sg-srv"], "i2": ["sg-srv", "sg-cli"] if i2_in_srv else ["sg-cli"],
+               "i3": ["sg-cli"] + ["sg-peer"] * i3_in_peer}
     if not with_i3:
         del members["i3"]
-    return t.doc([group("sg-srv", *rules, inner_access="accept"), group("sg-cli")], members,
-                 revoke_connections=revoke)
+    return t.doc([group("sg-srv", *rules, inner_access="accept"), group("sg-cli"),
+                  group("sg-peer", inner_access="drop")], members, revoke_connections=revoke)
 
 
-def run_change(topo, victims: list[tuple], new_doc: dict, expect_cut: bool) -> None:
+def run_change(topo, victims: list[tuple], new_doc: dict, expect_cut: bool, base: dict | None = None) -> None:
     """Hold every victim (src, dst, port) and the survivor out -> i1:7002 over IPv4 and
-    IPv6, apply `new_doc`, then check the holds and the conntrack entries."""
-    topo.apply(rev_doc(topo))
+    IPv6 under `base`, apply `new_doc`, then check the holds and the conntrack entries."""
+    topo.apply(base or rev_doc(topo))
     holds = {}
     try:
         for version in (4, 6):
@@ -93,6 +98,19 @@ def test_interface_removed(topo):
     unmanaged peer would be picked up again by conntrack's loose TCP tracking; the tap
     of a removed instance normally disappears with it."""
     run_change(topo, [("i3", "i1", 7001)], rev_doc(topo, with_i3=False), expect_cut=True)
+
+
+def test_member_left_peer_group(topo):
+    """i3 joins sg-peer (only the shared set changes) and opens i3 -> i1:8081, admitted by
+    the group-peer rule; i3 leaves sg-peer: that connection is cut, the others stay."""
+    run_change(topo, [("i3", "i1", 8081)], rev_doc(topo), expect_cut=True,
+               base=rev_doc(topo, i3_in_peer=True))
+
+
+def test_member_still_in_peer_group_keeps_its_connection(topo):
+    """The same connection survives a change that keeps i3 in sg-peer (another rule goes)."""
+    run_change(topo, [("i3", "i1", 8081)], rev_doc(topo, allow_7001=False, i3_in_peer=True), expect_cut=False,
+               base=rev_doc(topo, i3_in_peer=True))
 
 
 def test_revocation_off(topo):
