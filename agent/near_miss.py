@@ -1,9 +1,10 @@
 """Near misses of a drop (pure): the lines that would have accepted a dropped new
 connection if one field of it were different, or if they came earlier.
 
-For a decision made by a user drop rule or by the final drop, every accept line of the
-list (and, on a classic network, every accept rule the interface's nic type leaves out)
-is compared with the packet field by field. A line that differs in exactly one field
+For a decision made by a user drop rule or by the final drop, every user or default
+accept line of the list (intra-group lines aside: they would only say "not a member"),
+and on a classic network every accept rule the interface's nic type leaves out, is
+compared with the packet field by field. A line that differs in exactly one field
 -- peer membership, destination or source port, protocol, IP version, nic type -- is a
 near miss; so is a line that matches but comes after the deciding drop (field
 `order`). At most three, nearest to the deciding line first.
@@ -90,7 +91,7 @@ def near_misses(state: DesiredState, elist: EffectiveList, packet: Packet,
     peer = packet.src if elist.direction == INGRESS else packet.dst
     found: list[tuple[int, NearMiss]] = []
     for i, e in enumerate(elist.entries):
-        if e.kind != "match" or e.verdict != ACCEPT:
+        if e.kind != "match" or e.verdict != ACCEPT or e.stage == INTRA_GROUP:
             continue
         diffs = differences(e.match, e.peer, peer, packet)
         if not diffs and i > decision.index:
