@@ -116,7 +116,7 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--live", action="store_true",
                    help="also list the established connections (conntrack, needs root) NEW would cut")
     p = command("group", cmd_group, "operate on security groups in the document", config=False)
-    sub = p.add_subparsers(dest="group_command", required=True, metavar="ACTION")
+    sub = p.add_subparsers(dest="group_command", required=True, metavar="ACTION", help="clone")
     c = sub.add_parser("clone", help="copy a group (rules with fresh ids, no members) into the file",
                        description="copy group SRC as NEW into the document file, keeping its comments")
     c.add_argument("source", metavar="SRC", help="the id of the group to copy")
