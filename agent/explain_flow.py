@@ -17,8 +17,8 @@ from agent.errors import InputError, InvalidInput
 from agent.explain import (Judgement, decided_why, find_interface, hint_lines, judge, packet_json,
                            parse_protocol)
 from agent.fleet import fleet_interfaces
-from agent.model import DROP, EGRESS, INGRESS, INTRANET, DesiredState, Interface, IPAddress
-from agent.policy import Packet
+from agent.model import ACCEPT, DROP, EGRESS, INGRESS, INTRANET, DesiredState, Interface, IPAddress
+from agent.policy import Packet, build_effective_list, evaluate
 
 ECHO = {4: 8, 6: 128}
 
@@ -50,7 +50,7 @@ class FlowExplanation:
 
     @property
     def verdict(self) -> str:
-        return DROP if any(j.decision.verdict == DROP for j in self.judgements) else "accept"
+        return DROP if any(j.decision.verdict == DROP for j in self.judgements) else ACCEPT
 
 
 def resolve_endpoint(state: DesiredState, text: str, flag: str) -> Endpoint:
@@ -164,18 +164,19 @@ def render_flow(f: FlowExplanation) -> str:
 def reachability_matrix(state: DesiredState, protocol: str, dport: Optional[int]
                         ) -> tuple[list[str], dict[str, dict[str, dict[int, str]]]]:
     """(instance ids, {from: {to: {version: verdict}}}) for every ordered pair of distinct
-    instances with an interface, per IP version both have."""
+    instances with an interface, per IP version both have: the same verdict as
+    explain_flow, with each effective list built once."""
     ends = {i.id: resolve_endpoint(state, i.id, "--matrix") for i in state.instances if i.interfaces}
+    lists = {(k, d): build_effective_list(e.view, e.nic.name, d) for k, e in ends.items() for d in (EGRESS, INGRESS)}
     ids = list(ends)
-    cells: dict[str, dict[str, dict[int, str]]] = {}
+    cells: dict[str, dict[str, dict[int, str]]] = {a: {} for a in ids}
     for a in ids:
-        cells[a] = {}
-        for b in ids:
-            if a == b:
-                continue
-            cells[a][b] = {v: judge_flow(ends[a], ends[b],
-                                         flow_packet(ends[a], ends[b], v, protocol, dport, None, None)).verdict
-                           for v in (4, 6) if v in ends[a].versions() and v in ends[b].versions()}
+        for b in (b for b in ids if b != a):
+            cells[a][b] = {}
+            for v in (v for v in (4, 6) if v in ends[a].versions() and v in ends[b].versions()):
+                packet = flow_packet(ends[a], ends[b], v, protocol, dport, None, None)
+                drop = any(evaluate(lists[key], packet).verdict == DROP for key in ((a, EGRESS), (b, INGRESS)))
+                cells[a][b][v] = DROP if drop else ACCEPT
     return ids, cells
 
 

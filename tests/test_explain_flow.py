@@ -213,3 +213,14 @@ def test_show_addresses_expands_group_and_prefix_list_peers() -> None:
     assert "all from 10.0.1.12\n" in r.out and "/32" not in r.out       # one address format
     web = run_agent("show", "-c", str(EXAMPLE), "tap-web1", "--addresses").out
     assert "tcp dport 22 from prefix-list pl-office (203.0.113.0/24, 2001:db8:1::/48)" in web
+
+
+def test_explain_iface_shows_near_misses_on_a_drop_only() -> None:
+    base = ("--iface", "tap-db1", "--direction", "ingress", "--protocol", "tcp", "--src", "10.0.2.22")
+    drop = explain(*base, "--dport", "5432")
+    assert drop.lines[3] == ("near miss: sg-db/db-replication (line 6) would accept: it opens port 5433, "
+                             "the connection is to 5432")
+    got = json.loads(explain(*base, "--dport", "5432", "--json").out)
+    assert [(h["name"], h["field"]) for h in got["near_misses"]] == [
+        ("sg-db/db-replication", "port"), ("sg-db/db-from-web", "peer")]
+    assert "near_misses" not in json.loads(explain(*base, "--dport", "5433", "--json").out)
