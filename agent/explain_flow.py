@@ -29,6 +29,7 @@ class Endpoint:
     view: Optional[DesiredState]         # the view the interface is local in; None: outside
     nic: Optional[Interface]
     address: Optional[IPAddress]         # pinned by the operator (an address was given)
+    interface: str = ""                  # the interface's label: "tap-web1", "hv-02:tap-db2"
 
     def address_of(self, version: int) -> Optional[IPAddress]:
         if self.address is not None:
@@ -65,7 +66,7 @@ def resolve_endpoint(state: DesiredState, text: str, flag: str) -> Endpoint:
     if address is not None:
         for port, view, nic in fleet_interfaces(state):
             if address in nic.addresses:
-                return Endpoint(f"{nic.instance_id} ({port.label})", view, nic, address)
+                return Endpoint(f"{nic.instance_id} ({port.label})", view, nic, address, port.label)
         return Endpoint(f"{address} (outside)", None, None, address)
     if text in state.local_interfaces or ":" in text:
         return _interface_endpoint(state, text, flag)
@@ -82,7 +83,7 @@ def _interface_endpoint(state: DesiredState, name: str, flag: str) -> Endpoint:
         view, nic, label = find_interface(state, name)
     except InvalidInput as exc:
         raise InvalidInput([InputError(flag, name, e.message) for e in exc.errors]) from None
-    return Endpoint(f"{nic.instance_id} ({label})", view, nic, None)
+    return Endpoint(f"{nic.instance_id} ({label})", view, nic, None, label)
 
 
 def choose_version(src: Endpoint, dst: Endpoint, wanted: Optional[int]) -> int:
@@ -128,11 +129,7 @@ def explain_flow(state: DesiredState, src_text: str, dst_text: str, protocol: st
 def judge_flow(src: Endpoint, dst: Endpoint, packet: Packet) -> FlowExplanation:
     ends = [(e, d) for e, d in ((src, EGRESS), (dst, INGRESS)) if e.nic is not None]
     return FlowExplanation(src, dst, packet, tuple(
-        judge(e.view, e.nic, _label(e), d, packet) for e, d in ends))
-
-
-def _label(e: Endpoint) -> str:
-    return e.label[e.label.index("(") + 1:-1]
+        judge(e.view, e.nic, e.interface, d, packet) for e, d in ends))
 
 
 def flow_json(f: FlowExplanation) -> dict[str, Any]:
