@@ -49,27 +49,35 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from agent.diff import diff_states, flow_text, live_revocations, render_text
+    from agent.diff_summary import newly_dropped, render_summary, select_interfaces, summarize
     from agent.validate import load_state
     if len(args.config) != 2:
         raise InvalidInput([InputError("-c/--config", str(len(args.config)),
                                        "diff takes exactly two documents: -c OLD -c NEW")])
     old, new = (load_state(path, args.host) for path in args.config)
     diffs = diff_states(old, new)
+    if args.iface:
+        diffs = select_interfaces(diffs, args.iface, old, new)
+    summary = summarize(diffs)
     revocations = live_revocations(old, new) if args.live else None
+    status = EXIT_FINDINGS if args.exit_code and newly_dropped(summary) else EXIT_OK
     if args.json:
         out: dict = {"old": args.config[0], "new": args.config[1],
-                     "interfaces": [d.to_json() for d in diffs]}
+                     "interfaces": [d.to_json() for d in diffs],
+                     "summary": [s.to_json() for s in summary], "newly_dropped": newly_dropped(summary)}
         if revocations is not None:
             out["live"] = [{"flow": flow_text(r.flow), "reason": r.reason} for r in revocations]
         print(json.dumps(out, indent=2))
-        return EXIT_OK
+        return status
     sys.stdout.write(render_text(diffs))
+    if diffs:
+        sys.stdout.write(render_summary(summary))
     if revocations is not None:
         for r in revocations:
             print(f"live: would cut {flow_text(r.flow)}: {r.reason}")
         if not revocations:
             print("live: no established connection would be cut")
-    return EXIT_OK
+    return status
 
 
 def cmd_group(args: argparse.Namespace) -> int:
@@ -101,14 +109,18 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
                    help="give it twice: -c OLD -c NEW")
     p.add_argument("--host", help="this host's name (default: the document's host, else the hostname)")
     p.add_argument("--json", action="store_true", help="print the differences as JSON")
+    p.add_argument("--iface", action="append", metavar="IFACE",
+                   help="only this interface (name, or HOST:IFACE); give it again for more")
+    p.add_argument("--exit-code", action="store_true",
+                   help="exit 1 when the change newly drops any flow (0 otherwise; 2 on invalid input)")
     p.add_argument("--live", action="store_true",
                    help="also list the established connections (conntrack, needs root) NEW would cut")
     p = command("group", cmd_group, "operate on security groups in the document", config=False)
-    sub = p.add_subparsers(dest="group_command", required=True, metavar="ACTION")
+    sub = p.add_subparsers(dest="group_command", required=True, metavar="ACTION", help="clone")
     c = sub.add_parser("clone", help="copy a group (rules with fresh ids, no members) into the file",
                        description="copy group SRC as NEW into the document file, keeping its comments")
-    c.add_argument("source", metavar="SRC")
-    c.add_argument("new_id", metavar="NEW")
+    c.add_argument("source", metavar="SRC", help="the id of the group to copy")
+    c.add_argument("new_id", metavar="NEW", help="the id of the copy (must be new)")
     c.add_argument("-c", "--config", required=True, metavar="PATH", help="the document to edit (YAML or JSON)")
     c.add_argument("--host", help="this host's name (for validation)")
     c.set_defaults(group_func=cmd_group_clone)

@@ -27,7 +27,7 @@ from agent.explain import describe_match
 from agent.fleet import Port, fleet_interfaces, port_of
 from agent.model import DIRECTIONS, DesiredState, Interface
 from agent.policy import (DEFAULTS, FINAL, INTRA_GROUP, PROTOCOL_NAMES, USER, EffectiveList,
-                          Entry, build_effective_list)
+                          Entry, build_effective_list, net_text)
 from agent.regions import VERSIONS, describe_parts, full_box, list_space
 
 if TYPE_CHECKING:                     # --live only: conntrack and revoke are imported lazily
@@ -154,8 +154,8 @@ def _what_changed(o: Entry, n: Entry, direction: str) -> str:
                   (n.match.protocol, n.match.ports, n.match.sports))
     if not only_peers:
         return f"{line_text(o, direction)} -> {line_text(n, direction)}"
-    came = [f"+{x}" for x in n.match.networks if x not in o.match.networks]
-    went = [f"-{x}" for x in o.match.networks if x not in n.match.networks]
+    came = [f"+{net_text(x)}" for x in n.match.networks if x not in o.match.networks]
+    went = [f"-{net_text(x)}" for x in o.match.networks if x not in n.match.networks]
     return f"{line_text(n, direction)}; peer addresses {' '.join(came + went)}"
 
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from agent.errors import InputError, InvalidInput
-from agent.model import EGRESS, INGRESS, DesiredState, Interface
+from agent.fleet import fleet_interfaces
+from agent.model import DROP, EGRESS, INGRESS, DesiredState, Interface
+from agent.near_miss import NearMiss, near_misses
 from agent.policy import (PROTOCOL_NAMES, PROTOCOL_NUMBERS, Decision, EffectiveList, Entry,
-                          Packet, build_effective_list, evaluate)
+                          Packet, build_effective_list, evaluate, net_text)
 
 
-def describe_match(entry: Entry, direction: str) -> str:
+def describe_match(entry: Entry, direction: str, addresses: bool = False) -> str:
+    """The line's match in words; `addresses` lists a group's or prefix list's members
+    instead of counting them."""
     if entry.match is None:
         return entry.description
     m = entry.match
@@ -21,21 +26,25 @@ def describe_match(entry: Entry, direction: str) -> str:
         parts.append(f"dport {m.ports}")
     if m.sports:
         parts.append(f"sport {m.sports}")
-    who = str(entry.peer) if entry.peer else ", ".join(str(n) for n in m.networks)
-    if entry.peer and entry.peer.kind != "cidr":
+    cidr = entry.peer is None or entry.peer.kind == "cidr"
+    who = ", ".join(net_text(n) for n in m.networks) if cidr else str(entry.peer)
+    if not cidr:
         count = len(m.networks)
-        who += f" ({count} network{'' if count == 1 else 's'})"
+        if addresses:
+            who += f" ({', '.join(net_text(n) for n in m.networks) or 'no members'})"
+        else:
+            who += f" ({count} network{'' if count == 1 else 's'})"
     parts.append(f"{side} {who}")
     return " ".join(parts)
 
 
-def render_list(elist: EffectiveList) -> list[str]:
+def render_list(elist: EffectiveList, addresses: bool = False) -> list[str]:
     head = f"  {'#':>3}  {'stage':<11} {'verdict':<7} {'prio':>4}  {'group/rule':<28} match"
     lines = [head]
     for i, e in enumerate(elist.entries, 1):
         who = f"{e.group_id}/{e.rule_id}" if e.rule_id else (e.group_id or "-")
         prio = str(e.priority) if e.priority is not None else "-"
-        what = describe_match(e, elist.direction)
+        what = describe_match(e, elist.direction, addresses)
         if e.match is not None and e.description and e.stage != "user":
             what = f"{what}  [{e.description}]"
         elif e.description and e.stage == "user":
@@ -44,32 +53,42 @@ def render_list(elist: EffectiveList) -> list[str]:
     return lines
 
 
-def render_show(state: DesiredState, nic_name: str) -> str:
-    nic = local_interface(state, nic_name)
-    inst = state.instance_by_id[nic.instance_id]
+def render_show(state: DesiredState, nic_name: str, addresses: bool = False) -> str:
+    view, nic, label = find_interface(state, nic_name)
+    inst = view.instance_by_id[nic.instance_id]
     addrs = ", ".join(str(a) for a in nic.addresses) or "none"
-    out = [f"interface {nic.name}: instance {inst.id} ({inst.network}), {nic.nic_type}, "
+    out = [f"interface {label}: instance {inst.id} ({inst.network}), {nic.nic_type}, "
            f"{nic.attachment}, groups {', '.join(inst.groups)}, addresses {addrs}"
            + (f", mac {nic.mac}" if nic.mac else "")]
     for direction in (INGRESS, EGRESS):
-        elist = build_effective_list(state, nic.name, direction)
+        elist = build_effective_list(view, nic.name, direction)
         out.append("")
         out.append(f"{direction} ({'traffic to the instance' if direction == INGRESS else 'traffic from the instance'})"
                    " - first match decides:")
-        out += render_list(elist)
+        out += render_list(elist, addresses)
     return "\n".join(out) + "\n"
 
 
 def local_interface(state: DesiredState, name: str) -> Interface:
-    try:
-        return state.local_interfaces[name]
-    except KeyError:
-        known = ", ".join(sorted(state.local_interfaces)) or "none"
-        remote = [f"instance {i.id} on host {i.host}" for i in state.instances
-                  if i.host not in (None, state.host) and any(n.name == name for n in i.interfaces)]
-        where = f"; it belongs to {', '.join(remote)}" if remote else ""
-        raise InvalidInput([InputError("interface", name, f"not a local interface on host {state.host}"
-                                       f"{where} (known: {known})")]) from None
+    return find_interface(state, name)[1]
+
+
+def find_interface(state: DesiredState, name: str) -> tuple[DesiredState, Interface, str]:
+    """(the view it is local in, the interface, its label) for `name` (a local interface)
+    or `host:name` (an interface on any host of the document, this one included)."""
+    if name in state.local_interfaces:
+        return state, state.local_interfaces[name], name
+    host, sep, bare = name.partition(":")
+    if sep:
+        for port, view, nic in fleet_interfaces(state):
+            if (port.host, port.name) == (host, bare):
+                return view, nic, port.label
+    known = ", ".join(sorted(state.local_interfaces)) or "none"
+    remote = [f"instance {i.id} on host {i.host} (name it {i.host}:{name})" for i in state.instances
+              if i.host not in (None, state.host) and any(n.name == name for n in i.interfaces)]
+    where = f"; it belongs to {', '.join(remote)}" if remote else ""
+    raise InvalidInput([InputError("interface", name, f"not a local interface on host {state.host}"
+                                   f"{where} (known: {known})")])
 
 
 def parse_protocol(text: str) -> int:
@@ -120,33 +139,63 @@ def _address(flag: str, text: Optional[str], errors: list, required: bool):
         return None
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """One list's verdict on a new connection: where (`label`, as the fleet tools name
+    interfaces), the deciding line, and the near misses of a drop."""
+    label: str
+    decision: Decision
+    elist: EffectiveList
+    hints: tuple[NearMiss, ...] = ()
+
+
 def explain(state: DesiredState, nic_name: str, direction: str, packet: Packet) -> tuple[Decision, EffectiveList]:
-    local_interface(state, nic_name)
-    elist = build_effective_list(state, nic_name, direction)
-    return evaluate(elist, packet), elist
+    j = explain_at(state, nic_name, direction, packet)
+    return j.decision, j.elist
 
 
-def decision_json(decision: Decision, elist: EffectiveList, packet: Packet) -> dict[str, Any]:
-    e = decision.entry
+def explain_at(state: DesiredState, nic_name: str, direction: str, packet: Packet) -> Judgement:
+    """The judgement of `nic_name` (local, or host:name anywhere in the document)."""
+    view, nic, label = find_interface(state, nic_name)
+    return judge(view, nic, label, direction, packet)
+
+
+def judge(view: DesiredState, nic: Interface, label: str, direction: str, packet: Packet) -> Judgement:
+    elist = build_effective_list(view, nic.name, direction)
+    decision = evaluate(elist, packet)
+    return Judgement(label, decision, elist, near_misses(view, elist, packet, decision))
+
+
+def packet_json(packet: Packet) -> dict[str, Any]:
+    return {"src": str(packet.src), "dst": str(packet.dst),
+            "protocol": PROTOCOL_NAMES.get(packet.protocol, packet.protocol),
+            "sport": packet.sport, "dport": packet.dport, "icmp_type": packet.icmp_type}
+
+
+def decision_json(j: Judgement, packet: Packet) -> dict[str, Any]:
+    decision, e = j.decision, j.decision.entry
     return {
         "verdict": decision.verdict, "stage": e.stage, "rule": e.rule_id, "group": e.group_id,
         "priority": e.priority, "line": decision.index + 1, "reason": e.description or None,
-        "interface": elist.interface.name, "direction": elist.direction,
-        "packet": {"src": str(packet.src), "dst": str(packet.dst),
-                   "protocol": PROTOCOL_NAMES.get(packet.protocol, packet.protocol),
-                   "sport": packet.sport, "dport": packet.dport, "icmp_type": packet.icmp_type},
-    }
+        "interface": j.label, "direction": j.elist.direction, "packet": packet_json(packet),
+    } | ({"near_misses": [h.to_json() for h in j.hints]} if decision.verdict == DROP else {})
 
 
-def render_decision(decision: Decision, elist: EffectiveList, packet: Packet) -> str:
-    d = decision_json(decision, elist, packet)
-    p = d["packet"]
-    ports = f" {p['sport']} -> {p['dport']}" if p["dport"] is not None else ""
-    e = decision.entry
-    why = {"user": f"rule {e.rule_id} of group {e.group_id} (priority {e.priority})",
-           "default": f"default rule of group {e.group_id} (priority {e.priority}): {e.description}",
-           "intra-group": f"intra-group access: both are members of {e.group_id}"}.get(
+def decided_why(e: Entry) -> str:
+    return {"user": f"rule {e.rule_id} of group {e.group_id} (priority {e.priority})",
+            "default": f"default rule of group {e.group_id} (priority {e.priority}): {e.description}",
+            "intra-group": f"intra-group access: both are members of {e.group_id}"}.get(
         e.stage, f"{e.stage}: {e.description}")
-    return (f"{elist.interface.name} {elist.direction}: {p['protocol']} {p['src']} -> {p['dst']}{ports}\n"
-            f"verdict: {decision.verdict.upper()}\n"
-            f"decided by line {decision.index + 1}: {why}\n")
+
+
+def hint_lines(j: Judgement, indent: str = "") -> list[str]:
+    return [f"{indent}near miss: {h.text}" for h in j.hints]
+
+
+def render_decision(j: Judgement, packet: Packet) -> str:
+    p = packet_json(packet)
+    ports = f" {p['sport']} -> {p['dport']}" if p["dport"] is not None else ""
+    lines = [f"{j.label} {j.elist.direction}: {p['protocol']} {p['src']} -> {p['dst']}{ports}",
+             f"verdict: {j.decision.verdict.upper()}",
+             f"decided by line {j.decision.index + 1}: {decided_why(j.decision.entry)}", *hint_lines(j)]
+    return "\n".join(lines) + "\n"

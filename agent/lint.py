@@ -11,6 +11,8 @@ Kinds and severities (docs/guard-rails.md tells the reasons):
                                  more than --max-peer-groups groups as peers
     unused              info     groups without members, prefix lists no rule names, rules
                                  that apply to no interface or match no packet
+    one-family          warning  a drop of 0.0.0.0/0 (or ::/0) whose traffic a later line still
+                                 accepts in the other IP family (agent.lint_family)
 
 Every instance of the document is judged as if it were local: lint is a fleet tool.
 """
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from agent.fleet import Port, fleet_lists
+from agent.lint_family import one_family_findings
 from agent.lint_shadow import RuleUse, analyse_rules
 from agent.model import DesiredState, Group, Peer, Rule
 from agent.policy import DEFAULTS, INTRA_GROUP, USER, EffectiveList, peer_networks, rule_order
@@ -34,7 +37,8 @@ SEVERITIES = (INFO, WARNING, ERROR)
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
 SHADOWED, DUPLICATE, EXPOSED = "shadowed", "duplicate", "exposed"
 GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED = "group-per-instance", "too-many-rules", "unused"
-KINDS = (SHADOWED, DUPLICATE, EXPOSED, GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED)
+ONE_FAMILY = "one-family"
+KINDS = (SHADOWED, DUPLICATE, EXPOSED, ONE_FAMILY, GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED)
 
 ADMIN_PORTS = {22: "ssh", 23: "telnet", 3389: "rdp", 5900: "vnc"}
 DATA_PORTS = {1433: "mssql", 2375: "docker", 2379: "etcd", 3306: "mysql", 5432: "postgresql",
@@ -84,8 +88,18 @@ def lint(state: DesiredState, options: LintOptions = LintOptions()) -> list[Find
     findings = [*shadowed_findings(state, uses, twins), *duplicates,
                 *exposed_findings(state, options.exposed_ports),
                 *group_per_instance_findings(state), *too_many_findings(state, lists, options),
-                *unused_findings(state, uses)]
+                *unused_findings(state, uses), *one_family_findings(state, lists, _one_family)]
     return sorted(findings, key=_order)
+
+
+def _one_family(rule: Rule, interfaces: tuple[str, ...], openers: tuple[str, ...], twin: int) -> Finding:
+    what = rule.protocol + (f" {rule.ports}" if rule.ports else "")
+    side = "from" if rule.direction == "ingress" else "to"
+    whole = "::/0" if twin == 6 else "0.0.0.0/0"
+    return Finding(ONE_FAMILY, WARNING, rule.group_id, rule.id,
+                   f"drops {rule.direction} {what} {side} {rule.peer.value} only: IPv{twin} {what} stays "
+                   f"open by {', '.join(openers)}; add the {whole} twin rule",
+                   interfaces=interfaces, covered_by=openers)
 
 
 def _order(f: Finding) -> tuple:

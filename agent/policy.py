@@ -93,6 +93,11 @@ class Decision:
     index: int                         # position in the effective list (0-based)
 
 
+def net_text(net: IPNetwork) -> str:
+    """One address format for the operator: a host network as its bare address, else the CIDR."""
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
 @lru_cache(maxsize=1 << 16)
 def cidr_network(text: str) -> IPNetwork:
     """A rule's CIDR (already normalised by agent.model), parsed once per process."""

@@ -29,7 +29,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from agent.boxes import Box, disjoint_union, intersect
 from agent.model import IPNetwork
-from agent.policy import PROTOCOL_FAMILY, PROTOCOL_NAMES, PROTOCOL_NUMBERS, EffectiveList, Entry, Match
+from agent.policy import (PROTOCOL_FAMILY, PROTOCOL_NAMES, PROTOCOL_NUMBERS, EffectiveList, Entry, Match,
+                          net_text)
 
 VERSIONS = (4, 6)
 ADDR_MAX = {4: 2 ** 32 - 1, 6: 2 ** 128 - 1}
@@ -243,7 +244,7 @@ def describe_interval(version: int, iv: tuple[int, int]) -> str:
     if lo == hi:
         return str(lo)
     nets = list(ipaddress.summarize_address_range(lo, hi))
-    return ", ".join(str(n) for n in nets) if len(nets) <= 2 else f"{lo}-{hi}"
+    return ", ".join(net_text(n) for n in nets) if len(nets) <= 2 else f"{lo}-{hi}"
 
 
 def _merge(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

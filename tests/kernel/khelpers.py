@@ -323,9 +323,11 @@ def expand_cases(topo: Topology, state: DesiredState, cases: list[Case]):
     return rows
 
 
-def check_cases(topo: Topology, doc: dict, cases: list[Case], timeout: float = DROP_TIMEOUT) -> None:
+def check_cases(topo: Topology, doc: dict, cases: list[Case], timeout: float = DROP_TIMEOUT
+                ) -> list[tuple[Case, int, str]]:
     """Apply `doc`, send every case (IPv4 and IPv6) at once, and require for each:
-    the clause's promise == the semantics engine's verdict == what the kernel did."""
+    the clause's promise == the semantics engine's verdict == what the kernel did.
+    Returns (case, IP version, what the kernel did) for every flow sent."""
     topo.apply(doc)
     state = topo.state(doc)
     rows = expand_cases(topo, state, cases)
@@ -341,6 +343,9 @@ def check_cases(topo: Topology, doc: dict, cases: list[Case], timeout: float = D
         report.append(f"{'ok ' if ok else 'BAD'} {label:<58} promised={want or '-':<6} "
                       f"policy={ref:<6} kernel={got:<6} {why}; {res.detail}")
     assert bad == 0, f"{bad} of {len(rows)} flows disagree ({topo.attachment}):\n" + "\n".join(report)
+    sent = [(case, version) for case in cases for version, _ in case.expand()]
+    return [(case, version, "accept" if res.delivered else "drop")
+            for (case, version), res in zip(sent, results)]
 
 
 def assert_connection(topo: Topology, src: str, dst: str, proto: str, port: int = 0, version: int = 4,

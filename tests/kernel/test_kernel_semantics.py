@@ -8,14 +8,21 @@ the flow's unique marker, or not). All three must agree. One document per clause
 applied by `secgroup-agent apply` inside the hypervisor namespace; the flows of a clause
 are sent at once (agent.probe.probe_many), so a clause costs about one drop timeout.
 
+Every flow between two local instances is also put to `explain --from SRC --to DST`
+(agent.explain_flow, what the command prints; one per clause through the command itself):
+its overall verdict must be what the kernel did.
+
 Instances: i1..i4 (routed: 10.0.0.11-14, fd00::11-14; bridged: 10.1.0.11-14,
 fd01::11-14), `out` (192.0.2.2, 2001:db8:f::2) and `remote` (the outside namespace
 sending from 198.51.100.7 / 2001:db8:77::7, the addresses of an instance on another host).
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from agent.explain_flow import explain_flow
 from khelpers import (ANY, C, assert_connection, assert_no_connection, both, check_cases, group,
                       packet_for, policy_verdict, rule)
 
@@ -27,6 +34,34 @@ L4 = [("tcp", 80), ("udp", 9999), ("icmp", 0)]
 
 def every_proto(src: str, dst: str, want) -> list:
     return [C(src, dst, proto, port, want) for proto, port in L4]
+
+
+def check_and_explain(topo, doc: dict, cases: list) -> int:
+    """check_cases, then: for every flow it sent between two local instances (spoofed
+    ones aside: explain sends from the instance's own address), `explain --from --to`'s
+    overall verdict == what the kernel did. The first such flow also goes through the
+    command line. Returns how many flows were compared."""
+    observed = check_cases(topo, doc, cases)
+    state = topo.state(doc)
+    local = {i.id for i in state.local_instances}
+    compared, bad = [], []
+    for case, version, kernel in observed:
+        if case.spoof or case.src_mac or not {case.src, case.dst} <= local:
+            continue
+        dport = case.port if case.proto in ("tcp", "udp") else None
+        got = explain_flow(state, case.src, case.dst, case.proto, dport, version=version).verdict
+        if not compared:
+            proc = topo.cli("explain", "-c", str(topo.write(doc)), "--host", state.host, "--from", case.src,
+                            "--to", case.dst, "--protocol", case.proto, "--ip-version", str(version),
+                            *(["--dport", str(dport)] if dport else []), "--json")
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads(proc.stdout)["verdict"] == got == kernel, (case, version, proc.stdout)
+        compared.append(case)
+        if got != kernel:
+            bad.append(f"{case.src}->{case.dst} {case.proto}/{case.port} IPv{version}: explain={got} kernel={kernel}")
+    assert not bad, f"explain --from/--to disagrees with the kernel ({topo.attachment}):\n" + "\n".join(bad)
+    print(f"{topo.attachment}: explain --from/--to == kernel on {len(compared)} local-to-local flows")
+    return len(compared)
 
 
 # -- the clauses: (document builder, flows) ----------------------------------------------
@@ -168,7 +203,8 @@ CLAUSES = [intra_group, inner_access_drop, deny_first_and_priority, default_grou
 @pytest.mark.parametrize("clause", CLAUSES, ids=[c.__name__ for c in CLAUSES])
 def test_clause(topo, clause):
     doc, cases = clause(topo)
-    check_cases(topo, doc, cases)
+    local = sum(len(c.expand()) for c in cases if c.src not in ("out", "remote") and c.dst not in ("out", "remote"))
+    assert check_and_explain(topo, doc, cases) == local
 
 
 def test_remote_member_in_compiled_sets(topo):
@@ -196,7 +232,7 @@ def test_spoofed_source_address(topo, anti_spoofing):
     want = "drop" if anti_spoofing else "accept"
     cases = [C("i4", "i1", "udp", 9999, want, spoof=True), C("i4", "i1", "icmp", 0, want, spoof=True),
              C("i4", "i1", "udp", 9999, "accept"), C("i4", "i1", "icmp", 0, "accept")]
-    check_cases(topo, spoofing_doc(topo, anti_spoofing), cases)
+    assert check_and_explain(topo, spoofing_doc(topo, anti_spoofing), cases) == 4   # the 2 unspoofed, v4+v6
 
 
 SPOOF_MAC = "52:54:00:00:00:99"
@@ -220,7 +256,7 @@ def test_spoofed_mac(topo, anti_spoofing):
         for ns in [topo.hv] + [n.ns for n in topo.nodes.values()]:
             for addr in (node.v4, node.v6):
                 topo.sb.ip(ns, "neigh", "flush", "to", addr)
-    check_cases(topo, doc, [C("i4", "i1", "udp", 9999, "accept")])
+    assert check_and_explain(topo, doc, [C("i4", "i1", "udp", 9999, "accept")]) == 2
 
 
 def test_neutron_style_pair(topo):
