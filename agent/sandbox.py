@@ -33,7 +33,8 @@ BRIDGE4, BRIDGE6 = "10.1.0.1", "fd01::1"
 TOOL_PACKAGES = {
     "ip": "iproute2", "sysctl": "procps", "modprobe": "kmod", "ping": "iputils-ping",
     "nft": "nftables", "conntrack": "conntrack", "trafgen": "netsniff-ng", "etcd": "etcd-server",
-    "etcdctl": "etcd-client", "taskset": "util-linux", "unshare": "util-linux", "/usr/bin/time": "time",
+    "etcdctl": "etcd-client", "taskset": "util-linux", "unshare": "util-linux", "mount": "mount",
+    "/usr/bin/time": "time",
 }
 
 
@@ -129,7 +130,7 @@ class Sandbox:
         # No duplicate address detection on the interfaces created here: while a
         # link-local address is tentative, neighbour solicitations are not sent at all,
         # so the first IPv6 packets would wait ~1 s (br0, the instances' eth0).
-        self.exec(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+        self._sysctl(ns, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
         return ns
 
     # -- helpers -----------------------------------------------------------------
@@ -145,7 +146,18 @@ class Sandbox:
         run(["ip", "-n", ns, *args])
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
-        self.exec(ns, "sysctl", "-qw", f"{key}={value}")
+        self._sysctl(ns, f"{key}={value}")
+
+    def _sysctl(self, ns: str, *settings: str) -> None:
+        if not os.statvfs("/proc/sys").f_flag & os.ST_RDONLY:
+            self.exec(ns, "sysctl", "-qw", *settings)
+            return
+        # In a container /proc/sys is a read-only mount (Docker). `ip netns exec` runs the
+        # command in a mount namespace of its own (a slave of ours): remounting /proc/sys
+        # writable there changes no mount outside it, and the settings only `ns`.
+        require_tools("sysctl", "mount")
+        self.exec(ns, "sh", "-c", 'mount -o remount,bind,rw /proc/sys && exec sysctl -qw "$@"',
+                  "sysctl", *settings)
 
     def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str, mac_b: Optional[str] = None) -> None:
         tmp = f"v{os.getpid() % 100000}{len(self.namespaces)}x"
