@@ -16,7 +16,7 @@ from typing import Optional
 from agent.model import EGRESS, INGRESS, DesiredState
 from agent.policy import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate
 from agent.probe import probe
-from agent.sandbox import OUTSIDE4, OUTSIDE6, Sandbox
+from agent.sandbox import OUTSIDE4, OUTSIDE6, Sandbox, SandboxError, require_tools
 from agent.validate import load_data, validate_document
 
 PREFIX = f"sgdemo{os.getpid() % 10000}"
@@ -103,6 +103,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     state = validate_document(data)
     flows = [Flow(d["from"], d["to"], d["proto"], int(d.get("port", 0)), bool(d.get("v6")),
                   d.get("src"), d.get("note", "")) for d in data.get("demo_flows", [])]
+    require_tools("ip", "sysctl", "ping", "nft")
     print(f"building a sandbox hypervisor ({len(state.local_instances)} instances) in namespaces {PREFIX}-*")
     with build_sandbox(state) as sb:
         start = time.monotonic()
@@ -114,4 +115,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except SandboxError as exc:         # a missing tool names its package; no traceback
+        print(f"demo: {exc}", file=sys.stderr)
+        sys.exit(1)

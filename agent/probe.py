@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from agent.sandbox import Sandbox
+from agent.sandbox import Sandbox, require_tools
 
 PYTHON = sys.executable
 
@@ -268,6 +268,7 @@ class Responder:
 
     def __init__(self, ns: str, ports: Iterable[int], python: str = PYTHON):
         self.ns = ns
+        require_tools("ip")
         self.errors = tempfile.TemporaryFile("w+")       # never a pipe nobody drains
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, python, "-m", "agent.probe", "serve",

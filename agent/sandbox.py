@@ -28,12 +28,50 @@ HV_UPLINK4, HV_UPLINK6 = "192.0.2.1", "2001:db8:f::1"
 BRIDGE4, BRIDGE6 = "10.1.0.1", "fd01::1"
 
 
+# The Debian package of every system tool the demo, the kernel tests and the benchmarks
+# call (scripts/install-deps.sh installs them all).
+TOOL_PACKAGES = {
+    "ip": "iproute2", "sysctl": "procps", "modprobe": "kmod", "ping": "iputils-ping",
+    "nft": "nftables", "conntrack": "conntrack", "trafgen": "netsniff-ng", "etcd": "etcd-server",
+    "etcdctl": "etcd-client", "taskset": "util-linux", "unshare": "util-linux", "mount": "mount",
+    "/usr/bin/time": "time",
+}
+
+
 class SandboxError(RuntimeError):
     pass
 
 
+class MissingToolError(SandboxError):
+    """A system tool is not installed; the message names its Debian package."""
+
+
+def missing_tool_message(tool: str) -> str:
+    package = TOOL_PACKAGES.get(tool, tool)
+    return (f"`{tool}` is not installed: install the Debian package {package} "
+            f"(apt-get install {package}, or `make deps` for all of them)")
+
+
+def check_tools(*tools: str) -> Optional[str]:
+    """The one-line error for the first of `tools` that is not on PATH (None: all are)."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return missing_tool_message(tool)
+    return None
+
+
+def require_tools(*tools: str) -> None:
+    """MissingToolError for the first of `tools` that is not on PATH."""
+    message = check_tools(*tools)
+    if message:
+        raise MissingToolError(message)
+
+
 def run(cmd: Sequence[str], check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+    except FileNotFoundError:
+        raise MissingToolError(missing_tool_message(cmd[0])) from None
     if check and proc.returncode != 0:
         raise SandboxError(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
@@ -48,6 +86,14 @@ class Sandbox:
 
     # -- life cycle --------------------------------------------------------------
     def __post_init__(self) -> None:
+        require_tools("ip", "sysctl")
+        try:
+            self._build_base()
+        except BaseException:
+            self.close()                    # nothing half-built is left behind
+            raise
+
+    def _build_base(self) -> None:
         self.hv = self.add_namespace("hv")
         for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
             self.sysctl(self.hv, key, "1")
@@ -84,21 +130,34 @@ class Sandbox:
         # No duplicate address detection on the interfaces created here: while a
         # link-local address is tentative, neighbour solicitations are not sent at all,
         # so the first IPv6 packets would wait ~1 s (br0, the instances' eth0).
-        self.exec(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+        self._sysctl(ns, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
         return ns
 
     # -- helpers -----------------------------------------------------------------
     def exec(self, ns: str, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        require_tools("ip", cmd[0])         # `ip netns exec` reports a missing one as exit 1
         return run(["ip", "netns", "exec", ns, *cmd], check=check, timeout=timeout)
 
     def popen(self, ns: str, *cmd: str, **kw) -> subprocess.Popen:
+        require_tools("ip", cmd[0])
         return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
 
     def ip(self, ns: str, *args: str) -> None:
         run(["ip", "-n", ns, *args])
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
-        self.exec(ns, "sysctl", "-qw", f"{key}={value}")
+        self._sysctl(ns, f"{key}={value}")
+
+    def _sysctl(self, ns: str, *settings: str) -> None:
+        if not os.statvfs("/proc/sys").f_flag & os.ST_RDONLY:
+            self.exec(ns, "sysctl", "-qw", *settings)
+            return
+        # In a container /proc/sys is a read-only mount (Docker). `ip netns exec` runs the
+        # command in a mount namespace of its own (a slave of ours): remounting /proc/sys
+        # writable there changes no mount outside it, and the settings only `ns`.
+        require_tools("sysctl", "mount")
+        self.exec(ns, "sh", "-c", 'mount -o remount,bind,rw /proc/sys && exec sysctl -qw "$@"',
+                  "sysctl", *settings)
 
     def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str, mac_b: Optional[str] = None) -> None:
         tmp = f"v{os.getpid() % 100000}{len(self.namespaces)}x"
@@ -142,7 +201,11 @@ class Sandbox:
         if self.bridge_ready:
             return
         if shutil.which("modprobe"):        # built in on some kernels (CONFIG_BRIDGE_NETFILTER=y)
-            run(["modprobe", "br_netfilter"], check=False)
+            run(["modprobe", "br_netfilter"], check=False)      # in a container: already loaded, or not
+        if not os.path.isdir("/proc/sys/net/bridge"):
+            raise SandboxError("bridged instances need br_netfilter, which is not loaded: "
+                               + ("run `modprobe br_netfilter` on the host" if shutil.which("modprobe")
+                                  else missing_tool_message("modprobe")))
         self.ip(self.hv, "link", "add", "br0", "type", "bridge")
         self.ip(self.hv, "link", "set", "br0", "up")
         self.ip(self.hv, "addr", "add", f"{BRIDGE4}/24", "dev", "br0")

@@ -48,6 +48,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from agent.sandbox import check_tools  # noqa: E402
+
 PY = str(ROOT / ".venv" / "bin" / "python")
 GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
 MEMKEYS = ("SUnreclaim", "VmallocUsed", "Percpu", "MemAvailable")
@@ -326,6 +329,10 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    missing = check_tools("ip", "nft", "/usr/bin/time")
+    if missing:
+        print(f"apply benchmark: {missing}", file=sys.stderr)
         return 2
     load0 = os.getloadavg()
     print(f"# apply benchmark: kernel {platform.release()}, {os.cpu_count()} CPUs, "

@@ -68,7 +68,7 @@ from agent.compile import Chain, build_ruleset  # noqa: E402
 from agent.model import INGRESS  # noqa: E402
 from agent.policy import DEFAULTS, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER, build_effective_list  # noqa: E402
 from agent.render import render_ruleset  # noqa: E402
-from agent.sandbox import Sandbox, run  # noqa: E402
+from agent.sandbox import Sandbox, check_tools, run  # noqa: E402
 from agent.validate import load_state  # noqa: E402
 
 HOST = "bench"
@@ -423,6 +423,10 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    missing = check_tools("ip", "sysctl", "nft", "trafgen", "taskset", "conntrack", "ping")
+    if missing:
+        print(f"datapath benchmark: {missing}", file=sys.stderr)
         return 2
     load0 = os.getloadavg()
     print(f"# datapath benchmark: kernel {platform.release()}, {os.cpu_count()} CPUs, "

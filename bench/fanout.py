@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from agent.publish import publish  # noqa: E402
+from agent.sandbox import check_tools  # noqa: E402
 from agent.sources.etcd_layout import parse_etcd_spec  # noqa: E402
 
 
@@ -166,6 +167,10 @@ def main() -> int:
     p.add_argument("--groups", type=int, default=12)
     args = p.parse_args()
     from source_helpers import Etcd
+    missing = check_tools("etcd")
+    if missing:
+        print(f"fanout benchmark: {missing}", file=sys.stderr)
+        return 2
     etcd = Etcd().start()
     try:
         spec = f"etcd://{etcd.endpoint}/bench"

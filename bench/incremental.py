@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from agent.sandbox import check_tools  # noqa: E402
+
 GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
 
 
@@ -74,6 +76,10 @@ def main() -> int:
     if a.inside:
         inside(json.loads(Path(a.inside).read_text()))
         return 0
+    missing = check_tools("ip")
+    if missing:
+        print(f"incremental benchmark: {missing}", file=sys.stderr)
+        return 2
     doc = subprocess.run([GEN, "--interfaces", str(a.interfaces), "--rules", str(a.rules)],
                          capture_output=True, text=True, check=True).stdout
     ns, path = f"sgbi{os.getpid() % 10000}", Path(f"/tmp/sgbench-inc-{os.getpid()}.json")

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.model import INGRESS  # noqa: E402
 from agent.policy import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate  # noqa: E402
-from agent.sandbox import OUTSIDE4, Sandbox  # noqa: E402
+from agent.sandbox import OUTSIDE4, Sandbox, check_tools  # noqa: E402
 from agent.status import query  # noqa: E402
 from agent.validate import validate_document  # noqa: E402
 
@@ -220,6 +220,9 @@ def main() -> int:
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (network namespaces)")
+    missing = check_tools("ip", "sysctl")
+    if missing:
+        raise SystemExit(f"latency benchmark: {missing}")
     if a.config:
         doc = json.loads(Path(a.config).read_text()) if a.config.endswith(".json") else \
             __import__("yaml").safe_load(Path(a.config).read_text())

@@ -3,7 +3,8 @@ built once per module and removed afterwards, also when a test or the build fail
 
 Everything lives in network namespaces named `sgk<pid><r|b>-*`; the root namespace's
 ruleset, routes and sysctls are never touched. Tests marked `kernel` are skipped when
-not root or when `ip`/`nft`/`ping`/python3-nftables are missing.
+not root or when a tool they call (`ip`, `nft`, `ping`, `sysctl`, `conntrack`)
+or python3-nftables is missing; the reason names the Debian package.
 """
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from agent.model import DROP, EGRESS, INGRESS, DesiredState
 from agent.policy import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate
 from agent.probe import ProbeResult, ProbeSpec, Responder, probe_many
 from agent.revoke import Flow
-from agent.sandbox import OUTSIDE4, OUTSIDE6, Sandbox, run
+from agent.sandbox import OUTSIDE4, OUTSIDE6, Sandbox, check_tools, run
 from agent.validate import validate_document
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,9 +42,9 @@ def kernel_skip_reason() -> Optional[str]:
     """Why the kernel tests cannot run here (None: they can)."""
     if os.geteuid() != 0:
         return "kernel tests need root (network namespaces, nftables)"
-    for tool in ("ip", "nft", "ping"):
-        if shutil.which(tool) is None:
-            return f"kernel tests need `{tool}`"
+    missing = check_tools("ip", "nft", "ping", "sysctl", "conntrack")
+    if missing:
+        return f"kernel tests: {missing}"
     try:
         import nftables  # noqa: F401
     except ImportError:

@@ -31,7 +31,7 @@ from source_helpers import Etcd, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-              pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed")]
+              pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed (Debian etcd-server)")]
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 HOSTS = ("hv1", "hv2", "hv3")
