@@ -31,7 +31,8 @@ import yaml
 from agent.errors import AgentError, InputError, InvalidInput
 from agent.model import derive_rule_id
 from agent.schema import RuleDoc
-from agent.validate import load_data, validate_document
+from agent.loader import read_document
+from agent.validate import validate_document
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class CloneResult:
 def clone_group(path: str | Path, source: str, new_id: str, host: Optional[str] = None) -> CloneResult:
     """Add a copy of group `source` named `new_id` to the document at `path`."""
     path = Path(path)
-    data = load_data(path)
+    data = read_document(path)
     validate_document(data, host)                       # the file must be valid to begin with
     groups = data.get("security_groups") or []
     src = _check_ids(groups, source, new_id)

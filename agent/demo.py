@@ -17,7 +17,8 @@ from agent.model import EGRESS, INGRESS, DesiredState
 from agent.policy import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate
 from agent.probe import probe
 from agent.sandbox import OUTSIDE4, OUTSIDE6, Sandbox
-from agent.validate import load_data, validate_document
+from agent.loader import read_document
+from agent.validate import validate_document
 
 PREFIX = f"sgdemo{os.getpid() % 10000}"
 
@@ -99,7 +100,7 @@ def print_table(rows: list[tuple]) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     path = (argv or sys.argv[1:] or ["examples/demo.yaml"])[0]
-    data = load_data(path)
+    data = read_document(path)
     state = validate_document(data)
     flows = [Flow(d["from"], d["to"], d["proto"], int(d.get("port", 0)), bool(d.get("v6")),
                   d.get("src"), d.get("note", "")) for d in data.get("demo_flows", [])]
