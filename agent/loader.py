@@ -17,6 +17,7 @@ It is quick and bounded: a bomb is refused after reading its anchors, not expand
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -160,15 +161,30 @@ class BoundedComposer(Composer):
                                           "duplicate key; give each field once"))
 
 
+class StrictResolver(yaml.resolver.Resolver):
+    """YAML 1.1 plain scalars, but numbers are plain decimal: `8_080`, `1:20` (sexagesimal
+    80), `0x50` and `017` (octal 15) stay strings, which the checks refuse as numbers."""
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+StrictResolver.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()}
+StrictResolver.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
+StrictResolver.add_implicit_resolver(
+    _FLOAT, re.compile(r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
 def _loader_class(parser_bases: tuple) -> type:
-    class Loader(BoundedComposer, *parser_bases, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    class Loader(BoundedComposer, *parser_bases, yaml.constructor.SafeConstructor, StrictResolver):
         def __init__(self, stream: str, name: str) -> None:
             parser_bases[0].__init__(self, stream)
             for base in parser_bases[1:]:
                 base.__init__(self)
             BoundedComposer.__init__(self, name)
             yaml.constructor.SafeConstructor.__init__(self)
-            yaml.resolver.Resolver.__init__(self)
+            StrictResolver.__init__(self)
     return Loader
 
 
