@@ -2,7 +2,7 @@
 examples/demo.yaml, real traffic, and a table of expected and observed verdicts.
 
 The topology comes from the document: one namespace per local instance, its taps named
-as configured. The flows to try are the document's extra `demo_flows` field.
+as configured. The flows to try are the document's extension field `x_demo_flows`.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     data = read_document(path)
     state = validate_document(data)
     flows = [Flow(d["from"], d["to"], d["proto"], int(d.get("port", 0)), bool(d.get("v6")),
-                  d.get("src"), d.get("note", "")) for d in data.get("demo_flows", [])]
+                  d.get("src"), d.get("note", "")) for d in data.get("x_demo_flows", [])]
     print(f"building a sandbox hypervisor ({len(state.local_instances)} instances) in namespaces {PREFIX}-*")
     with build_sandbox(state) as sb:
         start = time.monotonic()

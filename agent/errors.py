@@ -15,6 +15,8 @@ class InputError:
 
     def __str__(self) -> str:
         value = self.value if self.value.isprintable() else json.dumps(self.value)
+        if not value:               # a warning about a field, not about its value
+            return f"{self.path}: {self.message}"
         return f"{self.path}: {value}: {self.message}" if self.path else f"{value}: {self.message}"
 
 
@@ -24,11 +26,16 @@ def _error_order(err: InputError) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts), err.value, err.message
 
 
+def ordered(errors: list[InputError]) -> list[InputError]:
+    """Distinct errors (or warnings) in document order."""
+    return sorted(set(errors), key=_error_order)
+
+
 class InvalidInput(Exception):
     """The desired state was rejected; `errors` lists every problem found."""
 
     def __init__(self, errors: list[InputError]):
-        self.errors = sorted(set(errors), key=_error_order)
+        self.errors = ordered(errors)
         super().__init__("\n".join(str(e) for e in self.errors))
 
 

@@ -183,7 +183,7 @@ class InstanceDoc(_Doc):
 
 class DocumentDoc(_Doc):
     host: Optional[str] = Field(default=None, min_length=1)
-    strict: bool = False            # unknown fields (warnings) are errors
+    strict: bool = Field(default=False, strict=True)     # warnings (unknown fields) are errors
     attachment: Attachment = "routed"
     anti_spoofing: bool = True
     revoke_connections: bool = True

@@ -18,6 +18,7 @@ from agent.loader import kind_of, path_text, read_document
 from agent.model import DesiredState, build_state
 from agent.schema import DocumentDoc
 from agent.validate_refs import cross_reference_errors
+from agent.validate_warnings import document_warnings, is_strict
 
 
 def format_loc(loc: tuple) -> str:
@@ -63,8 +64,9 @@ def _message(err: dict, path: str) -> str:
     return _MESSAGES.get(kind, err["msg"].removeprefix("Value error, "))
 
 
-def validate_document(data: Any, host: str | None = None) -> DesiredState:
-    """The whole document, or InvalidInput with every error in it."""
+def validate_document(data: Any, host: str | None = None, strict: bool = False) -> DesiredState:
+    """The whole document, or InvalidInput with every error in it (and, `strict` or a
+    document saying `strict: true`, every warning of agent.validate_warnings)."""
     if not isinstance(data, dict):
         raise InvalidInput([InputError("", show_value(data), f"top level must be a mapping, not {kind_of(data)}")])
     errors: list[InputError] = []
@@ -75,6 +77,8 @@ def validate_document(data: Any, host: str | None = None) -> DesiredState:
         doc = None
     local_host = agent_host(data, host)
     errors.extend(cross_reference_errors(data, local_host))
+    if is_strict(data, strict):
+        errors.extend(document_warnings(data))
     if errors or doc is None:
         raise InvalidInput(errors)
     return build_state(doc, local_host)
@@ -90,5 +94,5 @@ def agent_host(data: dict, host: str | None) -> str:
     return socket.gethostname()
 
 
-def load_state(path: str | Path, host: str | None = None) -> DesiredState:
-    return validate_document(read_document(path), host)
+def load_state(path: str | Path, host: str | None = None, strict: bool = False) -> DesiredState:
+    return validate_document(read_document(path), host, strict)

@@ -11,7 +11,7 @@ agent.validate_refs that concern it (peers, group mixes, interface names on this
 
 Anything the fast path does not handle, or any error at all, falls back to the full
 `validate_document`, so the error list is exactly the full one. It falls back when:
-there is no previous result; a top-level field other than the three lists, or the
+there is no previous result; the document is strict (`strict: true`: warnings are errors); a top-level field other than the three lists, or the
 resolved host, changed; a list is not a list; an item is not a mapping with a string id;
 an id is duplicated; a group or prefix list was removed (or renamed); a group's type or
 network changed; a changed object has any error.
@@ -32,6 +32,7 @@ from agent.model import (DesiredState, Group, Instance, IPNetwork, assemble_stat
                          build_instance, build_prefix_list, carry_membership)
 from agent.schema import DocumentDoc, InstanceDoc, PrefixListDoc, SecurityGroupDoc
 from agent.validate import agent_host, validate_document
+from agent.validate_warnings import is_strict
 from agent.validate_refs import (addresses_clash, group_errors, group_network, group_type,
                                  instance_errors)
 
@@ -76,7 +77,7 @@ class _Diff:
 def validate_update(data: Any, host: Optional[str], previous: Optional[Validated]) -> Validated:
     """`data` validated, reusing `previous` (the last valid result) where nothing changed.
     Raises InvalidInput exactly as `validate_document(data, host)` does."""
-    if previous is not None and previous.reusable:
+    if previous is not None and previous.reusable and not is_strict(data, False):
         try:
             return _incremental(data, host, previous)
         except _Fallback as why:
