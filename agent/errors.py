@@ -15,9 +15,17 @@ class InputError:
 
     def __str__(self) -> str:
         value = self.value if self.value.isprintable() else json.dumps(self.value)
+        path, message = printable(self.path), printable(self.message)
         if not value:               # a warning about a field, not about its value
-            return f"{self.path}: {self.message}"
-        return f"{self.path}: {value}: {self.message}" if self.path else f"{value}: {self.message}"
+            return f"{path}: {message}"
+        return f"{path}: {value}: {message}" if path else f"{value}: {message}"
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control and other unprintable characters as \\uXXXX."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
 def _error_order(err: InputError) -> tuple:

@@ -73,7 +73,8 @@ class BoundedComposer(Composer):
         self.duplicates: list[InputError] = []
 
     def refuse(self, where: Any, message: str) -> None:
-        raise _Refused(InputError("", self.name, f"{message} (line {_line(where)})"))
+        at = path_text(self.path[:8]) + ("..." if len(self.path) > 8 else "")
+        raise _Refused(InputError("", self.name, f"{message} (line {_line(where)}{', at ' + at if at else ''})"))
 
     def compose_node(self, parent: Optional[Node], index: Any) -> Node:
         if self.check_event(AliasEvent):
@@ -81,7 +82,7 @@ class BoundedComposer(Composer):
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                self.refuse(self.peek_event(), f"nested more than {MAX_DEPTH} levels deep at {path_text(self.path[:6])}...")
+                self.refuse(self.peek_event(), f"nested more than {MAX_DEPTH} levels deep")
             return Composer.compose_node(self, parent, index)
         finally:
             self.depth -= 1

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.errors import InputError, show_value
 from agent.model import rule_content
-from agent.schema import RuleDoc
+from agent.schema import PROTOCOLS, RuleDoc
 
 PEER_KINDS = ("cidr", "group", "prefix_list")
 PORTED = ("tcp", "udp")
@@ -141,7 +141,7 @@ def _rule_errors(path: str, rule: dict, network: str, group_types: dict,
         yield from _peer_ref_errors(path, rule, own, group_types, prefix_lists, protocol)
     if protocol in PORTED and rule.get("port_range") is None:
         yield InputError(f"{path}.port_range", "(missing)", f"is required for {protocol}")
-    if protocol and protocol not in PORTED:
+    if protocol in PROTOCOLS and protocol not in PORTED:
         for key in ("port_range", "source_port_range"):
             value = rule.get(key)
             if value is not None and str(value).strip() not in ("-1/-1",):
