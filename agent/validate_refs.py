@@ -213,7 +213,10 @@ def addresses_clash(host_a: Optional[str], host_b: Optional[str]) -> bool:
 
 
 def clash_message(host_a: Optional[str], host_b: Optional[str], other: str) -> str:
-    where = "on this host" if host_a == host_b else "by a local and a remote instance"
+    if host_a != host_b:
+        where = "by a local and a remote instance"
+    else:
+        where = "on this host" if host_a is None else f"on host {host_a}"
     return f"address already used {where} (at {other})"
 
 
