@@ -241,3 +241,21 @@ def test_clone_refuses_to_write_what_would_not_pass_check(tmp_path: Path, monkey
     with pytest.raises(AgentError, match="would not pass check|would not read back"):
         clone.clone_group(path, "sg-a", "sg-b")
     assert path.read_text() == CLONE_SOURCE
+
+
+def test_the_compiler_still_fails_closed_on_a_shared_bridged_address() -> None:
+    """Validation refuses it now; a state that got past it anyway compiles to a drop for
+    the address, not to a duplicate map key that would make the kernel refuse the ruleset."""
+    import dataclasses
+    import ipaddress
+
+    from agent.compile import build_ruleset
+    from agent.render import render_ruleset
+    from agent.validate import load_state
+    state = load_state(ROOT / "tests" / "golden" / "bridged.yaml", host="hv-01")
+    shared = (ipaddress.ip_address("10.8.0.2"),)
+    instances = tuple(dataclasses.replace(inst, interfaces=tuple(
+        dataclasses.replace(nic, addresses=shared) for nic in inst.interfaces)) if inst.id == "i-b3" else inst
+        for inst in state.instances)
+    script = render_ruleset(build_ruleset(dataclasses.replace(state, instances=instances)))
+    assert "\t\t\t10.8.0.2 : drop,\n" in script and "10.8.0.3" not in script
