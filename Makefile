@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv test test-unit test-kernel demo bench clean install integration
+.PHONY: deps venv test test-unit test-kernel fuzz demo bench clean install integration
 
 deps:
 	@sh scripts/install-deps.sh
@@ -26,6 +26,11 @@ test-unit: venv
 ## Root only: the datapath through real kernels in network namespaces (tests/kernel).
 test-kernel: venv
 	$(PY) -m pytest -q tests/kernel
+
+## The loader and validation fuzzed longer than in `make test` (200 examples a test):
+## FUZZ_EXAMPLES (default 20,000) generated and mutated documents per test.
+fuzz: venv
+	SECGROUP_FUZZ_PROFILE=secgroup-fuzz $(PY) -m pytest -q tests/test_fuzz_input.py
 
 demo: venv
 	$(PY) -m agent.demo examples/demo.yaml

@@ -9,7 +9,9 @@ from typing import Callable, Optional
 
 from agent.errors import AgentError, InputError, InvalidInput
 from agent.model import DIRECTIONS
-from agent.validate import load_state
+from agent.loader import read_document
+from agent.validate import load_state, validate_document
+from agent.validate_warnings import document_warnings, is_strict
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 log = logging.getLogger("agent.cli")
@@ -20,17 +22,28 @@ EXIT_CODES = """exit status:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Errors and warnings are this command's output: stdout."""
+    data = None
     try:
-        state = load_state(args.config, args.host)
-    except InvalidInput as exc:    # the errors are this command's output: stdout
+        data = read_document(args.config)
+        state = validate_document(data, args.host, args.strict)
+    except InvalidInput as exc:
         for err in exc.errors:
             print(err)
+        _print_warnings(data, args.strict)
         print(f"{args.config}: {len(exc.errors)} error(s)")
         return EXIT_INVALID
+    _print_warnings(data, args.strict)
     nics = len(state.local_interfaces)
     print(f"{args.config}: valid ({len(state.groups)} groups, {len(state.instances)} instances, "
           f"{nics} local interfaces on host {state.host})")
     return EXIT_OK
+
+
+def _print_warnings(data: object, strict: bool) -> None:
+    if data is not None and not is_strict(data, strict):     # strict: they are errors
+        for warning in document_warnings(data):
+            print(f"warning: {warning}")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -123,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    command("check", cmd_check, "validate the desired state; print every error with its path")
+    p = command("check", cmd_check, "validate the desired state; print every error and warning with its path")
+    p.add_argument("--strict", action="store_true",
+                   help="warnings (unknown fields, interfaces without addresses) are errors")
     p = command("show", cmd_show, "the effective ordered rule list of an interface, both directions")
     p.add_argument("iface", metavar="IFACE", help="a local interface, or HOST:IFACE for any interface of the document")
     p.add_argument("--addresses", action="store_true",

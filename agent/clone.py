@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
 from agent.errors import AgentError, InputError, InvalidInput
 from agent.model import derive_rule_id
 from agent.schema import RuleDoc
-from agent.validate import load_data, validate_document
+from agent.loader import parse_document, read_document
+from agent.validate import validate_document
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +52,38 @@ class CloneResult:
 def clone_group(path: str | Path, source: str, new_id: str, host: Optional[str] = None) -> CloneResult:
     """Add a copy of group `source` named `new_id` to the document at `path`."""
     path = Path(path)
-    data = load_data(path)
+    data = read_document(path)
     validate_document(data, host)                       # the file must be valid to begin with
     groups = data.get("security_groups") or []
     src = _check_ids(groups, source, new_id)
     rules = len(groups[src].get("rules") or [])
     text = path.read_text(encoding="utf-8")
+    expected = copy.deepcopy(data)
+    expected["security_groups"] = groups + [make_copy(groups[src], source, new_id)]
     if _is_json(path, text):
         new_text = _json_text(text, data, make_copy(groups[src], source, new_id))
     else:
-        new_text = _yaml_text(text, src, source, new_id)
-    try:
-        validate_document(yaml.safe_load(new_text), host)
-    except InvalidInput as exc:                         # a bug here, not the user's mistake
-        raise AgentError(f"the copy would not validate ({exc.errors[0]}); {path} is unchanged") from None
+        try:
+            new_text = _yaml_text(text, src, source, new_id)
+        except Exception as exc:        # noqa: BLE001 - ruamel reads what PyYAML read; if not, say so
+            raise AgentError(f"cannot edit {path} as YAML text ({type(exc).__name__}: {exc}); "
+                             f"it is unchanged") from None
+    check_result(path, new_text, expected, host)
     _write(path, new_text)
     log.debug("cloned %s into %s in %s", source, new_id, path)
     return CloneResult(str(path), source, new_id, len(groups), rules)
+
+
+def check_result(path: Path, new_text: str, expected: dict, host: Optional[str]) -> None:
+    """Refuse (AgentError: a bug here, not the user's mistake) a text that would not read
+    back as `expected` through the agent's own loader, or would not pass `check`."""
+    try:
+        reread = parse_document(new_text, str(path))
+        validate_document(reread, host)
+    except InvalidInput as exc:
+        raise AgentError(f"the copy would not pass check ({exc.errors[0]}); {path} is unchanged") from None
+    if reread != expected:
+        raise AgentError(f"the copy would not read back as written; {path} is unchanged")
 
 
 def _check_ids(groups: list, source: str, new_id: str) -> int:
@@ -145,7 +160,9 @@ def _yaml_text(text: str, src: int, source: str, new_id: str) -> str:
     """`text` with the copy of group number `src` inserted after the last group."""
     from ruamel.yaml import YAML
     from ruamel.yaml.util import load_yaml_guess_indent
-    doc, indent, dash_offset = load_yaml_guess_indent(text)
+    reader = YAML()
+    reader.preserve_quotes = True                 # "::/0", "yes": written back quoted
+    doc, indent, dash_offset = load_yaml_guess_indent(text, yaml=reader)
     indent, dash_offset = indent or 2, dash_offset or 0
     seq = doc["security_groups"]
     group = make_copy(seq[src], source, new_id)

@@ -2,7 +2,7 @@
 examples/demo.yaml, real traffic, and a table of expected and observed verdicts.
 
 The topology comes from the document: one namespace per local instance, its taps named
-as configured. The flows to try are the document's extra `demo_flows` field.
+as configured. The flows to try are the document's extension field `x_demo_flows`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Optional
 from agent.model import EGRESS, INGRESS, DesiredState
 from agent.policy import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate
 from agent.probe import probe
+from agent.loader import read_document
 from agent.sandbox import OUTSIDE4, OUTSIDE6, Sandbox, SandboxError, require_tools
-from agent.validate import load_data, validate_document
+from agent.validate import validate_document
 
 PREFIX = f"sgdemo{os.getpid() % 10000}"
 
@@ -99,10 +100,10 @@ def print_table(rows: list[tuple]) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     path = (argv or sys.argv[1:] or ["examples/demo.yaml"])[0]
-    data = load_data(path)
+    data = read_document(path)
     state = validate_document(data)
     flows = [Flow(d["from"], d["to"], d["proto"], int(d.get("port", 0)), bool(d.get("v6")),
-                  d.get("src"), d.get("note", "")) for d in data.get("demo_flows", [])]
+                  d.get("src"), d.get("note", "")) for d in data.get("x_demo_flows", [])]
     require_tools("ip", "sysctl", "ping", "nft")
     print(f"building a sandbox hypervisor ({len(state.local_instances)} instances) in namespaces {PREFIX}-*")
     with build_sandbox(state) as sb:

@@ -15,7 +15,17 @@ class InputError:
 
     def __str__(self) -> str:
         value = self.value if self.value.isprintable() else json.dumps(self.value)
-        return f"{self.path}: {value}: {self.message}" if self.path else f"{value}: {self.message}"
+        path, message = printable(self.path), printable(self.message)
+        if not value:               # a warning about a field, not about its value
+            return f"{path}: {message}"
+        return f"{path}: {value}: {message}" if path else f"{value}: {message}"
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control and other unprintable characters as \\uXXXX."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
 def _error_order(err: InputError) -> tuple:
@@ -24,11 +34,16 @@ def _error_order(err: InputError) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts), err.value, err.message
 
 
+def ordered(errors: list[InputError]) -> list[InputError]:
+    """Distinct errors (or warnings) in document order."""
+    return sorted(set(errors), key=_error_order)
+
+
 class InvalidInput(Exception):
     """The desired state was rejected; `errors` lists every problem found."""
 
     def __init__(self, errors: list[InputError]):
-        self.errors = sorted(set(errors), key=_error_order)
+        self.errors = ordered(errors)
         super().__init__("\n".join(str(e) for e in self.errors))
 
 

@@ -19,8 +19,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "gre", "all")
 PORTED = ("tcp", "udp")
-IFNAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
-MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")      # within the kernel's dev_valid_name
+MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+PORT = re.compile(r"-?[0-9]{1,5}")                    # ASCII digits only: int() takes '8_0', '٨٠'
+NOT_INSTANCE_NAMES = {".": "not a valid interface name", "..": "not a valid interface name",
+                      "lo": "the loopback device is no instance interface"}
 
 
 def _lower(value: Any) -> Any:
@@ -50,10 +53,9 @@ def parse_port_range(text: Any) -> Optional[tuple[int, int]]:
     parts = text.strip().split("/")
     if len(parts) != 2:
         raise ValueError("must be 'from/to'")
-    try:
-        lo, hi = int(parts[0]), int(parts[1])
-    except ValueError:
-        raise ValueError("ports must be whole numbers") from None
+    if not all(PORT.fullmatch(part.strip()) for part in parts):
+        raise ValueError("ports must be whole numbers")
+    lo, hi = int(parts[0]), int(parts[1])
     if (lo, hi) == (-1, -1):
         return None
     if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
@@ -66,6 +68,8 @@ def parse_port_range(text: Any) -> Optional[tuple[int, int]]:
 def parse_network(text: Any) -> Network:
     if not isinstance(text, str):
         raise ValueError("must be a CIDR string")
+    if "%" in text:
+        raise ValueError("an IPv6 scope (%...) has no place in a CIDR")
     try:
         return ipaddress.ip_network(text.strip(), strict=True)
     except ValueError as exc:
@@ -98,6 +102,8 @@ def check_address(text: str) -> str:
     """An interface address: a plain IPv4/IPv6 address, no prefix length."""
     if "/" in text:
         raise ValueError("an interface address takes no prefix length")
+    if "%" in text:
+        raise ValueError("an IPv6 scope (%...) has no place in an interface address")
     try:
         parse_address(text)
     except ValueError:
@@ -174,21 +180,23 @@ class InterfaceDoc(_Doc):
     @field_validator("name", mode="after")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not IFNAME.match(name):
+        if name in NOT_INSTANCE_NAMES:
+            raise ValueError(NOT_INSTANCE_NAMES[name])
+        if not IFNAME.fullmatch(name):
             raise ValueError("not a valid interface name (1-15 characters, no spaces or '/')")
         return name
 
     @field_validator("mac", mode="after")
     @classmethod
     def _mac(cls, mac: Optional[str]) -> Optional[str]:
-        if mac is not None and not MAC.match(mac):
+        if mac is not None and not MAC.fullmatch(mac):
             raise ValueError("not a MAC address (aa:bb:cc:dd:ee:ff)")
         return mac.lower() if mac else mac
 
 
 class InstanceDoc(_Doc):
     id: str = Field(min_length=1)
-    host: Optional[str] = None
+    host: Optional[str] = Field(default=None, min_length=1)
     network: NetworkType = "vpc"
     security_groups: list[str] = Field(min_length=1)
     interfaces: list[InterfaceDoc] = Field(default_factory=list)
@@ -196,7 +204,8 @@ class InstanceDoc(_Doc):
 
 
 class DocumentDoc(_Doc):
-    host: Optional[str] = None
+    host: Optional[str] = Field(default=None, min_length=1)
+    strict: bool = Field(default=False, strict=True)     # warnings (unknown fields) are errors
     attachment: Attachment = "routed"
     anti_spoofing: bool = True
     revoke_connections: bool = True

@@ -39,6 +39,7 @@ def build_status(d: Any) -> dict:
             "kernel_ms": round(last.kernel_seconds * 1000, 1), "mode": last.mode,
             "result": last.result, "revision": last.revision},
         "errors": list(d.errors),
+        "warnings": list(getattr(d, "warnings", [])),
         "interfaces": {"configured": len(configured),
                        "present": sum(1 for n in configured if n in d.present),
                        "missing": [n for n in configured if n not in d.present][:MAX_LISTED]},
@@ -80,6 +81,10 @@ def format_status(doc: dict) -> str:
     errors = doc.get("errors") or []
     lines.append(f"errors:      {len(errors)}" if errors else "errors:      none")
     lines += [f"  {e}" for e in errors]
+    warnings = doc.get("warnings") or []
+    if warnings:
+        lines.append(f"warnings:    {len(warnings)}")
+        lines += [f"  {w}" for w in warnings[:MAX_LISTED]]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ agent.validate_refs that concern it (peers, group mixes, interface names on this
 
 Anything the fast path does not handle, or any error at all, falls back to the full
 `validate_document`, so the error list is exactly the full one. It falls back when:
-there is no previous result; a top-level field other than the three lists, or the
+there is no previous result; the document is strict (`strict: true`: warnings are errors); a top-level field other than the three lists, or the
 resolved host, changed; a list is not a list; an item is not a mapping with a string id;
 an id is duplicated; a group or prefix list was removed (or renamed); a group's type or
 network changed; a changed object has any error.
@@ -32,7 +32,9 @@ from agent.model import (DesiredState, Group, Instance, IPNetwork, assemble_stat
                          build_instance, build_prefix_list, carry_membership)
 from agent.schema import DocumentDoc, InstanceDoc, PrefixListDoc, SecurityGroupDoc
 from agent.validate import agent_host, validate_document
-from agent.validate_refs import group_errors, group_network, group_type, instance_errors
+from agent.validate_warnings import is_strict
+from agent.validate_refs import (addresses_clash, group_errors, group_network, group_type,
+                                 instance_errors)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class Validated:
     group_nets: dict[str, str]              # group id -> network
     prefix_ids: frozenset[str]
     nic_owner: dict[NicKey, str]            # interface (by host bucket) -> instance id
+    addr_owner: dict[Any, dict]             # address -> host bucket -> instance id
     reusable: bool = True                   # False: ids or hosts the caches cannot key
 
 
@@ -74,7 +77,7 @@ class _Diff:
 def validate_update(data: Any, host: Optional[str], previous: Optional[Validated]) -> Validated:
     """`data` validated, reusing `previous` (the last valid result) where nothing changed.
     Raises InvalidInput exactly as `validate_document(data, host)` does."""
-    if previous is not None and previous.reusable:
+    if previous is not None and previous.reusable and not is_strict(data, False):
         try:
             return _incremental(data, host, previous)
         except _Fallback as why:
@@ -93,6 +96,10 @@ def _full(data: Any, host: Optional[str]) -> Validated:
              "instances": {i.id: i for i in state.instances},
              "prefix_lists": dict(state.prefix_lists)}
     owner = {k: inst.id for inst in state.instances for k in _nic_keys(inst, state.host)}
+    addr_owner: dict[Any, dict] = {}
+    for inst in state.instances:
+        for bucket, addr in _addr_keys(inst, state.host):
+            addr_owner.setdefault(addr, {})[bucket] = inst.id
     scalars = _scalars(data)
     reusable = (all(raw[key].keys() == built[key].keys() for key in LISTS)
                 and all(_plain_host(inst.host) for inst in state.instances))
@@ -101,6 +108,7 @@ def _full(data: Any, host: Optional[str]) -> Validated:
                      built=built, group_types={g.id: g.type for g in state.groups},
                      group_nets={g.id: g.network for g in state.groups},
                      prefix_ids=frozenset(pid for pid, _ in state.prefix_lists), nic_owner=owner,
+                     addr_owner=addr_owner,
                      reusable=reusable)
 
 
@@ -130,7 +138,7 @@ def _incremental(data: Any, host: Optional[str], prev: Validated) -> Validated:
     prefix_ids = prev.prefix_ids | {pid for _, pid, _ in plists.changed}
     built_plists = _build_prefix_lists(plists)
     built_groups = _build_groups(groups, types, prefix_ids)
-    built_insts, owner = _build_instances(insts, prev, types, nets, local)
+    built_insts, owner, addr_owner = _build_instances(insts, prev, types, nets, local)
     state = carry_membership(assemble_state(local, built_groups.values(), built_insts.values(),
                                             built_plists.items(), prev.state.anti_spoofing,
                                             prev.state.revoke_connections), prev.state)
@@ -141,7 +149,8 @@ def _incremental(data: Any, host: Optional[str], prev: Validated) -> Validated:
                      raw={key: diff.raw for key, diff in diffs.items()},
                      built={"security_groups": built_groups, "instances": built_insts,
                             "prefix_lists": built_plists},
-                     group_types=types, group_nets=nets, prefix_ids=prefix_ids, nic_owner=owner)
+                     group_types=types, group_nets=nets, prefix_ids=prefix_ids, nic_owner=owner,
+                     addr_owner=addr_owner)
 
 
 def _diff(data: dict, key: str, prev: Validated) -> _Diff:
@@ -222,17 +231,34 @@ def _nic_keys(inst: Instance, local: str) -> list[NicKey]:
     return [(bucket, nic.name) for nic in inst.interfaces]
 
 
+def _addr_keys(inst: Instance, local: str) -> list[tuple[Optional[str], Any]]:
+    """(host bucket, address) of every interface address, as the clash check groups them."""
+    bucket = None if inst.host is None or inst.host == local else inst.host
+    return [(bucket, a) for nic in inst.interfaces for a in nic.addresses]
+
+
+def _claim_addresses(inst: Instance, local: str, addr_owner: dict[Any, dict], path: str) -> None:
+    for bucket, addr in _addr_keys(inst, local):
+        holders = addr_owner.get(addr, {})
+        if any(addresses_clash(other, bucket) for other in holders):
+            raise _Fallback(f"{path}: address {addr} already in use")
+        addr_owner[addr] = {**holders, bucket: inst.id}     # copied: the previous result keeps its own
+
+
 def _build_instances(diff: _Diff, prev: Validated, types: dict[str, str], nets: dict[str, str],
-                     local: str) -> tuple[dict[str, Instance], dict[NicKey, str]]:
-    built, owner = dict(diff.reused), prev.nic_owner
+                     local: str) -> tuple[dict[str, Instance], dict[NicKey, str], dict[Any, dict]]:
+    built, owner, addr_owner = dict(diff.reused), prev.nic_owner, prev.addr_owner
     if not (diff.changed or diff.removed):
-        return built, owner
+        return built, owner, addr_owner
     owner = dict(owner)
+    addr_owner = dict(addr_owner)
     old_built = prev.built["instances"]
     for iid in diff.removed | {iid for _, iid, _ in diff.changed}:
         if iid in old_built:
             for key in _nic_keys(old_built[iid], local):
                 del owner[key]
+            for bucket, addr in _addr_keys(old_built[iid], local):
+                addr_owner[addr] = {b: i for b, i in addr_owner[addr].items() if b != bucket}
     for index, iid, raw in diff.changed:
         path = f"instances[{index}]"
         doc = _parse(InstanceDoc, raw, path)
@@ -245,4 +271,5 @@ def _build_instances(diff: _Diff, prev: Validated, types: dict[str, str], nets: 
             if key in owner:
                 raise _Fallback(f"{path}: interface {key[1]} already in use on its host")
             owner[key] = iid
-    return built, owner
+        _claim_addresses(inst, local, addr_owner, path)
+    return built, owner, addr_owner

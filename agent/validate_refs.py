@@ -14,7 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.errors import InputError, show_value
 from agent.model import rule_content
-from agent.schema import RuleDoc
+from agent.schema import PROTOCOLS, RuleDoc
 
 PEER_KINDS = ("cidr", "group", "prefix_list")
 PORTED = ("tcp", "udp")
@@ -141,7 +141,7 @@ def _rule_errors(path: str, rule: dict, network: str, group_types: dict,
         yield from _peer_ref_errors(path, rule, own, group_types, prefix_lists, protocol)
     if protocol in PORTED and rule.get("port_range") is None:
         yield InputError(f"{path}.port_range", "(missing)", f"is required for {protocol}")
-    if protocol and protocol not in PORTED:
+    if protocol in PROTOCOLS and protocol not in PORTED:
         for key in ("port_range", "source_port_range"):
             value = rule.get(key)
             if value is not None and str(value).strip() not in ("-1/-1",):
@@ -175,6 +175,7 @@ def _instance_errors(data: dict, group_types: dict, group_nets: dict,
                      host: Optional[str]) -> Iterator[InputError]:
     local = host or (data["host"].strip() if isinstance(data.get("host"), str) else None)
     names_by_host: dict[Any, list[tuple[str, Any]]] = defaultdict(list)
+    addresses: list[tuple[Optional[str], str, Any]] = []
     for ii, inst in _items(data, "instances"):
         path = f"instances[{ii}]"
         yield from instance_errors(path, inst, group_types, group_nets)
@@ -184,8 +185,48 @@ def _instance_errors(data: dict, group_types: dict, group_nets: dict,
         where = None if where is None or where.strip() == local else where.strip()
         names_by_host[where] += [(f"{path}.interfaces[{ni}].name", nic.get("name"))
                                  for ni, nic in _items(inst, "interfaces")]
+        addresses += [(where, f"{path}.{sub}", addr) for sub, addr in nic_addresses(inst)]
     for names in names_by_host.values():
         yield from _duplicates(names, "interface name on this host")
+    yield from _address_clashes(addresses)
+
+
+def nic_addresses(inst: dict) -> list[tuple[str, Any]]:
+    """(path under the instance, address) of every well-formed interface address (the
+    malformed ones are pydantic's to report)."""
+    out = []
+    for ni, nic in _items(inst, "interfaces"):
+        addrs = nic.get("addresses")
+        for ai, text in enumerate(addrs if isinstance(addrs, list) else []):
+            if isinstance(text, str) and "/" not in text and "%" not in text:
+                try:
+                    out.append((f"interfaces[{ni}].addresses[{ai}]", ipaddress.ip_address(text.strip())))
+                except ValueError:
+                    pass
+    return out
+
+
+def addresses_clash(host_a: Optional[str], host_b: Optional[str]) -> bool:
+    """Can two interfaces not hold one address? On one host, or one of them local (None):
+    anti-spoofing and group membership would mistake one for the other."""
+    return host_a == host_b or host_a is None or host_b is None
+
+
+def clash_message(host_a: Optional[str], host_b: Optional[str], other: str) -> str:
+    if host_a != host_b:
+        where = "by a local and a remote instance"
+    else:
+        where = "on this host" if host_a is None else f"on host {host_a}"
+    return f"address already used {where} (at {other})"
+
+
+def _address_clashes(addresses: list[tuple[Optional[str], str, Any]]) -> Iterator[InputError]:
+    seen: dict[Any, list[tuple[Optional[str], str]]] = defaultdict(list)
+    for host, path, addr in addresses:
+        clash = next(((h, p) for h, p in seen[addr] if addresses_clash(h, host)), None)
+        if clash is not None:
+            yield InputError(path, str(addr), clash_message(host, *clash))
+        seen[addr].append((host, path))
 
 
 def instance_errors(path: str, inst: dict, group_types: dict,

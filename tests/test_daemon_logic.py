@@ -379,3 +379,24 @@ def test_nft_monitor_judges_transactions_by_committer():
     w.handle(*msg(0, 1, attr(1, b"other\0")))                   # another table
     w.handle(*newgen(999999))
     assert seen == ["nft[999999]: delete table inet secgroup_agent"]
+
+
+def test_warnings_are_logged_and_shown_in_status(caplog):
+    d, kernel, source, _n, _ = make()
+    typo = copy.deepcopy(WEBSHOP)
+    typo["instances"][0]["interfaces"][0]["adresses"] = ["10.0.9.9"]
+    source.result = (typo, "r2")
+    d.step([("source",)])
+    assert d.revision == "r2"                        # a warning does not stop the apply
+    path = "instances[0].interfaces[0].adresses"
+    expected = f"{path}: unknown field (did you mean addresses?)"
+    doc = d.snapshot()
+    assert doc["warnings"] == [expected] and doc["errors"] == []
+    assert f"warnings:    1\n  {expected}\n" in format_status(doc)
+    assert any(r.levelname == "WARNING" and f"fake:test revision r2: warning: {expected}" in r.getMessage()
+               for r in caplog.records)
+    strict = copy.deepcopy(typo)
+    strict["strict"] = True
+    source.result = (strict, "r3")
+    d.step([("source",)])
+    assert d.revision == "r2" and d.snapshot()["errors"] == [expected]

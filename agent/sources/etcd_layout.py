@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from agent.errors import InvalidInput
+from agent.loader import parse_json
 from agent.sources import SourceError
 
 log = logging.getLogger(__name__)
@@ -71,9 +73,9 @@ def document_keys(data: dict, prefix: str) -> dict[str, bytes]:
 
 def _load(key: str, value: bytes, errors: list[str]) -> Optional[dict]:
     try:
-        obj = json.loads(value.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        errors.append(f"{key}: malformed JSON: {exc}")
+        obj = parse_json(value, key)          # agent.loader: the limits of every source
+    except InvalidInput as exc:
+        errors += [f"{key}: {e}" if e.path else str(e) for e in exc.errors]
         return None
     if not isinstance(obj, dict):
         errors.append(f"{key}: must be a JSON object, not {type(obj).__name__}")
@@ -143,7 +145,7 @@ def _same(old: bytes, new: bytes) -> bool:
         return True
     try:
         return json.loads(old) == json.loads(new)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 

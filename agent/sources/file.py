@@ -13,7 +13,6 @@ the file without changing it is recognised as "no news".
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import select
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from agent.errors import InputError, InvalidInput
+from agent.loader import parse_document, read_limited
 from agent.sources import SourceError
 
 log = logging.getLogger(__name__)
@@ -32,22 +32,6 @@ _DIR_EVENTS = ("CREATE", "MOVED_TO", "MOVED_FROM", "DELETE", "CLOSE_WRITE", "MOD
 
 def revision_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
-
-
-def fast_parse(text: str, name: str, parse_text: Callable[[str, str], Any]) -> Any:
-    """JSON with the C parser, YAML with libyaml when present (50x faster than pure-Python
-    PyYAML on large documents); anything they refuse goes to agent.validate's parser,
-    whose error messages name the line and column."""
-    import yaml
-    try:
-        if text.lstrip().startswith("{"):
-            return json.loads(text)
-        loader = getattr(yaml, "CSafeLoader", None)
-        if loader is not None:
-            return yaml.load(text, Loader=loader)   # noqa: S506 - a safe loader
-    except (ValueError, yaml.YAMLError):
-        pass
-    return parse_text(text, name)
 
 
 def _with_revision(exc: InvalidInput, revision: str) -> InvalidInput:
@@ -68,22 +52,15 @@ class FileSource:
 
     def fetch(self) -> tuple[Any, str]:
         """(parsed document, revision). Unreadable: SourceError; malformed: InvalidInput."""
-        from agent.validate import kind_of, parse_text
         try:
-            raw = self.path.read_bytes()
+            raw = read_limited(self.path)
         except FileNotFoundError:
             raise InvalidInput([InputError("", str(self.path), "no such file")]) from None
         except OSError as exc:
             raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         rev = revision_of(raw)
         try:
-            data = fast_parse(raw.decode("utf-8"), str(self.path), parse_text)
-            if data is None:
-                raise InvalidInput([InputError("", str(self.path), "empty document")])
-            if not isinstance(data, dict):
-                raise InvalidInput([InputError("", str(self.path), f"top level must be a mapping, not {kind_of(data)}")])
-        except UnicodeDecodeError as exc:
-            raise _with_revision(InvalidInput([InputError("", str(self.path), f"not UTF-8 text: {exc.reason}")]), rev) from None
+            data = parse_document(raw, str(self.path))     # agent.loader: limits, duplicate keys
         except InvalidInput as exc:
             raise _with_revision(exc, rev) from None
         return data, rev

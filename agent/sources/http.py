@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -53,19 +52,23 @@ def revision_of(response: httpx.Response) -> str:
     return hashlib.sha256(response.content).hexdigest()[:16]
 
 
+def _refuse_large(response: httpx.Response, url: str) -> None:
+    """A body that says it is larger than agent.loader.MAX_BYTES is not read at all."""
+    from agent.loader import MAX_BYTES
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BYTES:
+        raise SourceError(f"{url}: the document is {int(declared):,} bytes; the limit is {MAX_BYTES:,}")
+
+
 def parse_body(response: httpx.Response, source: str) -> Any:
     """The document in a 200 response: JSON when the server says so, else YAML (or JSON)."""
-    from agent.validate import parse_text
-    text = response.text
-    if not text.strip():
+    from agent.loader import parse_json, parse_text
+    raw = response.content
+    if not raw.strip():
         raise SourceError(f"{source}: the server sent an empty document")
-    if "json" in response.headers.get("content-type", ""):
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise SourceError(f"{source}: malformed JSON: {exc}") from None
-    try:
-        data = parse_text(text, source)
+    parse = parse_json if "json" in response.headers.get("content-type", "") else parse_text
+    try:                                # agent.loader: the limits and checks of every source
+        data = parse(raw, source)
     except InvalidInput as exc:
         raise SourceError("; ".join(str(e) for e in exc.errors)) from None
     if data is None:
@@ -118,6 +121,7 @@ class HttpSource:
         ext = {"trace": self._watcher.interruptor} if client is self._poll else None
         try:
             with client.stream("GET", self.url, headers=headers, params=params, extensions=ext) as response:
+                _refuse_large(response, self.url)
                 response.read()
         except httpx.HTTPError as exc:
             self.stats["errors"] += 1
