@@ -11,6 +11,8 @@ Kinds and severities (docs/guard-rails.md tells the reasons):
                                  more than --max-peer-groups groups as peers
     unused              info     groups without members, prefix lists no rule names, rules
                                  that apply to no interface or match no packet
+    unguarded           warning  an interface with `spoofing_guard: false` (no first-hop
+                                 guard, no anti-spoofing)
 
 Every instance of the document is judged as if it were local: lint is a fleet tool.
 """
@@ -34,7 +36,8 @@ SEVERITIES = (INFO, WARNING, ERROR)
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
 SHADOWED, DUPLICATE, EXPOSED = "shadowed", "duplicate", "exposed"
 GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED = "group-per-instance", "too-many-rules", "unused"
-KINDS = (SHADOWED, DUPLICATE, EXPOSED, GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED)
+UNGUARDED = "unguarded"
+KINDS = (SHADOWED, DUPLICATE, EXPOSED, GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED, UNGUARDED)
 
 ADMIN_PORTS = {22: "ssh", 23: "telnet", 3389: "rdp", 5900: "vnc"}
 DATA_PORTS = {1433: "mssql", 2375: "docker", 2379: "etcd", 3306: "mysql", 5432: "postgresql",
@@ -84,8 +87,17 @@ def lint(state: DesiredState, options: LintOptions = LintOptions()) -> list[Find
     findings = [*shadowed_findings(state, uses, twins), *duplicates,
                 *exposed_findings(state, options.exposed_ports),
                 *group_per_instance_findings(state), *too_many_findings(state, lists, options),
-                *unused_findings(state, uses)]
+                *unused_findings(state, uses), *unguarded_findings(state)]
     return sorted(findings, key=_order)
+
+
+def unguarded_findings(state: DesiredState) -> list[Finding]:
+    """Interfaces whose first-hop guard and anti-spoofing are off (`spoofing_guard: false`)."""
+    return [Finding(UNGUARDED, WARNING, None, None,
+                    f"spoofing_guard is off on instance {inst.id}: it may send router advertisements, "
+                    "DHCP replies, ARP/ND for any address and packets from any source address "
+                    "(meant for routing appliances)", interfaces=(nic.name,))
+            for inst in state.instances for nic in inst.interfaces if not nic.spoofing_guard]
 
 
 def _order(f: Finding) -> tuple:
