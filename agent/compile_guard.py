@@ -4,7 +4,7 @@ of the pure compiler; see docs/datapath.md).
 Per-interface chain (inet), in order: connection state, invalid TCP, then on egress
 anti-spoofing by MAC, the first-hop guard (agent.policy_guard: router advertisements
 and redirects, neighbour advertisements / DAD solicitations for foreign targets,
-DHCP/DHCPv6 server replies), neighbour discovery, DHCP client requests, anti-spoofing
+solicitations and advertisements from foreign sources, DHCP/DHCPv6 server replies), neighbour discovery, DHCP client requests, anti-spoofing
 by address (own addresses and allowed addresses). nft 1.0.6 has no `icmpv6 taddr`: the
 ND target is read raw, `@th,64,128` (bytes 8-23 of the ICMPv6 header), against 128-bit
 integers.
@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 
 from agent.model import BRIDGED, Interface, IPNetwork
 from agent.policy import Entry
-from agent.policy_guard import DHCP_CLIENT_PORTS, DHCP_SERVER_PORT, nd_targets
+from agent.policy_guard import DHCP_CLIENT_PORTS, DHCP_SERVER_PORT, nd_sources, nd_targets
 from agent.ruleset import Chain, NftSet
 
 ND_TARGET = "@th,64,128"       # the target address of a neighbour solicitation/advertisement
@@ -67,6 +67,10 @@ def _entry_rules(nic: Interface, kind: str) -> list[str]:
         return [f"icmpv6 type nd-neighbor-advert {ND_TARGET} != {targets} drop"]
     if kind == "guard-dad":
         return [f"ip6 saddr :: icmpv6 type nd-neighbor-solicit {ND_TARGET} != {targets} drop"]
+    if kind == "guard-nd-src":
+        sources = _set(render_network(n) for n in nd_sources(nic))
+        return [f"icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} "
+                f"ip6 saddr != {sources} drop"]
     if kind == "guard-dhcp":
         return [f"meta nfproto ipv{v} udp sport {DHCP_SERVER_PORT[v]} drop" for v in (4, 6)]
     if kind == "nd":

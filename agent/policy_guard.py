@@ -26,9 +26,12 @@ GUARD_LINES = {
     "guard-ra": ("drop", "first-hop guard: router advertisement or redirect from an instance"),
     "guard-na": ("drop", "first-hop guard: neighbour advertisement for an address not the interface's"),
     "guard-dad": ("drop", "first-hop guard: DAD solicitation for an address not the interface's"),
+    "guard-nd-src": ("drop", "first-hop guard: solicitation or advertisement from an address not the "
+                             "interface's"),
     "guard-dhcp": ("drop", "first-hop guard: DHCP/DHCPv6 server reply from an instance"),
 }
-BEFORE_ND = ("guard-ra", "guard-na", "guard-dad", "guard-dhcp")
+BEFORE_ND = ("guard-ra", "guard-na", "guard-dad", "guard-nd-src", "guard-dhcp")
+ND_SOURCE_TYPES = (133, NS, NA)             # RS, NS, NA: their source must be the interface's
 DHCP_CLIENT = ("dhcp-client", "accept", "DHCP/DHCPv6 client request (from 0.0.0.0 or link-local)")
 
 
@@ -36,6 +39,11 @@ def nd_targets(nic: Interface) -> tuple[IPNetwork, ...]:
     """The addresses an interface may advertise or probe with ND: its own IPv6
     addresses, its allowed IPv6 networks, and link-local (as anti-spoofing allows)."""
     return tuple(ipaddress.collapse_addresses(nic.source_networks(6) + (LINK_LOCAL6,)))
+
+
+def nd_sources(nic: Interface) -> tuple[IPNetwork, ...]:
+    """The sources an interface may send RS/NS/NA from: `nd_targets` and `::` (DAD)."""
+    return tuple(ipaddress.collapse_addresses(nd_targets(nic) + (ipaddress.ip_network("::/128"),)))
 
 
 def guard_matches(kind: str, nic: Interface, packet) -> Optional[bool]:
@@ -50,6 +58,8 @@ def guard_matches(kind: str, nic: Interface, packet) -> Optional[bool]:
     if kind == "guard-dad":
         return (icmp6 and packet.icmp_type == NS and packet.src == UNSPECIFIED[6]
                 and not _own_target(nic, packet.nd_target))
+    if kind == "guard-nd-src":
+        return icmp6 and packet.icmp_type in ND_SOURCE_TYPES and not any(packet.src in n for n in nd_sources(nic))
     if kind == "guard-dhcp":
         return packet.protocol == UDP and packet.sport == DHCP_SERVER_PORT[version]
     if kind == "dhcp-client":

@@ -21,6 +21,7 @@ Grammar (VERDICT is `accept` or `drop`; an optional leading `counter` is a no-op
         @th,64,128 != { HEX[-HEX], ... }         the ND target (only after an icmpv6 type
                                                  term of solicitations/advertisements)
         ip saddr ADDR|CIDR   ip6 saddr ADDR|CIDR   meta nfproto ipv4|ipv6
+        ip saddr != { ADDR|CIDR, ... }           ip6 saddr != { ... }
         udp sport PORT       udp dport PORT
     ip saddr != { ADDR|CIDR, ... } drop          ip6 saddr != { ... } drop
     meta nfproto ipv4|ipv6 VERDICT
@@ -324,6 +325,7 @@ _TERMS = (
     ("icmp", re.compile(r"icmpv6 type (?:(?P<one>nd-[a-z-]+)|\{ (?P<body>[a-z, -]+) \})")),
     ("target", re.compile(r"@th,64,128 != \{ (?P<body>[0-9a-fx, -]+) \}")),
     ("saddr", re.compile(r"(?P<fam>ip6?) saddr (?P<addr>[0-9a-fA-F.:/]+)")),
+    ("not-saddr", re.compile(r"(?P<fam>ip6?) saddr != \{ (?P<body>[0-9a-fA-F.:/, ]+) \}")),
     ("nfproto", re.compile(r"meta nfproto (?P<fam>ipv4|ipv6)")),
     ("udp", re.compile(r"udp (?P<which>sport|dport) (?P<port>\d+)")),
 )
@@ -351,6 +353,10 @@ def _term(kind: str, m: re.Match, raw: str, seen: dict) -> Pred:
         version = 4 if m["fam"] == "ip" else 6
         lo, hi = _addr_interval(m["addr"], version)
         return lambda p: _version(p) == version and lo <= int(p.src) <= hi
+    if kind == "not-saddr":
+        version = 4 if m["fam"] == "ip" else 6
+        ivs = _anon_set(m["body"], version)
+        return lambda p: _version(p) == version and not any(lo <= int(p.src) <= hi for lo, hi in ivs)
     if kind == "nfproto":
         version = 4 if m["fam"] == "ipv4" else 6
         return lambda p: _version(p) == version

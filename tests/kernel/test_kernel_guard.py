@@ -106,10 +106,15 @@ def forge_arp(t) -> list:
     return [garp, reply]
 
 
-def forge_na(t):
-    i1, i2 = t.nodes["i1"], t.nodes["i2"]
-    return (Ether(src=i1.mac, dst=ALL_NODES_MAC) / IPv6(src=i1.v6, dst="ff02::1", hlim=255)
-            / ICMPv6ND_NA(tgt=i2.v6, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=i1.mac))
+def forge_na(t) -> list:
+    """i1 claims i2's IPv6 address: an unsolicited override NA, and an NS from i2's
+    address carrying i1's MAC (a receiver records the solicitor's link-layer address)."""
+    i1, i2, i3 = (t.nodes[n] for n in ("i1", "i2", "i3"))
+    na = (Ether(src=i1.mac, dst=ALL_NODES_MAC) / IPv6(src=i1.v6, dst="ff02::1", hlim=255)
+          / ICMPv6ND_NA(tgt=i2.v6, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=i1.mac))
+    ns = (Ether(src=i1.mac, dst=i3.mac) / IPv6(src=i2.v6, dst=i3.v6, hlim=255)
+          / ICMPv6ND_NS(tgt=i3.v6) / ICMPv6NDOptSrcLLAddr(lladdr=i1.mac))
+    return [na, ns]
 
 
 # -- ARP -----------------------------------------------------------------------------------
@@ -168,7 +173,7 @@ def test_forged_na_does_not_change_the_neighbours_cache(topo):
     viewer, dev = (t.ns["i3"], "eth0") if t.attachment == "bridged" else (t.hv, i2.tap)
     assert ping(t, "i3", i2.v6)
     assert neigh(t, viewer, i2.v6, dev) == i2.mac
-    send(t, "i1", forge_na(t))
+    send(t, "i1", *forge_na(t))
     time.sleep(0.3)
     assert neigh(t, viewer, i2.v6, dev) == i2.mac
     assert ping(t, "i3", i2.v6)
@@ -180,7 +185,7 @@ def test_forged_na_poisons_without_the_guard(topo):
     t.apply(open_doc(t, guard=False))
     try:
         assert ping(t, "i3", i2.v6) and neigh(t, t.ns["i3"], i2.v6) == i2.mac
-        send(t, "i1", forge_na(t))
+        send(t, "i1", *forge_na(t))
         time.sleep(0.3)
         assert neigh(t, t.ns["i3"], i2.v6) == t.nodes["i1"].mac
     finally:
