@@ -159,3 +159,19 @@ def test_bridge_guard_arp():
 def test_routed_ports_have_no_bridge_guard():
     state = validate_document(document(attachment="routed"), HOST)
     assert [t.family for t in build_ruleset(state).tables] == ["inet"]
+
+
+def test_incremental_validation_checks_allowed_overlaps():
+    """The daemon's fast path: an instance that moves into another one's allowed network
+    is refused with the full error list, as `check` refuses it."""
+    from agent.validate_incremental import validate_update
+    first = document({"allowed_addresses": ["10.0.0.96/28"]})
+    prev = validate_update(first, HOST, None)
+    moved = document({"allowed_addresses": ["10.0.0.96/28"]})
+    moved["instances"][1]["interfaces"][0]["addresses"] = ["10.0.0.100", "fd00::2"]
+    with pytest.raises(InvalidInput) as exc:
+        validate_update(moved, HOST, prev)
+    assert [e.path for e in exc.value.errors] == ["instances[0].interfaces[0].allowed_addresses[0]"]
+    fine = document({"allowed_addresses": ["10.0.0.96/28"]})
+    fine["instances"][1]["interfaces"][0]["addresses"] = ["10.0.0.3", "fd00::2"]
+    assert validate_update(fine, HOST, prev).state == validate_document(fine, HOST)
