@@ -130,7 +130,8 @@ def bridge_table(state: DesiredState) -> Optional[Table]:
                      interval=False, map_to="verdict")
     pre = [f"iifname {{ {', '.join(_quote(n) for n in overflow)} }} drop"] if overflow else []
     pre.append("meta mark set iifname map @port_from")
-    guard_maps, guard_chains = port_guard_objects({n: state.local_interfaces[n] for n in ids}, _quote, safe_name)
+    guard_maps, guard_chains = port_guard_objects({n: state.local_interfaces[n] for n in ids}, state.anti_spoofing,
+                                                  _quote, safe_name)
     pre += ["iifname vmap @port_guard"] * bool(guard_maps)      # first-hop guard (compile_guard)
     chains = [
         Chain("prerouting", tuple(pre), f"type filter hook prerouting priority {BRIDGE_PRIORITY}; policy accept;"),

@@ -93,13 +93,16 @@ def guard_chain_name(port: str, safe_name) -> str:
     return f"guard_{safe_name(port)}"
 
 
-def build_port_guard(nic: Interface) -> Optional[tuple[str, ...]]:
-    """The bridge-table rules of one bridged port (None: no guard here)."""
+def build_port_guard(nic: Interface, anti_spoofing: bool = True) -> Optional[tuple[str, ...]]:
+    """The bridge-table rules of one bridged port (None: no guard here). The MAC lines
+    (frame source, ARP sender) are anti-spoofing by MAC: they follow the document's
+    `anti_spoofing`, like the inet chain's `ether saddr` line; the ethertype and ARP
+    sender address lines are the first-hop guard's."""
     if nic.attachment != BRIDGED or not nic.spoofing_guard:
         return None
     rules = [f"ether type != {ETHER_TYPES} drop"]
     macs = nic.source_macs()
-    if macs:
+    if macs and anti_spoofing:
         mac = macs[0] if len(macs) == 1 else _set(macs)
         rules += [f"ether saddr != {mac} drop", f"arp saddr ether != {mac} drop"]
     probe = ipaddress.ip_network("0.0.0.0/32")
@@ -108,12 +111,13 @@ def build_port_guard(nic: Interface) -> Optional[tuple[str, ...]]:
     return tuple(rules)
 
 
-def port_guard_objects(nics: dict[str, Interface], quote, safe_name) -> tuple[list[NftSet], list[Chain]]:
+def port_guard_objects(nics: dict[str, Interface], anti_spoofing: bool, quote,
+                       safe_name) -> tuple[list[NftSet], list[Chain]]:
     """The `port_guard` verdict map (port -> its guard chain) and the guard chains of
     the bridged ports with the guard on ([], [] when none has it)."""
     chains = []
     for name, nic in sorted(nics.items()):
-        rules = build_port_guard(nic)
+        rules = build_port_guard(nic, anti_spoofing)
         if rules is not None:
             chains.append((name, Chain(guard_chain_name(name, safe_name), rules)))
     if not chains:

@@ -86,17 +86,18 @@ class Frame:
     arp_spa: Optional[ipaddress.IPv4Address] = None
 
 
-def frame_verdict(nic: Interface, frame: Frame) -> str:
+def frame_verdict(nic: Interface, frame: Frame, anti_spoofing: bool = True) -> str:
     """The bridge guard's verdict on a frame from a bridged port with the guard on:
-    'drop' or 'pass' (to the inet table's stages, for IP)."""
+    'drop' or 'pass' (to the inet table's stages, for IP). The frame's source MAC and
+    the ARP sender MAC are checked with anti-spoofing (the document's `anti_spoofing`)."""
     if frame.ethertype not in (ETHER_IP, ETHER_ARP, ETHER_IP6):
         return "drop"
     macs = nic.source_macs()
-    if macs and frame.src_mac.lower() not in macs:
+    if anti_spoofing and macs and frame.src_mac.lower() not in macs:
         return "drop"
     if frame.ethertype != ETHER_ARP:
         return "pass"
-    if macs and (frame.arp_sha or "").lower() not in macs:
+    if anti_spoofing and macs and (frame.arp_sha or "").lower() not in macs:
         return "drop"
     spa = frame.arp_spa
     ok = spa is not None and (spa == UNSPECIFIED[4] or any(spa in n for n in nic.source_networks(4)))

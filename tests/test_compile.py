@@ -478,7 +478,7 @@ def test_bridge_guard_equals_semantics(data):
             # a frame from another MAC than the port's: the guard's MAC lines judge it
             frame_own = replace(frame, src_mac=nic.mac, arp_sha=nic.mac) if nic.mac else frame
             for f in (frame, frame_own):
-                want = frame_verdict(nic, f) if nic.spoofing_guard else "pass"
+                want = frame_verdict(nic, f, state.anti_spoofing) if nic.spoofing_guard else "pass"
                 assert sim.judge(name, f) == want, (name, f, nic)
 
 
