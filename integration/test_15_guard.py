@@ -90,7 +90,11 @@ def test_router_advertisement_does_not_reach_the_neighbour(topo):
     assert [x for x in lines if "neighbor solicitation" in x], lines
 
 
-def test_dhcp_offer_from_an_instance_is_dropped(topo):
+def test_dhcp_offer_from_an_instance_is_dropped(topo, hv):
+    def open_68(group):         # b2's lists admit udp/68, so only the guard can drop
+        group["rules"].append({"id": "dhcp-client-port", "direction": "ingress", "protocol": "udp",
+                               "port_range": "68/68", "source_cidr": "0.0.0.0/0"})
+    hv.apply(variant(**{"group:sg-db": open_68}))
     cap = Capture(topo.node("b2"), "udp dst port 68")
     scapy_send(topo.node("b1"), *[
         f"Ether(src='{B1_MAC}', dst='{B2_MAC}')/IP(src='10.1.0.21', dst='10.1.0.22')/UDP(sport={sport}, dport=68)"
