@@ -6,8 +6,8 @@ Layout of the `inet` table (see docs/datapath.md):
   the sender's egress list (by iifname), one, at a later priority, for the receiver's
   ingress list (by oifname); an accept in the first does not end evaluation of the
   second. The input hook judges instance -> host traffic with the egress list.
-* per-interface chains: connection state, neighbour discovery, anti-spoofing, then
-  `goto` a policy chain shared by every interface with the same groups and nic type.
+* per-interface chains: connection state, first-hop guard, neighbour discovery,
+  anti-spoofing (agent.compile_guard), then `goto` a policy chain shared by every interface with the same groups and nic type.
 * policy chains: intra-group accepts (named per-group address sets), then the user and
   default rules painted into their *first-match accept region*: the points whose first
   matching line accepts, as disjoint boxes in ONE concatenated interval set per IP
@@ -26,6 +26,7 @@ from typing import Optional
 
 from agent.boxes import Box, first_match_region
 from agent.model import (ACCEPT, BRIDGED, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface)
+from agent.compile_guard import build_interface_rules
 from agent.compile_memo import BuildRecord, CompileMemo, RegionPart, canonicalise, policy_signature
 from agent.compile_runs import Line, build_member_rules, build_points, build_runs
 from agent.compile_sets import build_shared_sets, net_interval as _net_interval, render_interval
@@ -194,23 +195,9 @@ def _interface_rules(b: Builder, nic: Interface, direction: str) -> tuple[str, .
 
 
 def interface_rules(nic: Interface, essentials: list[Entry]) -> list[str]:
-    """Stages 1-2: connection state, neighbour discovery, anti-spoofing."""
-    # A TCP packet that opens no connection (not a SYN) and belongs to none is invalid
-    # in the stateful sense; dropping it is also what makes revocation cut a TCP flow
-    # (with nf_conntrack_tcp_loose, a mid-stream packet would re-create the entry).
-    rules = ["ct state vmap { established : accept, related : accept, invalid : drop }",
-             "tcp flags & (fin | syn | rst | ack) != syn drop",
-             "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
-             "nd-neighbor-advert } accept"]
-    kinds = {e.kind for e in essentials}
-    if "spoof-mac" in kinds:
-        rules.append(f"ether saddr != {nic.mac} drop")
-    if "spoof-ip" in kinds:
-        v4 = [str(a) for a in nic.addresses if a.version == 4]
-        v6 = [str(a) for a in nic.addresses if a.version == 6] + ["fe80::/10"]
-        rules.append(f"ip saddr != {{ {', '.join(v4)} }} drop" if v4 else "meta nfproto ipv4 drop")
-        rules.append(f"ip6 saddr != {{ {', '.join(v6)} }} drop")
-    return rules
+    """Stages 1-2: connection state, first-hop guard, neighbour discovery, anti-spoofing
+    (agent.compile_guard)."""
+    return build_interface_rules(nic, essentials)
 
 
 def policy_key(state: DesiredState, nic: Interface, direction: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Optional
 
 from agent.compile import safe_name
+from agent.compile_guard import port_guard_objects
 from agent.ruleset import TABLE, Chain, NftSet, Table
 from agent.model import BRIDGED, EGRESS, INGRESS, DesiredState
 
@@ -64,21 +65,38 @@ def dispatch_objects(state: DesiredState, dispatch: dict[str, list[tuple[str, st
     ]
     for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         nics = state.local_interfaces.values()
-        owners: dict = {}
-        for nic in nics:
-            if nic.name in ids:
-                for a in nic.addresses:
-                    if a.version == v:
-                        owners.setdefault(a, set()).add(chain_of[INGRESS][nic.name])
+        owners = _address_owners(state, [nic for nic in nics if nic.name in ids], v, chain_of[INGRESS])
         # An address held by two bridged ports cannot say whose ingress list judges it:
         # drop (fail closed) rather than emit one key twice, which the kernel rejects
-        # ("File exists") together with the whole ruleset.
+        # ("File exists") together with the whole ruleset. A shared VIP (an allowed
+        # address of every port that has it) whose holders have the same policy is
+        # judged by the first one's chain: their lists are the same.
         maps.append(NftSet(f"ingress_addr{v}", typ, tuple(
-            f"{a} : goto {min(chains)}" if len(chains) == 1 else f"{a} : drop"
+            f"{a} : goto {min(chains)}" if len(chains) == 1 or _shared_vip(chains) else f"{a} : drop"
             for a, chains in sorted(owners.items())), interval=False, map_to="verdict"))
         addrs = sorted({str(a) for nic in nics for a in nic.addresses if a.version == v})
         maps.append(NftSet(f"local_addr{v}", typ, tuple(addrs), interval=False))
     return maps, _base_chains(bool(ids))
+
+
+def _address_owners(state: DesiredState, nics: list, version: int, chains: dict[str, str]) -> dict:
+    """address -> {ingress chain: (own address?, policy of the instance)} over `nics`;
+    allowed addresses count where they are single addresses (a wider allowed network
+    cannot be a key of this map: traffic the host routes to it is not dispatched)."""
+    owners: dict = {}
+    for nic in nics:
+        inst = state.instance_by_id[nic.instance_id]
+        policy = (inst.network, nic.nic_type, tuple(sorted(inst.groups)))
+        own = [(a, True) for a in nic.addresses if a.version == version]
+        vips = [(p.network.network_address, False) for p in nic.allowed
+                if p.network.version == version and p.network.num_addresses == 1]
+        for a, is_own in own + vips:
+            owners.setdefault(a, {}).setdefault(chains[nic.name], (is_own, policy))
+    return owners
+
+
+def _shared_vip(chains: dict) -> bool:
+    return not any(own for own, _ in chains.values()) and len({p for _, p in chains.values()}) == 1
 
 
 def _base_chains(bridged: bool) -> list[Chain]:
@@ -112,9 +130,12 @@ def bridge_table(state: DesiredState) -> Optional[Table]:
                      interval=False, map_to="verdict")
     pre = [f"iifname {{ {', '.join(_quote(n) for n in overflow)} }} drop"] if overflow else []
     pre.append("meta mark set iifname map @port_from")
+    guard_maps, guard_chains = port_guard_objects({n: state.local_interfaces[n] for n in ids}, state.anti_spoofing,
+                                                  _quote, safe_name)
+    pre += ["iifname vmap @port_guard"] * bool(guard_maps)      # first-hop guard (compile_guard)
     chains = [
         Chain("prerouting", tuple(pre), f"type filter hook prerouting priority {BRIDGE_PRIORITY}; policy accept;"),
         Chain("forward", ("oifname vmap @port_to",),
               f"type filter hook forward priority {BRIDGE_PRIORITY}; policy accept;"),
     ] + [Chain(to_chains[n], (f"meta mark set meta mark | 0x{to_mark(i):08x}",)) for n, i in ids.items()]
-    return Table("bridge", TABLE, (port_from, port_to), tuple(chains))
+    return Table("bridge", TABLE, (port_from, port_to, *guard_maps), tuple(chains + guard_chains))

@@ -53,13 +53,18 @@ def render_list(elist: EffectiveList, addresses: bool = False) -> list[str]:
     return lines
 
 
+def _guard_text(nic) -> str:
+    pairs = ", ".join(f"{p.network}" + (f" ({p.mac})" if p.mac else "") for p in nic.allowed)
+    return (f", allowed {pairs}" if pairs else "") + ("" if nic.spoofing_guard else ", spoofing guard OFF")
+
+
 def render_show(state: DesiredState, nic_name: str, addresses: bool = False) -> str:
     view, nic, label = find_interface(state, nic_name)
     inst = view.instance_by_id[nic.instance_id]
     addrs = ", ".join(str(a) for a in nic.addresses) or "none"
     out = [f"interface {label}: instance {inst.id} ({inst.network}), {nic.nic_type}, "
            f"{nic.attachment}, groups {', '.join(inst.groups)}, addresses {addrs}"
-           + (f", mac {nic.mac}" if nic.mac else "")]
+           + (f", mac {nic.mac}" if nic.mac else "") + _guard_text(nic)]
     for direction in (INGRESS, EGRESS):
         elist = build_effective_list(view, nic.name, direction)
         out.append("")

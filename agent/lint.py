@@ -13,6 +13,8 @@ Kinds and severities (docs/guard-rails.md tells the reasons):
                                  that apply to no interface or match no packet
     one-family          warning  a drop of 0.0.0.0/0 (or ::/0) whose traffic a later line still
                                  accepts in the other IP family (agent.lint_family)
+    unguarded           warning  an interface with `spoofing_guard: false` (no first-hop
+                                 guard, no anti-spoofing)
 
 Every instance of the document is judged as if it were local: lint is a fleet tool.
 """
@@ -38,7 +40,8 @@ RANK = {s: i for i, s in enumerate(SEVERITIES)}
 SHADOWED, DUPLICATE, EXPOSED = "shadowed", "duplicate", "exposed"
 GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED = "group-per-instance", "too-many-rules", "unused"
 ONE_FAMILY = "one-family"
-KINDS = (SHADOWED, DUPLICATE, EXPOSED, ONE_FAMILY, GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED)
+UNGUARDED = "unguarded"
+KINDS = (SHADOWED, DUPLICATE, EXPOSED, ONE_FAMILY, GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED, UNGUARDED)
 
 ADMIN_PORTS = {22: "ssh", 23: "telnet", 3389: "rdp", 5900: "vnc"}
 DATA_PORTS = {1433: "mssql", 2375: "docker", 2379: "etcd", 3306: "mysql", 5432: "postgresql",
@@ -88,7 +91,8 @@ def lint(state: DesiredState, options: LintOptions = LintOptions()) -> list[Find
     findings = [*shadowed_findings(state, uses, twins), *duplicates,
                 *exposed_findings(state, options.exposed_ports),
                 *group_per_instance_findings(state), *too_many_findings(state, lists, options),
-                *unused_findings(state, uses), *one_family_findings(state, lists, _one_family)]
+                *unused_findings(state, uses), *one_family_findings(state, lists, _one_family),
+                *unguarded_findings(state)]
     return sorted(findings, key=_order)
 
 
@@ -100,6 +104,15 @@ def _one_family(rule: Rule, interfaces: tuple[str, ...], openers: tuple[str, ...
                    f"drops {rule.direction} {what} {side} {rule.peer.value} only: IPv{twin} {what} stays "
                    f"open by {', '.join(openers)}; add the {whole} twin rule",
                    interfaces=interfaces, covered_by=openers)
+
+
+def unguarded_findings(state: DesiredState) -> list[Finding]:
+    """Interfaces whose first-hop guard and anti-spoofing are off (`spoofing_guard: false`)."""
+    return [Finding(UNGUARDED, WARNING, None, None,
+                    f"spoofing_guard is off on instance {inst.id}: it may send router advertisements, "
+                    "DHCP replies, ARP/ND for any address and packets from any source address "
+                    "(meant for routing appliances)", interfaces=(nic.name,))
+            for inst in state.instances for nic in inst.interfaces if not nic.spoofing_guard]
 
 
 def _order(f: Finding) -> tuple:

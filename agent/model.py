@@ -77,6 +77,15 @@ class Group:
 
 
 @dataclass(frozen=True)
+class AllowedAddress:
+    """An allowed address pair (a VIP): a network the interface may also use as its
+    source, in ARP and in neighbour advertisements; `mac`, if given, is also accepted
+    as the interface's source MAC."""
+    network: IPNetwork
+    mac: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Interface:
     name: str
     instance_id: str
@@ -84,6 +93,21 @@ class Interface:
     mac: Optional[str]
     addresses: tuple[IPAddress, ...]
     attachment: str
+    allowed: tuple[AllowedAddress, ...] = ()
+    spoofing_guard: bool = True          # False: no first-hop guard, no anti-spoofing here
+
+    def source_networks(self, version: int) -> tuple[IPNetwork, ...]:
+        """The interface's own addresses and allowed networks of one IP version, merged."""
+        nets = [host_network(a) for a in self.addresses if a.version == version] + \
+            [p.network for p in self.allowed if p.network.version == version]
+        return tuple(ipaddress.collapse_addresses(nets)) if nets else ()
+
+    def source_macs(self) -> tuple[str, ...]:
+        """The interface's MAC and the MACs of its allowed address pairs (none when the
+        interface's MAC is unknown: then no MAC is checked)."""
+        if not self.mac:
+            return ()
+        return tuple(dict.fromkeys([self.mac] + [p.mac for p in self.allowed if p.mac]))
 
 
 @dataclass(frozen=True)
@@ -217,7 +241,11 @@ def build_instance(i: InstanceDoc, attachment: str) -> Instance:
     """One instance of a valid document; `attachment` is the document's default."""
     nics = tuple(Interface(n.name, i.id, n.nic_type, n.mac,
                            tuple(parse_address(a) for a in n.addresses),
-                           n.attachment or attachment) for n in i.interfaces)
+                           n.attachment or attachment,
+                           tuple(sorted({AllowedAddress(parse_network(p.address), p.mac)
+                                         for p in n.allowed_addresses},
+                                        key=lambda p: (_net_key(p.network), p.mac or ""))),
+                           n.spoofing_guard) for n in i.interfaces)
     return Instance(i.id, i.host, i.network, tuple(dict.fromkeys(i.security_groups)), nics)
 
 

@@ -12,8 +12,9 @@ from functools import lru_cache
 from typing import Optional
 
 from agent.model import (ACCEPT, DEFAULT_PRIORITY, DROP, EGRESS, INGRESS, INTRANET, VPC,
-                         DesiredState, Group, Interface, IPAddress, IPNetwork, Peer, PortRange,
-                         Rule)
+                         AllowedAddress, DesiredState, Group, Interface, IPAddress, IPNetwork, Peer,
+                         PortRange, Rule)
+from agent.policy_guard import BEFORE_ND, DHCP_CLIENT, GUARD_LINES, guard_matches
 
 # Stages of SPEC §3, in evaluation order.
 STATE, ESSENTIALS, INTRA_GROUP, USER, DEFAULTS, FINAL = (
@@ -53,7 +54,9 @@ class Match:
 @dataclass(frozen=True)
 class Entry:
     """One line of an effective list. `kind` says how it matches: 'established',
-    'invalid', 'nd', 'spoof-mac', 'spoof-ip', 'match' (by `match`) or 'final'."""
+    'invalid', 'nd', 'spoof-mac', 'spoof-ip', a first-hop guard line ('guard-ra',
+    'guard-na', 'guard-dad', 'guard-dhcp', 'dhcp-client': agent.policy_guard),
+    'match' (by `match`) or 'final'."""
     stage: str
     kind: str
     verdict: str
@@ -84,6 +87,7 @@ class Packet:
     icmp_type: Optional[int] = None
     src_mac: Optional[str] = None
     state: str = "new"                 # new | established | related | invalid
+    nd_target: Optional[IPAddress] = None   # neighbour solicitation/advertisement target
 
 
 @dataclass(frozen=True)
@@ -155,14 +159,23 @@ def _default_matches(group: Group, direction: str) -> list[tuple[Match, str]]:
 def essential_entries(state: DesiredState, nic: Interface, direction: str) -> list[Entry]:
     """Stages 1-2 of one interface and direction."""
     entries = [Entry(STATE, "established", ACCEPT, description="established or related connection"),
-               Entry(STATE, "invalid", DROP, description="invalid packet"),
-               Entry(ESSENTIALS, "nd", ACCEPT, description="IPv6 neighbour discovery (ICMPv6 133-136)")]
-    if direction == EGRESS and state.anti_spoofing:
-        if nic.mac:
-            entries.append(Entry(ESSENTIALS, "spoof-mac", DROP,
-                                 description=f"anti-spoofing: source MAC is not {nic.mac}"))
+               Entry(STATE, "invalid", DROP, description="invalid packet")]
+    guard = direction == EGRESS and nic.spoofing_guard
+    anti_spoofing = guard and state.anti_spoofing
+    if anti_spoofing and nic.mac:
+        macs = ", ".join(nic.source_macs())
+        entries.append(Entry(ESSENTIALS, "spoof-mac", DROP,
+                             description=f"anti-spoofing: source MAC is not {macs}"))
+    if guard:
+        entries += [Entry(ESSENTIALS, kind, GUARD_LINES[kind][0], description=GUARD_LINES[kind][1])
+                    for kind in BEFORE_ND]
+    entries.append(Entry(ESSENTIALS, "nd", ACCEPT, description="IPv6 neighbour discovery (ICMPv6 133-136)"))
+    if guard:
+        entries.append(Entry(ESSENTIALS, DHCP_CLIENT[0], DHCP_CLIENT[1], description=DHCP_CLIENT[2]))
+    if anti_spoofing:
         entries.append(Entry(ESSENTIALS, "spoof-ip", DROP,
-                             description="anti-spoofing: source address is not the interface's"))
+                             description="anti-spoofing: source address is not the interface's "
+                                         "(or an allowed address)"))
     return entries
 
 
@@ -208,16 +221,21 @@ def entry_matches(entry: Entry, elist: EffectiveList, packet: Packet) -> bool:
     if kind == "nd":
         return packet.protocol == 58 and packet.icmp_type in ND_TYPES and packet.src.version == 6
     if kind == "spoof-mac":
-        return packet.src_mac is not None and packet.src_mac.lower() != elist.interface.mac
+        return packet.src_mac is not None and packet.src_mac.lower() not in elist.interface.source_macs()
     if kind == "spoof-ip":
-        return not is_own_source(packet.src, elist.addresses)
+        return not is_own_source(packet.src, elist.addresses, elist.interface.allowed)
     if kind == "match":
         return entry.match.matches(peer, packet)
+    guarded = guard_matches(kind, elist.interface, packet)
+    if guarded is not None:
+        return guarded
     return kind == "final"
 
 
-def is_own_source(src: IPAddress, addresses: tuple[IPAddress, ...]) -> bool:
-    return src in addresses or (src.version == 6 and src in LINK_LOCAL6)
+def is_own_source(src: IPAddress, addresses: tuple[IPAddress, ...],
+                  allowed: tuple[AllowedAddress, ...] = ()) -> bool:
+    return src in addresses or (src.version == 6 and src in LINK_LOCAL6) or \
+        any(src in p.network for p in allowed if p.network.version == src.version)
 
 
 def evaluate(elist: EffectiveList, packet: Packet) -> Decision:

@@ -11,6 +11,8 @@ line of a list matches a union of boxes (`agent.boxes`) of that space:
   IPv4 address (every IPv4 packet it could send has a foreign source); nothing
   otherwise, because a packet from the interface's own address never matches it and
   IPv6 link-local sources are always allowed;
+* the first-hop guard's DHCP line (egress): UDP from source port 67 (IPv4) / 547 (IPv6);
+  its other lines judge ND messages or sources that are not the interface's: nothing;
 * connection state, neighbour discovery and anti-spoofing by MAC: nothing. They never
   judge a new connection from the interface's own addresses, except neighbour
   discovery, which takes ICMPv6 types 133-136 only: rules cannot restrict the ICMP
@@ -29,6 +31,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from agent.boxes import Box, disjoint_union, intersect
 from agent.model import IPNetwork
+from agent.policy_guard import DHCP_SERVER_PORT
 from agent.policy import (PROTOCOL_FAMILY, PROTOCOL_NAMES, PROTOCOL_NUMBERS, EffectiveList, Entry, Match,
                           net_text)
 
@@ -61,8 +64,11 @@ def entry_boxes(entry: Entry, elist: EffectiveList, version: int) -> list[Box]:
         return match_boxes(entry.match, version)
     if entry.kind == "final":
         return [full_box(version)]
-    if entry.kind == "spoof-ip" and version == 4 and not any(a.version == 4 for a in elist.addresses):
+    if entry.kind == "spoof-ip" and version == 4 and not elist.interface.source_networks(4):
         return [full_box(4)]
+    if entry.kind == "guard-dhcp":      # a new UDP flow from the DHCP server port
+        port = DHCP_SERVER_PORT[version]
+        return [((0, ADDR_MAX[version]), (17, 17), (port, port), ALL_PORTS)]
     return []
 
 

@@ -169,12 +169,44 @@ class SecurityGroupDoc(_Doc):
 
 
 
+def check_mac(mac: Optional[str]) -> Optional[str]:
+    if mac is not None and not MAC.fullmatch(mac):
+        raise ValueError("not a MAC address (aa:bb:cc:dd:ee:ff)")
+    return mac.lower() if mac else mac
+
+
+def _allowed_item(value: Any) -> Any:
+    """`10.0.0.100` is short for `{address: 10.0.0.100}`."""
+    if isinstance(value, str):
+        return {"address": value}
+    if not isinstance(value, dict):
+        raise ValueError("must be an address or CIDR, or a mapping {address, mac}")
+    return value
+
+
+class AllowedAddressDoc(_Doc):
+    """An allowed address pair: an address or CIDR the interface may also use (a VIP),
+    optionally with the MAC it is used with."""
+    address: Cidr
+    mac: Optional[str] = None
+
+    @field_validator("mac", mode="after")
+    @classmethod
+    def _mac(cls, mac: Optional[str]) -> Optional[str]:
+        return check_mac(mac)
+
+
+AllowedAddress = Annotated[AllowedAddressDoc, BeforeValidator(_allowed_item)]
+
+
 class InterfaceDoc(_Doc):
     name: str
     nic_type: NicType = "intranet"
     mac: Optional[str] = None
     addresses: list[Address] = Field(default_factory=list)
     attachment: Optional[Attachment] = None
+    allowed_addresses: list[AllowedAddress] = Field(default_factory=list)
+    spoofing_guard: bool = True
 
 
     @field_validator("name", mode="after")
@@ -189,9 +221,7 @@ class InterfaceDoc(_Doc):
     @field_validator("mac", mode="after")
     @classmethod
     def _mac(cls, mac: Optional[str]) -> Optional[str]:
-        if mac is not None and not MAC.fullmatch(mac):
-            raise ValueError("not a MAC address (aa:bb:cc:dd:ee:ff)")
-        return mac.lower() if mac else mac
+        return check_mac(mac)
 
 
 class InstanceDoc(_Doc):

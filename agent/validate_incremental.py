@@ -32,6 +32,7 @@ from agent.model import (DesiredState, Group, Instance, IPNetwork, assemble_stat
                          build_instance, build_prefix_list, carry_membership)
 from agent.schema import DocumentDoc, InstanceDoc, PrefixListDoc, SecurityGroupDoc
 from agent.validate import agent_host, validate_document
+from agent.validate_allowed import allowed_address_errors
 from agent.validate_warnings import is_strict
 from agent.validate_refs import (addresses_clash, group_errors, group_network, group_type,
                                  instance_errors)
@@ -139,6 +140,8 @@ def _incremental(data: Any, host: Optional[str], prev: Validated) -> Validated:
     built_plists = _build_prefix_lists(plists)
     built_groups = _build_groups(groups, types, prefix_ids)
     built_insts, owner, addr_owner = _build_instances(insts, prev, types, nets, local)
+    if (insts.changed or insts.removed) and any(nic.allowed for i in built_insts.values() for nic in i.interfaces):
+        _no_errors(allowed_address_errors(data))        # an overlap spans instances
     state = carry_membership(assemble_state(local, built_groups.values(), built_insts.values(),
                                             built_plists.items(), prev.state.anti_spoofing,
                                             prev.state.revoke_connections), prev.state)

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.errors import InputError, show_value
 from agent.model import rule_content
+from agent.validate_allowed import allowed_address_errors
 from agent.schema import PROTOCOLS, RuleDoc
 
 PEER_KINDS = ("cidr", "group", "prefix_list")
@@ -87,6 +88,7 @@ def cross_reference_errors(data: dict, host: Optional[str] = None) -> list[Input
     for gi, group in groups:
         errors += group_errors(f"security_groups[{gi}]", group, group_types, prefix_lists)
     errors += _instance_errors(data, group_types, group_nets, host)
+    errors += allowed_address_errors(data)
     return errors
 
 

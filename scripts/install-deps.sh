@@ -7,8 +7,9 @@ set -eu
 # iputils-ping (ping), conntrack, netsniff-ng (trafgen, bench/datapath.py), util-linux
 # (taskset, unshare), mount (a writable /proc/sys in a container's namespaces), time
 # (/usr/bin/time, bench/apply.py), etcd-server and etcd-client (etcd source tests,
-# bench/fanout.py), systemd (systemd-analyze verify of the unit), ncat.
-PKGS="${*:-nftables python3-nftables python3-venv iproute2 procps kmod iputils-ping conntrack netsniff-ng util-linux mount time etcd-server etcd-client systemd ncat}"
+# bench/fanout.py), systemd (systemd-analyze verify of the unit), ncat, python3-scapy
+# (crafted ARP/ND/DHCP frames in the first-hop guard's kernel tests).
+PKGS="${*:-nftables python3-nftables python3-venv iproute2 procps kmod iputils-ping conntrack netsniff-ng util-linux mount time etcd-server etcd-client systemd ncat python3-scapy}"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -14,8 +14,15 @@ Grammar (VERDICT is `accept` or `drop`; an optional leading `counter` is a no-op
 
     ct state vmap { STATE : VERDICT, ... }
     tcp flags & (FLAG | ...) ==|!= FLAG[|FLAG...] VERDICT
-    icmpv6 type { nd-router-solicit, ... } accept
-    ether saddr != MAC drop
+    icmpv6 type { nd-router-solicit, ... } accept|drop
+    ether saddr != MAC drop                      ether saddr != { MAC, ... } drop
+    TERM [TERM ...] VERDICT                      a conjunction of the first-hop guard's terms:
+        icmpv6 type NAME | { NAME, ... }         (nd-* names only)
+        @th,64,128 != { HEX[-HEX], ... }         the ND target (only after an icmpv6 type
+                                                 term of solicitations/advertisements)
+        ip saddr ADDR|CIDR   ip6 saddr ADDR|CIDR   meta nfproto ipv4|ipv6
+        ip saddr != { ADDR|CIDR, ... }           ip6 saddr != { ... }
+        udp sport PORT       udp dport PORT
     ip saddr != { ADDR|CIDR, ... } drop          ip6 saddr != { ... } drop
     meta nfproto ipv4|ipv6 VERDICT
     ip|ip6 saddr|daddr @SET VERDICT
@@ -33,6 +40,7 @@ Modelling choices:
 * `Packet.state` decides `ct state` ("new" falls through).
 * `tcp flags`: `Packet` has no flags; it is a connection's first packet, so a TCP
   packet carries SYN alone (`TCP_FLAGS`). A non-TCP packet never matches `tcp ...`.
+* `@th,64,128` reads `Packet.nd_target`; a packet without one is outside every set.
 * `ether saddr`: a packet with `src_mac=None` is taken to come from the interface's
   own MAC (the semantics engine does the same: no MAC, no spoofing verdict).
 * `th sport` / `th dport` read the packet's sport/dport, or 0 when the packet has none.
@@ -55,10 +63,11 @@ from typing import Callable, Optional
 from agent.compile import TABLE, Chain, NftSet, Ruleset, Table, interface_chain_name
 from agent.model import EGRESS, INGRESS
 from agent.policy import Packet
+from bridge_sim import BridgeGuardSim
 
 VERDICTS = ("accept", "drop")
 ND_NAMES = {"nd-router-solicit": 133, "nd-router-advert": 134,
-            "nd-neighbor-solicit": 135, "nd-neighbor-advert": 136}
+            "nd-neighbor-solicit": 135, "nd-neighbor-advert": 136, "nd-redirect": 137}
 PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "gre": 47}
 TCP_FLAG_BITS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10,
                  "urg": 0x20, "ecn": 0x40, "cwr": 0x80}
@@ -264,10 +273,10 @@ def parse_rule(text: str, sets: dict[str, ParsedSet], chains: set[str],
         return ParsedRule(raw, lambda p: _version(p) == 6 and p.protocol == 58
                           and p.icmp_type in types, m["verdict"])
 
-    m = re.fullmatch(r"ether saddr != (?P<mac>[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}) " + _V, text)
+    m = re.fullmatch(rf"ether saddr != (?:(?P<mac>{_MAC})|\{{ (?P<macs>{_MAC}(?:, {_MAC})*) \}}) " + _V, text)
     if m:
-        mac = m["mac"].lower()
-        return ParsedRule(raw, lambda p: p.src_mac is not None and p.src_mac.lower() != mac,
+        macs = {x.strip().lower() for x in (m["mac"] or m["macs"]).split(",")}
+        return ParsedRule(raw, lambda p: p.src_mac is not None and p.src_mac.lower() not in macs,
                           m["verdict"])
 
     m = re.fullmatch(r"(?P<fam>ip6?) saddr != \{ (?P<body>[^{}]+) \} " + _V, text)
@@ -315,6 +324,9 @@ def parse_rule(text: str, sets: dict[str, ParsedSet], chains: set[str],
     if text in VERDICTS:
         return ParsedRule(raw, lambda p: True, text)
 
+    conjunction = _parse_conjunction(text, raw)
+    if conjunction is not None:
+        return conjunction
     raise UnknownRule(f"unknown rule form: {raw!r}")
 
 
@@ -425,6 +437,76 @@ def _plain_preds(m: re.Match, sets: dict, raw: str) -> list[Pred]:
             a, b = _int_interval(m[name], kind)
             preds.append(lambda p, a=a, b=b, k=field_key: a <= _field(p, k) <= b)
     return preds
+
+
+_MAC = r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}"
+_TERMS = (
+    ("icmp", re.compile(r"icmpv6 type (?:(?P<one>nd-[a-z-]+)|\{ (?P<body>[a-z, -]+) \})")),
+    ("target", re.compile(r"@th,64,128 != \{ (?P<body>[0-9a-fx, -]+) \}")),
+    ("saddr", re.compile(r"(?P<fam>ip6?) saddr (?P<addr>[0-9a-fA-F.:/]+)")),
+    ("not-saddr", re.compile(r"(?P<fam>ip6?) saddr != \{ (?P<body>[0-9a-fA-F.:/, ]+) \}")),
+    ("nfproto", re.compile(r"meta nfproto (?P<fam>ipv4|ipv6)")),
+    ("udp", re.compile(r"udp (?P<which>sport|dport) (?P<port>\d+)")),
+)
+
+
+def _term(kind: str, m: re.Match, raw: str, seen: dict) -> Pred:
+    if kind == "icmp":
+        names = [m["one"]] if m["one"] else [x.strip() for x in m["body"].split(",")]
+        if any(n not in ND_NAMES for n in names):
+            raise UnknownRule(f"unknown icmpv6 type in {raw!r}")
+        types = {ND_NAMES[n] for n in names}
+        seen["icmp"] = types
+        return lambda p: _version(p) == 6 and p.protocol == 58 and p.icmp_type in types
+    if kind == "target":
+        if not seen.get("icmp") or not seen["icmp"] <= {135, 136}:
+            raise UnknownRule(f"@th,64,128 is an ND target only after an NS/NA type match: {raw!r}")
+        ivs = []
+        for item in (x.strip() for x in m["body"].split(",")):
+            lo, _, hi = item.partition("-")
+            if not re.fullmatch(r"0x[0-9a-f]{32}", lo) or (hi and not re.fullmatch(r"0x[0-9a-f]{32}", hi)):
+                raise UnknownRule(f"bad 128-bit value {item!r} in {raw!r}")
+            ivs.append((int(lo, 16), int(hi or lo, 16)))
+        return lambda p: p.nd_target is None or not any(lo <= int(p.nd_target) <= hi for lo, hi in ivs)
+    if kind == "saddr":
+        version = 4 if m["fam"] == "ip" else 6
+        lo, hi = _addr_interval(m["addr"], version)
+        return lambda p: _version(p) == version and lo <= int(p.src) <= hi
+    if kind == "not-saddr":
+        version = 4 if m["fam"] == "ip" else 6
+        ivs = _anon_set(m["body"], version)
+        return lambda p: _version(p) == version and not any(lo <= int(p.src) <= hi for lo, hi in ivs)
+    if kind == "nfproto":
+        version = 4 if m["fam"] == "ipv4" else 6
+        return lambda p: _version(p) == version
+    port = int(m["port"])
+    if port > 65535:
+        raise UnknownRule(f"port out of range in {raw!r}")
+    which = m["which"]
+    return lambda p: p.protocol == 17 and (p.sport if which == "sport" else p.dport) == port
+
+
+def _parse_conjunction(text: str, raw: str) -> Optional[ParsedRule]:
+    """`TERM [TERM ...] VERDICT` (the first-hop guard's lines), or None when `text` does
+    not start with a known term. Every term must be known: no guessing."""
+    m = re.fullmatch(r"(?P<terms>.+) " + _V, text)
+    if not m:
+        return None
+    rest, preds, seen = m["terms"], [], {}
+    while rest:
+        for kind, pattern in _TERMS:
+            tm = pattern.match(rest)
+            if tm and (tm.end() == len(rest) or rest[tm.end()] == " "):
+                preds.append(_term(kind, tm, raw, seen))
+                rest = rest[tm.end():].lstrip()
+                break
+        else:
+            if not preds:
+                return None
+            raise UnknownRule(f"unknown term {rest!r} in {raw!r}")
+    if len(preds) < 2:
+        return None
+    return ParsedRule(raw, lambda p: all(pred(p) for pred in preds), m["verdict"])
 
 
 # ---------------------------------------------------------------- the walk
@@ -560,8 +642,11 @@ class Simulator:
                 raise UnknownRule(f"unknown rules in bridge chain {m['chain']}: {rules!r}")
             to_mark[m["name"]] = int(rm["mark"], 16)
         pre = [c for c in bt.chains if c.hook and "prerouting" in c.hook]
-        if len(pre) != 1 or pre[0].rules[-1] != "meta mark set iifname map @port_from":
-            raise UnknownRule("the bridge prerouting chain does not stamp port_from")
+        stamp = "meta mark set iifname map @port_from"
+        if len(pre) != 1 or stamp not in pre[0].rules or \
+                pre[0].rules[pre[0].rules.index(stamp) + 1:] not in ((), ("iifname vmap @port_guard",)):
+            raise UnknownRule("the bridge prerouting chain does not stamp port_from (then guard)")
+        BridgeGuardSim(bt)          # the first-hop guard's chains: strict, parsed here too
         return port_from, to_mark
 
     def _context(self, iface: str, direction: str, via: str) -> _Context:

@@ -57,8 +57,10 @@ def documents(draw, max_rules: int = 6) -> dict:
         groups.append({"id": gid, "type": draw(st.sampled_from(["custom", "custom", "default"])),
                        "inner_access": draw(st.sampled_from(["accept", "drop"])), "rules": rules})
     instances = []
+    pool = draw(st.permutations(ADDRESSES))         # no address on two interfaces (refused)
     for k in range(draw(st.integers(1, 3))):
-        addrs = draw(st.lists(st.sampled_from(ADDRESSES), min_size=0, max_size=2, unique=True))
+        n = draw(st.integers(0, 2))
+        addrs, pool = list(pool[:n]), pool[n:]
         inst = {"id": f"i{k}", "security_groups": draw(st.lists(st.sampled_from(ids), min_size=1,
                                                                 max_size=2, unique=True)),
                 "interfaces": [{"name": f"tap{k}", "addresses": addrs}]}

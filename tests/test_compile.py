@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -30,8 +31,10 @@ from agent.boxes import intersect
 from agent.compile import Ruleset, build_ruleset, interface_chain_name
 from agent.model import DIRECTIONS, EGRESS, INGRESS, DesiredState
 from agent.policy import DEFAULTS, USER, Packet, build_effective_list, evaluate
+from agent.policy_guard import ETHER_ARP, ETHER_IP, ETHER_IP6, Frame, frame_verdict
 from agent.render import render_ruleset
 from agent.validate import load_state, validate_document
+from bridge_sim import BridgeGuardSim
 from compile_sim import Simulator, UnknownRule, inet_table, parse_rule, parse_set
 
 HOST = "hv-01"
@@ -219,6 +222,10 @@ PORT_RANGES = ["1/65535", "80/80", "22/22", "79/81", "1/1023", "1024/65535", "44
 PORT_EDGES = [0, 1, 2, 21, 22, 23, 52, 53, 54, 78, 79, 80, 81, 82, 442, 443, 444, 1022, 1023,
               1024, 1025, 3389, 40000, 65534, 65535]
 PRIORITIES = [1, 1, 2, 5, 100]
+VIPS = ["10.0.2.100", "10.0.2.97", "fd00:2::100", "fd00:2::7"]     # allowed addresses, not members
+ALLOWED = ["10.0.2.100", "10.0.2.96/28", {"address": "10.0.2.100", "mac": "02:00:00:00:00:99"},
+           "fd00:2::100", "fd00:2::/124", {"address": "fd00:2::100/128", "mac": "52:54:00:00:00:00"}]
+DHCP_PORTS = [67, 68, 546, 547]
 
 
 def _cidr_for(protocol: str):
@@ -299,6 +306,10 @@ def documents(draw, peer_heavy: bool = False):
                 nic["attachment"] = draw(st.sampled_from(["routed", "bridged"]))
             if draw(st.booleans()):
                 nic["mac"] = f"52:54:00:00:0{i}:0{k}"
+            if draw(st.integers(0, 2)) == 0:        # allowed address pairs (VIPs, shared or not)
+                nic["allowed_addresses"] = draw(st.lists(st.sampled_from(ALLOWED), max_size=3))
+            if draw(st.integers(0, 5)) == 0:
+                nic["spoofing_guard"] = False
             nics.append(nic)
         inst = {"id": f"i{i}", "network": network, "security_groups": sgs, "interfaces": nics}
         if i == n_local:
@@ -340,7 +351,7 @@ def packets(draw, document=None):
     version = draw(st.sampled_from([4, 6]))
     if aim and aim["protocol"] in ("icmp", "icmpv6"):
         version = 4 if aim["protocol"] == "icmp" else 6
-    pool = (V4_MEMBERS + V4_EXTRA) if version == 4 else (V6_MEMBERS + V6_EXTRA)
+    pool = (V4_MEMBERS + V4_EXTRA + VIPS[:2]) if version == 4 else (V6_MEMBERS + V6_EXTRA + VIPS[2:])
     src = ipaddress.ip_address(draw(st.sampled_from(pool)))
     dst = ipaddress.ip_address(draw(st.sampled_from(pool)))
     if aim:
@@ -374,8 +385,8 @@ def packets(draw, document=None):
             dports = _range_edges(aim["port_range"]) * 3 + PORT_EDGES
         if aim and "source_port_range" in aim:
             sports = _range_edges(aim["source_port_range"]) * 3 + PORT_EDGES
-        sport = draw(st.sampled_from(sports))
-        dport = draw(st.sampled_from(dports))
+        sport = draw(st.sampled_from(sports + DHCP_PORTS * 3))
+        dport = draw(st.sampled_from(dports + DHCP_PORTS * 3))
     elif draw(st.integers(0, 3)) == 0:
         # what the kernel's `th dport` reads for a portless protocol: anything
         sport, dport = draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
@@ -384,7 +395,12 @@ def packets(draw, document=None):
     mac = draw(st.sampled_from([None, None, "52:54:00:00:01:00", "52:54:00:00:00:00",
                                 "02:00:00:00:00:99"]))
     state = draw(st.sampled_from(["new"] * 17 + ["established", "related", "invalid"]))
-    return Packet(src, dst, proto, sport, dport, icmp_type, mac, state)
+    target = None
+    if icmp_type in (135, 136):      # ND: a target (own, allowed, link-local or foreign)
+        target = draw(st.sampled_from([None, "fe80::1", "fd00::1", "fd00::5", "fd00:2::100", "fd00:2::8",
+                                       "2001:db8::1"]))
+        target = ipaddress.ip_address(target) if target else None
+    return Packet(src, dst, proto, sport, dport, icmp_type, mac, state, target)
 
 
 def _variants(packet: Packet, nic, direction: str) -> list[Packet]:
@@ -394,11 +410,9 @@ def _variants(packet: Packet, nic, direction: str) -> list[Packet]:
     own = [a for a in nic.addresses if a.version == packet.src.version]
     if own:
         if direction == EGRESS:
-            out.append(Packet(own[-1], packet.dst, packet.protocol, packet.sport, packet.dport,
-                              packet.icmp_type, nic.mac if packet.src_mac else None, packet.state))
+            out.append(replace(packet, src=own[-1], src_mac=nic.mac if packet.src_mac else None))
         else:
-            out.append(Packet(packet.src, own[0], packet.protocol, packet.sport, packet.dport,
-                              packet.icmp_type, packet.src_mac, packet.state))
+            out.append(replace(packet, dst=own[0]))
     return out
 
 
@@ -494,6 +508,40 @@ def test_points_map_decides_single_points_before_the_region():
     pkts = [Packet(ipaddress.ip_address(src), ipaddress.ip_address("10.0.0.1"), 17, 40000, port)
             for src in ("10.1.0.7", "10.1.1.50", "10.1.1.51", "10.9.9.9") for port in (8, 9, 10)]
     assert check_equivalence(state, rs, pkts) > 0
+
+
+@st.composite
+def frames(draw):
+    """A frame a bridged port sends: ethertype, source MAC, ARP sender addresses."""
+    ethertype = draw(st.sampled_from([ETHER_ARP, ETHER_ARP, ETHER_IP, ETHER_IP6, 0x88CC, 0x8100]))
+    macs = ["52:54:00:00:00:00", "52:54:00:00:01:00", "02:00:00:00:00:99", "52:54:00:00:02:01"]
+    src_mac = draw(st.sampled_from(macs))
+    sha = draw(st.sampled_from(macs + [src_mac] * 4))
+    spa = draw(st.sampled_from(V4_MEMBERS + VIPS[:2] + ["0.0.0.0", "10.0.2.111", "8.8.8.8"]))
+    return Frame(ethertype, src_mac, sha, ipaddress.IPv4Address(spa))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.data_too_large])
+@given(st.data())
+def test_bridge_guard_equals_semantics(data):
+    """The bridge table's first-hop guard (ARP, ethertypes, source MACs), compiled and
+    simulated, == agent.policy_guard.frame_verdict, for every bridged port."""
+    document = data.draw(documents(), label="document")
+    state = validate_document(document, host=HOST)
+    bridge = [t for t in build_ruleset(state).tables if t.family == "bridge"]
+    ports = {n: nic for n, nic in state.local_interfaces.items() if nic.attachment == "bridged"}
+    assert bool(bridge) == bool(ports)
+    if not ports:
+        return
+    sim = BridgeGuardSim(bridge[0])
+    for frame in data.draw(st.lists(frames(), min_size=5, max_size=20), label="frames"):
+        for name, nic in sorted(ports.items()):
+            # a frame from another MAC than the port's: the guard's MAC lines judge it
+            frame_own = replace(frame, src_mac=nic.mac, arp_sha=nic.mac) if nic.mac else frame
+            for f in (frame, frame_own):
+                want = frame_verdict(nic, f, state.anti_spoofing) if nic.spoofing_guard else "pass"
+                assert sim.judge(name, f) == want, (name, f, nic)
 
 
 def test_group_named_like_a_group_combination_gets_its_own_chain():

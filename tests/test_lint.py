@@ -22,7 +22,7 @@ from guardrail_helpers import (HOST, all_lists, boundary_points, documents, pack
                                region_points)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lint"
-KINDS = ["shadowed", "duplicate", "exposed", "group-per-instance", "too-many-rules", "unused"]
+KINDS = ["shadowed", "duplicate", "exposed", "group-per-instance", "too-many-rules", "unused", "unguarded"]
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -3,7 +3,7 @@ verdict and what decides it (stage of §3, group, rule). Table-driven: add a row
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import pytest
@@ -81,15 +81,59 @@ case("invalid-dropped-egress", OPEN_ALL, "tap-a", "egress",
      eg(OUT4, dport=80, state="invalid"), "drop@state")
 
 # --- §3.2 essentials: IPv6 neighbour discovery ----------------------------------------------
+def nd(packet: Packet, target: str) -> Packet:
+    return replace(packet, nd_target=ipaddress.ip_address(target))
+
+
 for nd_type in (133, 134, 135, 136):
     case(f"nd-{nd_type}-ingress-enterprise", ENT_EMPTY, "tap-a", "ingress",
          ing("fe80::2", "ff02::1", protocol="icmpv6", icmp_type=nd_type), "accept@essentials")
+for nd_type in (133, 135):
     case(f"nd-{nd_type}-egress-enterprise", ENT_EMPTY, "tap-a", "egress",
          eg("ff02::2", "fe80::1", protocol="icmpv6", icmp_type=nd_type), "accept@essentials")
 case("nd-despite-user-drop", DENY_ALL, "tap-a", "ingress",
      ing(B6, A6, protocol="icmpv6", icmp_type=135), "accept@essentials")
 case("nd-dad-from-unspecified-source", ENT_EMPTY, "tap-a", "egress",
-     eg("ff02::1:ff00:1", "::", protocol="icmpv6", icmp_type=135), "accept@essentials")
+     nd(eg("ff02::1:ff00:1", "::", protocol="icmpv6", icmp_type=135), A6), "accept@essentials")
+case("nd-136-egress-own-target", ENT_EMPTY, "tap-a", "egress",
+     nd(eg("ff02::1", A6, protocol="icmpv6", icmp_type=136), A6), "accept@essentials")
+case("nd-136-egress-link-local-target", ENT_EMPTY, "tap-a", "egress",
+     nd(eg("fe80::2", "fe80::1", protocol="icmpv6", icmp_type=136), "fe80::1"), "accept@essentials")
+
+# --- §3.2 essentials: first-hop spoofing guard (egress) -----------------------------------
+for nd_type in (134, 137):      # router advertisement, redirect: even where rules open all
+    case(f"guard-{nd_type}-egress-dropped", OPEN_ALL, "tap-a", "egress",
+         eg("ff02::1", "fe80::1", protocol="icmpv6", icmp_type=nd_type), "drop@essentials")
+case("guard-na-for-a-neighbours-address", OPEN_ALL, "tap-a", "egress",
+     nd(eg("ff02::1", A6, protocol="icmpv6", icmp_type=136), B6), "drop@essentials")
+case("guard-dad-for-a-neighbours-address", OPEN_ALL, "tap-a", "egress",
+     nd(eg("ff02::1:ff00:2", "::", protocol="icmpv6", icmp_type=135), B6), "drop@essentials")
+case("guard-ns-from-a-neighbours-address", OPEN_ALL, "tap-a", "egress",
+     nd(eg("ff02::1:ff00:3", B6, protocol="icmpv6", icmp_type=135), C6), "drop@essentials")
+case("guard-dhcp-offer", OPEN_ALL, "tap-a", "egress",
+     eg("255.255.255.255", A4, protocol="udp", sport=67, dport=68), "drop@essentials")
+case("guard-dhcpv6-reply", OPEN_ALL, "tap-a", "egress",
+     eg("fe80::2", "fe80::1", protocol="udp", sport=547, dport=546), "drop@essentials")
+case("guard-dhcp-discover-passes", ENT_EMPTY, "tap-a", "egress",
+     eg("255.255.255.255", "0.0.0.0", protocol="udp", sport=68, dport=67), "accept@essentials")
+case("guard-dhcpv6-solicit-passes", ENT_EMPTY, "tap-a", "egress",
+     eg("ff02::1:2", "fe80::1", protocol="udp", sport=546, dport=547), "accept@essentials")
+case("guard-dhcp-offer-ingress-from-the-host", OPEN_ALL, "tap-a", "ingress",
+     ing("10.0.0.254", A4, protocol="udp", sport=67, dport=68), "accept@user")
+case("guard-off-passes-an-ra", a_alone(group("sg-c")) | {"instances": [
+     inst("i-a", ["sg-c"], nic_a(spoofing_guard=False))]}, "tap-a", "egress",
+     eg("ff02::1", "fe80::1", protocol="icmpv6", icmp_type=134), "accept@essentials")
+case("guard-off-no-anti-spoofing", a_alone(group("sg-c")) | {"instances": [
+     inst("i-a", ["sg-c"], nic_a(spoofing_guard=False))]}, "tap-a", "egress",
+     eg(OUT4, src=B4, dport=80), "accept@default")
+ALLOWED = a_alone(group("sg-c")) | {"instances": [
+    inst("i-a", ["sg-c"], nic_a(allowed_addresses=["10.0.0.100", {"address": "fd00::100", "mac": "52:54:00:00:00:aa"}]))]}
+case("allowed-address-source", ALLOWED, "tap-a", "egress", eg(OUT4, src="10.0.0.100", dport=80), "accept@default")
+case("allowed-address-mac", ALLOWED, "tap-a", "egress",
+     eg(OUT6, src="fd00::100", dport=80, mac="52:54:00:00:00:aa"), "accept@default")
+case("allowed-address-na", ALLOWED, "tap-a", "egress",
+     nd(eg("ff02::1", A6, protocol="icmpv6", icmp_type=136), "fd00::100"), "accept@essentials")
+case("not-allowed-source", ALLOWED, "tap-a", "egress", eg(OUT4, src="10.0.0.101", dport=80), "drop@essentials")
 case("icmpv6-137-is-not-nd", ENT_EMPTY, "tap-a", "ingress",
      ing("fe80::2", A6, protocol="icmpv6", icmp_type=137), "drop@final")
 case("icmpv6-echo-is-not-nd", ENT_EMPTY, "tap-a", "ingress",
