@@ -28,7 +28,8 @@ from agent.boxes import Box, first_match_region
 from agent.model import (ACCEPT, BRIDGED, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface)
 from agent.compile_guard import build_interface_rules
 from agent.compile_memo import BuildRecord, CompileMemo, RegionPart, canonicalise, policy_signature
-from agent.compile_runs import Line, build_member_rules, build_points, build_runs
+from agent import compile_runs
+from agent.compile_runs import Line, build_member_rules, build_points, build_runs, render_match
 from agent.compile_sets import build_shared_sets, net_interval as _net_interval, render_interval
 from agent.policy import (DEFAULTS, FINAL, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER, Entry,
                           build_effective_list, essential_entries, intra_group_ids)
@@ -327,8 +328,8 @@ def _paint_version(b: Builder, prefix: str, v: int, lines: list[Line], with_spor
     points, items = build_points(items, with_sport, with_dport)
     if points:
         sets.append(_points_map(b, prefix, v, points, peer_kw, rules))
-    rule, region = _paint_region(b, prefix, v, items, with_sport, with_dport, peer_kw)
-    rules += [rule] if rule else []
+    region_lines, region = _paint_region(b, prefix, v, items, with_sport, with_dport, peer_kw)
+    rules += region_lines
     sets += [(("set", "region", prefix, v), region)] if region else []
     return RegionPart(tuple(rules), tuple(sets), tuple(chains), refs)
 
@@ -343,7 +344,8 @@ def _member_path(b: Builder, prefix: str, v: int, lines: list[Line], with_sport:
 
     def map_name(i: int) -> str:
         return b.claim(f"{cname}_{i}", ("set", "members", prefix, v, i))
-    rules, specs = build_member_rules(build_runs(lines), v, peer_kw, with_sport, with_dport, map_name)
+    rules, specs = build_member_rules(build_runs(lines), v, peer_kw, with_sport, with_dport, map_name,
+                                      lambda iv: _addr_text(v, iv))
     maps = []
     for spec in specs:
         with_addr = spec.types[0] == ADDR_TYPE[v]
@@ -393,17 +395,22 @@ def entry_boxes(e: Entry, version: int, with_sport: bool, with_dport: bool) -> l
     return [(_net_interval(n),) + tail for n in e.match.networks if isinstance(n, kind)]
 
 
+def _addr_text(v: int, iv: tuple[int, int]) -> Optional[str]:
+    """A plain rule's address match; None for every address of the version."""
+    return None if iv == (0, 2 ** ADDR_BITS[v] - 1) else render_interval(v, iv)
+
+
 def _paint_region(b: Builder, prefix: str, v: int, items: list, with_sport: bool, with_dport: bool,
-                  peer_kw: str) -> tuple[Optional[str], Optional[NftSet]]:
+                  peer_kw: str) -> tuple[list[str], Optional[NftSet]]:
+    """The region's lookup and set; or, for at most INLINE_MAX boxes (disjoint, all
+    accepting: their order does not matter), one plain rule per box and no set."""
     boxes = first_match_region(items)
-    full = ((0, 2 ** ADDR_BITS[v] - 1), FULL_PROTO) + (FULL_PORTS,) * (with_sport + with_dport)
-    if boxes == (full,):
-        return f"meta nfproto {'ipv4' if v == 4 else 'ipv6'} accept", None
-    if not boxes:
-        return None, None
+    if len(boxes) <= compile_runs.INLINE_MAX:
+        return [f"{render_match(v, _addr_text(v, bx[0]), bx[1:], peer_kw, with_sport, with_dport)} accept"
+                for bx in boxes], None
     key = [f"{FAMILY_KW[v]} {peer_kw}", "meta l4proto"] + ["th sport"] * with_sport + \
         ["th dport"] * with_dport
     types = [ADDR_TYPE[v], "inet_proto"] + ["inet_service"] * (with_sport + with_dport)
     elements = tuple(b.element(v, bx) for bx in boxes)
     sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements), ("region", prefix, v))
-    return f"{' . '.join(key)} @{sname} accept", b.sets[sname]
+    return [f"{' . '.join(key)} @{sname} accept"], b.sets[sname]

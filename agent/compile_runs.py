@@ -17,10 +17,10 @@ compiled into two paths (docs/datapath.md, "Policy chains"):
   the lines are grouped by what they look up (CIDRs; or one shared set), and a group
   that continues the previous run's kind joins it. A run of CIDR lines is one verdict-map
   lookup (first match within the run, accept or drop, no element: next run); a run on one
-  shared set is `@set` and a verdict map over protocol and ports; a short run on a set is
-  written as plain rules instead (fewer kernel objects; CIDR runs stay maps, so that an
-  edit of a CIDR line is an element change). Lookups per packet on this path: at most
-  the number of runs plus the plain rules.
+  shared set is `@set` and a verdict map over protocol and ports; a run of at most
+  INLINE_MAX boxes is written as plain rules instead (a concatenated interval set costs
+  the kernel ~113 KB however small). Lookups per packet on this path: at most the number
+  of runs, plus the plain rules of short runs.
 
 Exactness rests on two facts: the union set holds every address any named set holds,
 and reordering only ever swaps lines of equal verdict. Checked in tests by the strict
@@ -38,7 +38,10 @@ FAMILY_KW = {4: "ip", 6: "ip6"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
 ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 FULL_PORTS, FULL_PROTO = (0, 65535), (0, 255)
-INLINE_MAX = 3          # a run of at most this many boxes is written as plain rules
+# A concatenated interval set (pipapo) costs the kernel ~113 KB however few its elements
+# (measured on 6.18: 2,000 one-element sets, docs/kernel-facts.md), a plain rule ~0.5 KB:
+# runs and regions of at most this many boxes are written as plain rules.
+INLINE_MAX = 16
 POINTS_MIN = 256        # single-point lines worth a hashed map before the region
 POINTS_BUDGET = 2_000_000   # points x earlier wide lines checked, at most
 
@@ -137,15 +140,17 @@ def key_types(v: int, with_addr: bool, with_sport: bool, with_dport: bool) -> tu
 
 
 def build_member_rules(runs: list[Run], v: int, key_kw: str, with_sport: bool, with_dport: bool,
-                       map_name: Callable[[int], str]) -> tuple[list[str], list[MapSpec]]:
+                       map_name: Callable[[int], str], render_addr: Callable[[tuple[int, int]], Optional[str]]
+                       ) -> tuple[list[str], list[MapSpec]]:
     """The member path's rules (without the final drop) and the maps they look up."""
     rules: list[str] = []
     maps: list[MapSpec] = []
     for i, run in enumerate(runs):
         boxes = [(bx, line) for line in run.lines for bx in line.boxes]
-        if run.ref and len(boxes) <= INLINE_MAX:        # in the run's order: exact as they stand
+        if len(boxes) <= INLINE_MAX:        # in the run's order: exact as they stand
             for bx, line in boxes:
-                rules.append(f"{render_match(v, f'@{run.ref}', bx, key_kw, with_sport, with_dport)} "
+                addr, tail = (f"@{run.ref}", bx) if run.ref else (render_addr(bx[0]), bx[1:])
+                rules.append(f"{render_match(v, addr, tail, key_kw, with_sport, with_dport)} "
                              f"{'accept' if line.accept else 'drop'}")
             continue
         items = first_match_items(run.lines)

@@ -88,7 +88,8 @@ def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
     lookups per IP version whatever the number of rules: the member path's `goto` (only
     when some line names a group or prefix list), the hashed points map, and ONE region
     lookup (the first-match accept region; or a bare `meta nfproto ... accept` / `accept`
-    when the region is everything); then the final drop. The member path has at most one
+    when the region is everything; or, for a region of at most INLINE_MAX boxes, one
+    plain rule per box); then the final drop. The member path has at most one
     rule per line of its version and ends with the final drop."""
     for iface in sorted(state.local_interfaces):
         for direction in DIRECTIONS:
@@ -117,8 +118,12 @@ def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
                     continue
                 assert r.split()[-1] == "accept", (chain.name, body)
                 family = r.split()[0] if not r.startswith("meta") else "ip" + ("6" if "ipv6" in r else "")
-                kinds.append((family, "region"))
-            assert len(kinds) == len(set(kinds)), (chain.name, body)
+                kinds.append((family, "region" if "@" in r else "region (plain rules)"))
+            plain = [k for k in kinds if k[1] == "region (plain rules)"]
+            assert all(plain.count(k) <= compile_runs.INLINE_MAX for k in plain), (chain.name, body)
+            once = [k for k in kinds if k[1] != "region (plain rules)"]
+            assert len(once) == len(set(once)), (chain.name, body)
+            assert not any((f, "region") in once and (f, "region (plain rules)") in plain for f in ("ip", "ip6"))
 
 
 # ------------------------------------------------------------------ (a) golden rulesets
@@ -503,8 +508,9 @@ def test_points_map_decides_single_points_before_the_region():
     sets = {s.name: s for s in inet_table(rs).sets}
     (points,) = [s for name, s in sets.items() if name.endswith("_p4")]
     assert len(points.elements) == 300 and "10.1.0.7 . 17 . 9 : drop" in points.elements
-    (region,) = [s for name, s in sets.items() if name.startswith("pin_") and name.endswith("_4")]
-    assert region.elements == ("0.0.0.0-255.255.255.255 . 17 . 1-65535",)
+    assert not [name for name in sets if name.startswith("pin_") and name.endswith("_4")]   # no region set:
+    chain = _chain(rs, policy_chain_of(rs, "tap-x", INGRESS))                     # one box, one plain rule
+    assert "meta nfproto ipv4 meta l4proto 17 th dport 1-65535 accept" in chain.rules
     pkts = [Packet(ipaddress.ip_address(src), ipaddress.ip_address("10.0.0.1"), 17, 40000, port)
             for src in ("10.1.0.7", "10.1.1.50", "10.1.1.51", "10.9.9.9") for port in (8, 9, 10)]
     assert check_equivalence(state, rs, pkts) > 0
@@ -624,7 +630,9 @@ def test_many_rules_few_lookups():
     rs = build_ruleset(state)
     chain = _chain(rs, policy_chain_of(rs, "tap-i", INGRESS))
     lookups = [r for r in chain.rules if "@pin_" in r]
-    assert len(lookups) == 2, chain.rules
+    assert len(lookups) == 1 and lookups[0].startswith("ip saddr"), chain.rules     # 200 lines: one lookup
+    assert "ip6 saddr fd00::-fd00::ffff:ffff:ffff:ffff meta l4proto 17 th dport 53 accept" in chain.rules
+    assert len(chain.rules) == 5, chain.rules          # intra-group 2, IPv4 lookup, IPv6 plain rule, drop
     assert_sets_disjoint(rs)
     sim = Simulator(rs)
     ok = Packet(ipaddress.ip_address("10.7.1.1"), ipaddress.ip_address("10.9.9.9"), 6, 5, 1007)

@@ -126,9 +126,11 @@ def test_first_apply_is_a_full_replace_then_ready():
     assert doc["revision"] == "r1" and doc["ready"] and doc["interfaces"]["present"] == 1
 
 
-def _port_change(source) -> None:
+def _member_change(source) -> None:
+    """A member joining a group on another host: only the group's shared set changes."""
     doc = copy.deepcopy(WEBSHOP)
-    doc["security_groups"][0]["rules"][0]["port_range"] = "8080/8080"
+    doc["instances"].append({"id": "web-9", "host": "hv-09", "security_groups": ["sg-web"],
+                             "interfaces": [{"name": "tap-web9", "addresses": ["10.0.1.90"]}]})
     source.result = (doc, "r2")
 
 
@@ -136,10 +138,10 @@ def test_element_change_is_committed_alone_and_unchanged_revision_costs_nothing(
     d, kernel, source, _n, _ = make()
     d.step([("source",)])
     assert len(kernel.scripts) == 1                                       # same revision: nothing
-    _port_change(source)
+    _member_change(source)
     d.step([("source",), ("source",), ("source",)])                         # a burst: one apply
     assert [w for w, _ in kernel.scripts] == [FULL, ELEMENTS]
-    assert "8080" in kernel.scripts[1][1]
+    assert "10.0.1.90" in kernel.scripts[1][1]
     assert d.revision == "r2" and d.applies == {FULL: 1, ELEMENTS: 1}
 
 
@@ -156,7 +158,7 @@ def test_chain_change_is_an_incremental_script():
 def test_refused_element_commit_falls_back_to_a_script():
     d, kernel, source, _n, _ = make()
     kernel.refuse_elements = True
-    _port_change(source)
+    _member_change(source)
     d.step([("source",)])
     assert [w for w, _ in kernel.scripts] == [FULL, INCREMENTAL] and d.revision == "r2"
 
@@ -164,7 +166,7 @@ def test_refused_element_commit_falls_back_to_a_script():
 def test_refused_incremental_falls_back_to_full_replace():
     d, kernel, source, _n, _ = make()
     kernel.refuse_elements = kernel.refuse_incremental = True
-    _port_change(source)
+    _member_change(source)
     d.step([("source",)])
     assert [w for w, _ in kernel.scripts] == [FULL, FULL] and d.revision == "r2"
 
