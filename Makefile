@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv test test-unit test-kernel demo bench clean install integration
+.PHONY: deps venv test test-unit test-kernel demo bench clean install integration deb deb-deps man
 
 deps:
 	@sh scripts/install-deps.sh
@@ -46,6 +46,20 @@ integration: venv
 	@sh integration/build-images.sh
 	p=$${SGIT_PROJECT:-sgit$$$$}; SGIT_PROJECT=$$p $(PY) -m pytest -q integration; rc=$$?; \
 	    sh integration/cleanup.sh $$p; exit $$rc
+
+## `make deb`: the Debian package in build/deb/ (docs/packaging.md); installs its build
+## dependencies (Debian packages, the pinned wheels) first, then builds offline.
+DEB_BUILD_DEPS := dpkg-dev debhelper fakeroot lintian python3-pip python3-venv git
+deb-deps:
+	@sh scripts/install-deps.sh $(DEB_BUILD_DEPS)
+	@sh scripts/fetch-wheels.sh
+
+deb: deb-deps
+	sh scripts/build-deb.sh
+
+## Regenerate man/ from the command line, the schema and the README (tests check it).
+man: venv
+	$(PY) scripts/gen-manpages
 
 clean:
 	rm -rf $(VENV) build *.egg-info
