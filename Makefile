@@ -40,7 +40,7 @@ bench: venv
 ## Docker integration suite (integration/, README "Integration tests"): installs and starts
 ## Docker if needed, builds the images (cached by content hash), runs the suite, and
 ## removes its containers also on failure.
-integration: venv
+integration: venv deb-deps
 	@sh integration/host-setup.sh
 	@$(PY) -c "import pytest_docker" 2>/dev/null || $(PY) -m pip install -q -e '.[integration]'
 	@sh integration/build-images.sh
