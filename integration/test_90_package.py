@@ -118,7 +118,7 @@ def test_fresh_install_start_enforces_the_config_and_purge_keeps_the_rules(fresh
     assert c.exec("systemctl", "is-enabled", UNIT).stdout.strip() == "enabled"
     assert c.exec("systemctl", "is-active", UNIT, check=False).stdout.strip() == "inactive", \
         "installing must not start the daemon on the example config"
-    c.exec("ip", "link", "add", "tap-vm1", "type", "dummy")
+    c.exec("ip", "link", "add", "tap-vm1", "type", "veth", "peer", "name", "vm1-peer")
     c.exec("sh", "-c", f"cat > {CONFIG}", input=FRESH_CONFIG)
     c.exec("systemctl", "start", UNIT, timeout=120)
     st = json.loads(c.exec("secgroup-agent", "status", "--json").stdout)
