@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv test test-unit test-kernel fuzz demo bench clean install integration
+.PHONY: deps venv test test-unit test-kernel fuzz demo bench clean install integration deb deb-deps man
 
 deps:
 	@sh scripts/install-deps.sh
@@ -45,12 +45,26 @@ bench: venv
 ## Docker integration suite (integration/, README "Integration tests"): installs and starts
 ## Docker if needed, builds the images (cached by content hash), runs the suite, and
 ## removes its containers also on failure.
-integration: venv
+integration: venv deb-deps
 	@sh integration/host-setup.sh
 	@$(PY) -c "import pytest_docker" 2>/dev/null || $(PY) -m pip install -q -e '.[integration]'
 	@sh integration/build-images.sh
 	p=$${SGIT_PROJECT:-sgit$$$$}; SGIT_PROJECT=$$p $(PY) -m pytest -q integration; rc=$$?; \
 	    sh integration/cleanup.sh $$p; exit $$rc
+
+## `make deb`: the Debian package in build/deb/ (docs/packaging.md); installs its build
+## dependencies (Debian packages, the pinned wheels) first, then builds offline.
+DEB_BUILD_DEPS := dpkg-dev debhelper fakeroot lintian python3-pip python3-venv git
+deb-deps:
+	@sh scripts/install-deps.sh $(DEB_BUILD_DEPS)
+	@sh scripts/fetch-wheels.sh
+
+deb: deb-deps
+	sh scripts/build-deb.sh
+
+## Regenerate man/ from the command line, the schema and the README (tests check it).
+man: venv
+	$(PY) scripts/gen-manpages
 
 clean:
 	rm -rf $(VENV) build *.egg-info

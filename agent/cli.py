@@ -119,11 +119,21 @@ def _icmp_type(text: str) -> int:
     return _number(text, 255, "an ICMP type")
 
 
+def installed_version() -> str:
+    """The installed distribution's version (pyproject.toml; the Debian package installs it)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("secgroup-agent")
+    except PackageNotFoundError:        # a source tree on sys.path, not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secgroup-agent", epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Security groups for hypervisor hosts, enforced with nftables.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="what to do (COMMAND --help for its options)")
 

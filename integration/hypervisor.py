@@ -1,6 +1,6 @@
 """The hypervisor container as the tests drive it: desired state in
-/etc/secgroup-agent/config.yaml, the agent under systemd (`secgroup-agent.service`, the
-unit from systemd/), and the operator's tools (systemctl, journalctl, conntrack, nft).
+/etc/secgroup-agent/config.yaml, the agent under systemd (`secgroup-agent.service`, installed
+by the Debian package), and the operator's tools (systemctl, journalctl, conntrack, nft).
 
 `apply(doc)` writes the document where the unit reads it (by rename, as an operator's
 config management would). When the service is active it waits until the daemon reports
@@ -35,7 +35,9 @@ class Hypervisor:
         return self.c.exec(AGENT, *args, check=check, timeout=timeout)
 
     def has_unit(self) -> bool:
-        return self.exec("test", "-f", f"/etc/systemd/system/{UNIT}", check=False).returncode == 0
+        # the Debian package's unit is in /lib/systemd/system, `make install`'s in /etc
+        return self.exec("sh", "-c", f"test -f /lib/systemd/system/{UNIT} || test -f /etc/systemd/system/{UNIT}",
+                         check=False).returncode == 0
 
     def systemctl(self, *args: str, check: bool = True, timeout: float = 120):
         return self.exec("systemctl", *args, check=check, timeout=timeout)

@@ -11,10 +11,12 @@ Images (all local, tag = content hash):
   from the host's apt sources, piped into `docker import`; inputs: the package lists and
   this file's build recipe.
 * `sgit-hypervisor:<h>` — base-hv plus the agent installed the way an operator would:
-  the wheels built from this checkout (`pip wheel . -w dist`) in a virtualenv made with
-  `--system-site-packages` (for Debian's python3-nftables), the unit(s) from `systemd/`,
-  and a config in `/etc/secgroup-agent/`; inputs: the base image, the agent's sources,
-  pyproject.toml, systemd/ and integration/images/hypervisor/.
+  the Debian package built from this checkout (scripts/build-deb.sh), installed with
+  `apt install ./secgroup-agent_<v>_<arch>.deb`, and the suite's config written over the
+  conffile `/etc/secgroup-agent/config.yaml`. The image also keeps, in /opt/sgit-debs/,
+  that .deb and the same tree built as version `<v>+test1` (the upgrade scenario);
+  inputs: the base image, the agent's sources, pyproject.toml, systemd/, debian/, man/,
+  the build scripts and integration/images/hypervisor/.
 * `sgit-instance:<h>` — base-inst plus the probe tools of integration/tools/.
 
 Only standard-library Python on the host side (the script runs before any virtualenv).
@@ -33,10 +35,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "integration"
 SUITE = "bookworm"
-RECIPE_VERSION = "3"      # bump to force a rebuild after changing a recipe below
+RECIPE_VERSION = "4"      # bump to force a rebuild after changing a recipe below
 
 HV_PACKAGES = ["systemd", "systemd-sysv", "dbus", "nftables", "python3-nftables", "conntrack",
-               "iproute2", "python3-venv", "procps", "kmod", "iputils-ping", "tcpdump"]
+               "iproute2", "python3-venv", "procps", "kmod", "iputils-ping", "tcpdump",
+               "python3-yaml", "man-db"]      # the .deb's dependencies; `man secgroup-agent`
 INST_PACKAGES = ["python3", "python3-scapy", "iproute2", "tcpdump", "procps", "iputils-ping"]
 
 # systemd units that make no sense in a container and only slow its boot down
@@ -82,11 +85,13 @@ def run(cmd: list[str], **kw) -> None:
     subprocess.run(cmd, check=True, **kw)
 
 
-def mmdebstrap_import(tag: str, packages: list[str], hooks: list[str]) -> None:
+def mmdebstrap_import(tag: str, packages: list[str], hooks: list[str], man: bool = False) -> None:
+    """man: keep man pages (the dpkg path-excludes stay in the image for later installs)."""
     log(f"building {tag} with mmdebstrap ({len(packages)} packages)")
     cmd = ["mmdebstrap", "--quiet", "--variant=apt", f"--include={','.join(packages)}",
-           "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
-           "--dpkgopt=path-exclude=/usr/share/locale/*"]
+           "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/locale/*"]
+    if not man:
+        cmd.append("--dpkgopt=path-exclude=/usr/share/man/*")
     cmd += [f"--customize-hook={h}" for h in hooks]
     cmd += [SUITE, "-"]
     mm = subprocess.Popen(cmd, stdout=subprocess.PIPE)
@@ -114,7 +119,7 @@ def base_hv() -> str:
                  'mkdir -p "$1"/etc/systemd/journald.conf.d && printf "[Journal]\\nStorage=volatile\\n"'
                  ' > "$1"/etc/systemd/journald.conf.d/volatile.conf',
                  'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*']
-        mmdebstrap_import(tag, HV_PACKAGES, hooks)
+        mmdebstrap_import(tag, HV_PACKAGES, hooks, man=True)
     return tag
 
 
@@ -127,23 +132,19 @@ def base_inst() -> str:
 
 def agent_inputs() -> list[Path]:
     return [ROOT / "agent", ROOT / "pyproject.toml", ROOT / "README.md", ROOT / "systemd",
-            ROOT / "docs" / "operations.md", HERE / "images" / "hypervisor"]
+            ROOT / "docs", ROOT / "debian", ROOT / "man", ROOT / "examples",
+            ROOT / "scripts" / "build-deb.sh", ROOT / "scripts" / "fetch-wheels.sh",
+            HERE / "images" / "hypervisor"]
 
 
-def build_wheels(dest: Path) -> None:
-    """The agent's wheel and its dependencies' wheels, built from this checkout on the host
-    (the image has no route to a package index). The same Debian release and Python minor
-    version on both sides make the binary wheels (pydantic-core) fit."""
-    with tempfile.TemporaryDirectory(prefix="sgit-src-") as src:
-        # a clean copy: no egg-info, build/ or venv leftovers leak into the wheel
-        for name in ("agent", "pyproject.toml", "README.md"):
-            p = ROOT / name
-            if p.is_dir():
-                shutil.copytree(p, Path(src) / name, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(p, Path(src) / name)
-        run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-             src, "-w", str(dest)])
+UPGRADE_SUFFIX = "+test1"
+
+
+def build_debs(dest: Path) -> None:
+    """The package of this checkout, and the same tree as a newer version (UPGRADE_SUFFIX)."""
+    for suffix in ("", UPGRADE_SUFFIX):
+        env = dict(os.environ, OUT=str(dest), DEB_VERSION_SUFFIX=suffix)
+        run(["sh", str(ROOT / "scripts" / "build-deb.sh")], env=env, stdout=subprocess.DEVNULL)
 
 
 def hypervisor(base: str) -> str:
@@ -152,22 +153,12 @@ def hypervisor(base: str) -> str:
         return tag
     with tempfile.TemporaryDirectory(prefix="sgit-hv-") as ctx:
         c = Path(ctx)
-        build_wheels(c / "wheels")
-        shutil.copytree(ROOT / "systemd", c / "systemd")
+        build_debs(c / "debs")
         shutil.copytree(HERE / "images" / "hypervisor", c / "files")
-        if (ROOT / "docs" / "operations.md").is_file():        # the unit's Documentation=
-            shutil.copy2(ROOT / "docs" / "operations.md", c / "files" / "operations.md")
         (c / "Dockerfile").write_text(f"""FROM {base}
-COPY wheels /tmp/wheels
-RUN python3 -m venv --system-site-packages /opt/secgroup-agent \\
- && /opt/secgroup-agent/bin/pip install -q --no-index --find-links /tmp/wheels \\
-        --disable-pip-version-check secgroup-agent \\
- && ln -sf /opt/secgroup-agent/bin/secgroup-agent /usr/local/bin/secgroup-agent \\
- && ln -sf /opt/secgroup-agent/bin/secgroup-agent /usr/bin/secgroup-agent \\
- && rm -rf /tmp/wheels /root/.cache
-COPY systemd/ /tmp/units/
+COPY debs/ /opt/sgit-debs/
 COPY files/ /tmp/files/
-RUN sh /tmp/files/install.sh && rm -rf /tmp/units /tmp/files
+RUN sh /tmp/files/install.sh && rm -rf /tmp/files
 """)
         docker_build(tag, c)
     return tag

@@ -27,7 +27,9 @@ def test_unit_promises():
     assert s["CapabilityBoundingSet"] == "CAP_NET_ADMIN" and s["NoNewPrivileges"] == "yes"
     assert s["ProtectSystem"] == "strict" and s["ProtectHome"] == "yes" and s["PrivateTmp"] == "yes"
     assert s["RuntimeDirectory"] == "secgroup-agent"
-    assert s["ExecStart"].endswith("run -c /etc/secgroup-agent/config.yaml")
+    assert s["ExecStart"].endswith("run -c /etc/secgroup-agent/config.yaml $SECGROUP_AGENT_OPTS")
+    # extra options from the Debian package's /etc/default file (optional: `-`)
+    assert s["EnvironmentFile"] == "-/etc/default/secgroup-agent" and s["StateDirectory"] == "secgroup-agent"
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
