@@ -78,7 +78,11 @@ def build_runs(lines: list[Line]) -> list[Run]:
         groups: dict[Optional[str], list[Line]] = {}
         for line in stretch:
             groups.setdefault(line.ref, []).append(line)
-        keys = list(groups)
+        # within a stretch the order is free (one verdict): take it from the content, so
+        # that what only orders lines (rule ids at equal priority) changes nothing
+        for ls in groups.values():
+            ls.sort(key=lambda line: line.boxes)
+        keys = sorted(groups, key=lambda ref: ref or "")
         if runs and runs[-1][0] in groups:          # continue the previous run first
             keys.remove(runs[-1][0])
             keys.insert(0, runs[-1][0])

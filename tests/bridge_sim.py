@@ -34,6 +34,8 @@ def _macs(m: re.Match) -> set[str]:
 
 def parse_guard_rule(text: str) -> Callable[[Frame], bool]:
     """A predicate: does the (drop) rule match the frame?"""
+    from compile_sim import normalize_conjunctions      # compile_sim imports this module
+    text = normalize_conjunctions(text)
     m = re.fullmatch(r"ether type != \{ (?P<body>[a-z0-9, ]+) \} drop", text)
     if m:
         names = [x.strip() for x in m["body"].split(",")]

@@ -237,12 +237,42 @@ _V = r"(?P<verdict>accept|drop)"
 _ADDRKEY = r"(?P<fam>ip6?) (?P<dir>saddr|daddr)"
 
 
+_NEQ_RUN = re.compile(r"(?P<key>ip6? saddr|@th,64,128|ether type|arp saddr ip|arp saddr ether|ether saddr) != "
+                      r"[^\s{}]+(?: (?P=key) != [^\s{}]+)*")
+_ND_RANGES = {"133-136": "{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }",
+              "135-136": "{ nd-neighbor-solicit, nd-neighbor-advert }"}
+
+
+def normalize_conjunctions(text: str) -> str:
+    """The compiler writes "not in {a, b}" as `KEY != a KEY != b` (one rule, matches ANDed:
+    no anonymous set) and ND type ranges as numbers; this gives the equivalent set form
+    (`KEY != { a, b }`, a single MAC bare, `icmpv6 type { nd-... }`) the parsers below
+    know. Exactly equivalent: a conjunction of inequalities is non-membership."""
+    def group(m: re.Match) -> str:
+        key = m["key"]
+        values = [v.split(" != ", 1)[1] for v in re.findall(rf"{re.escape(key)} != [^\s{{}}]+", m.group(0))]
+        if key in ("ether saddr", "arp saddr ether") and len(values) == 1:
+            return f"{key} != {values[0]}"
+        return f"{key} != {{ {', '.join(values)} }}"
+    text = _NEQ_RUN.sub(group, text)
+    text = re.sub(r"^icmpv6 type (nd-[a-z-]+) (accept|drop)$", r"icmpv6 type { \1 } \2", text)
+    return re.sub(r"icmpv6 type (133-136|135-136)\b", lambda m: f"icmpv6 type {_ND_RANGES[m[1]]}", text)
+
+
 def parse_rule(text: str, sets: dict[str, ParsedSet], chains: set[str],
                maps: Optional[dict[str, "ParsedMap"]] = None) -> ParsedRule:
     raw = text
     maps = maps or {}
     text = re.sub(r"^counter ", "", text.strip())
     text = re.sub(r" counter (accept|drop)$", r" \1", text)
+    text = normalize_conjunctions(text)
+
+    m = re.fullmatch(r"ct state (?P<states>[a-z]+(?:,[a-z]+)*) " + _V, text)
+    if m:
+        states = m["states"].split(",")
+        if any(st not in CT_STATES for st in states):
+            raise UnknownRule(f"unknown ct state in {raw!r}")
+        return ParsedRule(raw, lambda p, states=states: p.state in states, m["verdict"])
 
     m = re.fullmatch(r"ct state vmap \{ (?P<body>[^{}]+) \}", text)
     if m:
