@@ -87,14 +87,13 @@ def parse_address(text: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Addre
     if "%" in text:
         raise ValueError("not an IPv4 or IPv6 address (no scope)")
     try:
+        if ":" in text:
+            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
         packed = socket.inet_pton(socket.AF_INET, text)
         if socket.inet_ntoa(packed) == text:
             return ipaddress.IPv4Address(packed)
     except OSError:
-        try:
-            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
-        except OSError:
-            pass
+        pass
     return ipaddress.ip_address(text)
 
 

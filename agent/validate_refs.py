@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from agent.errors import InputError, show_value
 from agent.model import rule_content
 from agent.validate_allowed import allowed_address_errors
-from agent.schema import PROTOCOLS, RuleDoc
+from agent.schema import PROTOCOLS, RuleDoc, parse_address
 
 PEER_KINDS = ("cidr", "group", "prefix_list")
 PORTED = ("tcp", "udp")
@@ -202,7 +202,7 @@ def nic_addresses(inst: dict) -> list[tuple[str, Any]]:
         for ai, text in enumerate(addrs if isinstance(addrs, list) else []):
             if isinstance(text, str) and "/" not in text and "%" not in text:
                 try:
-                    out.append((f"interfaces[{ni}].addresses[{ai}]", ipaddress.ip_address(text.strip())))
+                    out.append((f"interfaces[{ni}].addresses[{ai}]", parse_address(text.strip())))
                 except ValueError:
                     pass
     return out
