@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Optional
 
 from agent.model import (ACCEPT, DEFAULT_PRIORITY, DROP, EGRESS, INGRESS, INTRANET, VPC,
@@ -48,7 +48,17 @@ class Match:
             return False
         if self.sports and (packet.sport is None or packet.sport not in self.sports):
             return False
-        return any(peer in net for net in self.networks if net.version == peer.version)
+        hosts, nets = self._by_kind
+        return (peer.version, int(peer)) in hosts or any(peer in net for net in nets if net.version == peer.version)
+
+    @cached_property
+    def _by_kind(self) -> tuple[frozenset, tuple[IPNetwork, ...]]:
+        """The single addresses (a group's members: 100,000 in a fleet) as a hashed set,
+        the wider networks as they are; built on first use (a frozen dataclass keeps it in
+        its __dict__, outside equality and hashing)."""
+        hosts = frozenset((n.version, int(n.network_address)) for n in self.networks
+                          if n.prefixlen == n.max_prefixlen)
+        return hosts, tuple(n for n in self.networks if n.prefixlen != n.max_prefixlen)
 
 
 @dataclass(frozen=True)
