@@ -140,16 +140,21 @@ def _union(boxes: frozenset, memo: dict) -> tuple[Box, ...]:
     return result
 
 
-def _union_1d(boxes: Iterable[Box]) -> tuple[Box, ...]:
-    """One dimension: sorted intervals, overlapping or adjacent ones merged."""
+def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
+    """Sorted, with overlapping and adjacent intervals merged."""
     out: list[list[int]] = []
-    for ((lo, hi),) in sorted(boxes):
+    for lo, hi in sorted(intervals):
         if out and lo <= out[-1][1] + 1:
             if hi > out[-1][1]:
                 out[-1][1] = hi
         else:
             out.append([lo, hi])
-    return tuple(((lo, hi),) for lo, hi in out)
+    return [(lo, hi) for lo, hi in out]
+
+
+def _union_1d(boxes: Iterable[Box]) -> tuple[Box, ...]:
+    """One dimension: sorted intervals, overlapping or adjacent ones merged."""
+    return tuple((iv,) for iv in merge_intervals(b[0] for b in boxes))
 
 
 def covers(boxes: Iterable[Box], box: Box) -> bool:

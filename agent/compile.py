@@ -29,7 +29,8 @@ from agent.model import (ACCEPT, BRIDGED, CLASSIC, DIRECTIONS, EGRESS, INGRESS, 
 from agent.compile_guard import build_interface_rules
 from agent.compile_memo import BuildRecord, CompileMemo, RegionPart, canonicalise, policy_signature
 from agent import compile_runs
-from agent.compile_runs import Line, build_member_rules, build_points, build_runs, render_match
+from agent.compile_runs import (ADDR_BITS, ADDR_TYPE, FAMILY_KW, FULL_PORTS, FULL_PROTO, Line, build_member_rules,
+                                build_points, build_runs, render_match)
 from agent.compile_sets import build_shared_sets, net_interval as _net_interval, render_interval
 from agent.policy import (DEFAULTS, FINAL, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER, Entry,
                           build_effective_list, essential_entries, intra_group_ids)
@@ -37,10 +38,6 @@ from agent.ruleset import TABLE, Chain, NftSet, Ruleset, Table
 
 __all__ = ["TABLE", "Chain", "NftSet", "Ruleset", "Table", "build_ruleset", "compile_ruleset"]
 
-FULL_PORTS, FULL_PROTO = (0, 65535), (0, 255)
-ADDR_BITS = {4: 32, 6: 128}
-FAMILY_KW = {4: "ip", 6: "ip6"}
-ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 
 
 @dataclass

@@ -185,16 +185,13 @@ def build_points(items: list[tuple[Box, bool]], with_sport: bool, with_dport: bo
     wide = [i for i, (bx, _) in enumerate(items) if not is_point(bx)]
     if len(points) < POINTS_MIN or len(points) * len(wide) > POINTS_BUDGET:
         return {}, items
+    key = {i: (items[i][0][0][0], items[i][0][1][0], items[i][0][-1][0]) for i in points}
     verdicts: dict[tuple[int, int, int], Optional[bool]] = {}
-    for i in points:
-        bx, acc = items[i]
-        key = (bx[0][0], bx[1][0], bx[-1][0])
-        if key not in verdicts:
-            verdicts[key] = _slab_verdict(items, wide, i, key, acc, with_sport)
+    for i in points:                                # the first line of a point decides it
+        if key[i] not in verdicts:
+            verdicts[key[i]] = _slab_verdict(items, wide, i, key[i], items[i][1], with_sport)
     hashed = {k: acc for k, acc in verdicts.items() if acc is not None}
-    keep = [items[i] for i in sorted(wide + [i for i in points if (items[i][0][0][0], items[i][0][1][0],
-                                                                    items[i][0][-1][0]) not in hashed])]
-    return hashed, keep
+    return hashed, [items[i] for i in sorted(wide + [i for i in points if key[i] not in hashed])]
 
 
 def _slab_verdict(items: list[tuple[Box, bool]], wide: list[int], upto: int, key: tuple[int, int, int],

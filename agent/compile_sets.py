@@ -12,18 +12,16 @@ a build with 100,000 remote members rebuilds only the sets whose members changed
 """
 from __future__ import annotations
 
-import heapq
 import ipaddress
 import socket
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable
 
+from agent.boxes import merge_intervals
+from agent.compile_runs import ADDR_TYPE
 from agent.ruleset import NftSet
 
 if TYPE_CHECKING:
     from agent.compile import Builder
-
-ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
-
 
 def net_interval(net) -> tuple[int, int]:
     lo = int(net.network_address)
@@ -36,19 +34,6 @@ def _interval(item) -> tuple[int, int]:
         value = int(item)
         return value, value
     return net_interval(item)
-
-
-def merge_intervals(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, with overlapping and adjacent intervals merged (an interval set refuses
-    overlaps; adjacent ones are one element fewer)."""
-    out: list[list[int]] = []
-    for lo, hi in sorted(intervals):
-        if out and lo <= out[-1][1] + 1:
-            if hi > out[-1][1]:
-                out[-1][1] = hi
-        else:
-            out.append([lo, hi])
-    return [(lo, hi) for lo, hi in out]
 
 
 def wanted_shared_sets(b: "Builder") -> tuple[dict[tuple, str], dict[int, list[tuple]]]:
@@ -78,7 +63,7 @@ def build_shared_sets(b: "Builder") -> None:
         if kind == "peers":
             inputs = tuple(_nets(b, ref) for ref in union[v])
             parts = [intervals[ref + (v,)] for ref in union[v]]
-            b.sets[name] = _shared_set(b, key, name, inputs, lambda: merge_intervals(heapq.merge(*parts)))
+            b.sets[name] = _shared_set(b, key, name, inputs, lambda: merge_intervals(iv for part in parts for iv in part))
         else:
             inputs = _nets(b, key[:2])
             b.sets[name] = _shared_set(b, key, name, inputs,

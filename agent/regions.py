@@ -29,7 +29,7 @@ import functools
 import ipaddress
 from typing import Callable, Iterable, Optional, Sequence
 
-from agent.boxes import Box, disjoint_union, intersect
+from agent.boxes import Box, disjoint_union, intersect, merge_intervals
 from agent.model import IPNetwork
 from agent.policy_guard import DHCP_SERVER_PORT
 from agent.policy import (PROTOCOL_FAMILY, PROTOCOL_NAMES, PROTOCOL_NUMBERS, EffectiveList, Entry, Match,
@@ -253,20 +253,10 @@ def describe_interval(version: int, iv: tuple[int, int]) -> str:
     return ", ".join(net_text(n) for n in nets) if len(nets) <= 2 else f"{lo}-{hi}"
 
 
-def _merge(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[list[int]] = []
-    for lo, hi in sorted(intervals):
-        if merged and merged[-1][1] + 1 >= lo:
-            merged[-1][1] = max(merged[-1][1], hi)
-        else:
-            merged.append([lo, hi])
-    return [(lo, hi) for lo, hi in merged]
-
-
 def _set_words(intervals: Iterable[tuple[int, int]], word: Callable, limit: int = 6
                ) -> tuple[str, list[str]]:
     """(outer, holes) where 'outer except holes' is short; else (the words, [])."""
-    merged = _merge(intervals)
+    merged = merge_intervals(intervals)
     holes = [(a[1] + 1, b[0] - 1) for a, b in zip(merged, merged[1:])]
     if len(merged) > 1 and len(holes) <= 3:
         return word((merged[0][0], merged[-1][1])), [word(h) for h in holes]
@@ -286,7 +276,7 @@ def _ports(iv: tuple[int, int]) -> str:
 
 def describe_ports(intervals: Iterable[tuple[int, int]]) -> str:
     """'' for every port, else ' 5432', ' 1000-2000', ' except ports 22, 80'."""
-    merged = _merge(intervals)
+    merged = merge_intervals(intervals)
     if merged == [ALL_PORTS]:
         return ""
     outer, holes = _set_words(merged, _ports)
