@@ -33,7 +33,7 @@ fuzz: venv
 	SECGROUP_FUZZ_PROFILE=secgroup-fuzz $(PY) -m pytest -q tests/test_fuzz_input.py
 
 demo: venv
-	$(PY) -m agent.demo examples/demo.yaml
+	$(PY) -m sandbox.demo examples/demo.yaml
 
 ## Root only: benchmarks that print figures (README "Performance"); network namespaces only.
 ## ~10 min (datapath) + ~15 min (apply, up to 1,000 interfaces). BENCH_ARGS_DATAPATH /

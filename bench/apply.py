@@ -12,7 +12,7 @@ namespace's ruleset with it); the root namespace is never touched.
 
 For each size N (`scripts/gen-config --interfaces N --rules 50`: ~2 groups
 of ~50 rules per interface, so ~100 rules per interface):
-  (a) agent:  /usr/bin/time -v ip netns exec NS .venv/bin/python -m agent.cli apply \\
+  (a) agent:  /usr/bin/time -v ip netns exec NS .venv/bin/python -m agent.cli.main apply \\
                   -c big.json --host hv-bench       (process start to exit, fresh NS)
   (b) nft:    /usr/bin/time -v ip netns exec NS nft -f big.nft   where big.nft is
                   `secgroup-agent render -c big.json --host hv-bench` (fresh NS)
@@ -49,7 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from agent.sandbox import check_tools  # noqa: E402
+from sandbox.hypervisor import check_tools  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
@@ -60,9 +60,9 @@ import json, sys, time
 def clock():
     return time.perf_counter(), time.process_time()
 c0 = clock()
-from agent.compile import build_ruleset
-from agent.render import render_ruleset
-from agent.validate import load_state
+from agent.compiler.compile import build_ruleset
+from agent.compiler.render import render_ruleset
+from agent.model.validate import load_state
 c1 = clock(); state = load_state(sys.argv[1], sys.argv[2])
 c2 = clock(); ruleset = build_ruleset(state)
 c3 = clock(); text = render_ruleset(ruleset)
@@ -79,10 +79,10 @@ CONNTRACK = r"""
 import ipaddress, json, random, sys, time
 from pyroute2 import Conntrack
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-from agent import conntrack
-from agent.reconcile import read_local_addresses
-from agent.revoke import plan_revocations
-from agent.validate import load_state
+from agent.kernel import conntrack
+from agent.reconciler.oneshot import read_local_addresses
+from agent.policy.revocation import plan_revocations
+from agent.model.validate import load_state
 state = load_state(sys.argv[1], sys.argv[2])
 flows_wanted = int(sys.argv[3])
 out = {}
@@ -210,7 +210,7 @@ def bench_size(n: int, args, tmp: Path, nss: Namespaces, remote: int = 0) -> dic
     config.write_text(sh([GEN, "--interfaces", str(n), "--rules", str(args.rules), *extra], check=True).stdout)
     host = json.loads(config.read_text())["host"]
     start = time.monotonic()
-    r = sh([PY, "-m", "agent.cli", "render", "-c", str(config), "--host", host], cwd=ROOT, check=True)
+    r = sh([PY, "-m", "agent.cli.main", "render", "-c", str(config), "--host", host], cwd=ROOT, check=True)
     render_wall = time.monotonic() - start
     script = tmp / f"big-{n}-{remote}.nft"
     script.write_text(r.stdout)
@@ -228,7 +228,7 @@ def bench_size(n: int, args, tmp: Path, nss: Namespaces, remote: int = 0) -> dic
     agent, nft, comp = [], [], []
     ct = None
     for run in range(1, args.runs + 1):
-        a = load_in_fresh_ns(nss, [PY, "-m", "agent.cli", "apply", "-c", str(config), "--host", host],
+        a = load_in_fresh_ns(nss, [PY, "-m", "agent.cli.main", "apply", "-c", str(config), "--host", host],
                              args.settle, after=conntrack_step if run == 1 else None)
         if run == 1:
             ct = a["extra"]

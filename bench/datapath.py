@@ -12,7 +12,7 @@ namespace's ruleset, routes and sysctls are never touched.
     .venv/bin/python bench/datapath.py --n 1000 --rounds 3
 
 Method
-* Sandbox hypervisor (agent.sandbox, routed). Sender i1 (tap-i1, 10.0.0.1); three
+* Sandbox hypervisor (sandbox.hypervisor, routed). Sender i1 (tap-i1, 10.0.0.1); three
   receivers, each in its own security group:
     base   tap-i2 10.0.0.2  the accept alone: udp/9 from 0.0.0.0/0
     drop   tap-i3 10.0.0.3  N drop rules at priority 1, udp/9 from distinct /32 sources
@@ -25,7 +25,7 @@ Method
                             interleaved with it, each naming a group of 1,000 members on
                             other hosts (100.64.0.0/10); the sender is in none of them
   All three are ONE desired-state document per N, applied with the agent
-  (`ip netns exec HV .venv/bin/python -m agent.cli apply -c F --host bench`), so what is
+  (`ip netns exec HV .venv/bin/python -m agent.cli.main apply -c F --host bench`), so what is
   measured is what the agent compiles. For reference the same lists are measured in the
   naive layout: the agent's ruleset with the drop/mixed receivers' policy chains replaced
   by one nft rule per line of the effective list, loaded with `nft -f`.
@@ -64,12 +64,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.compile import Chain, build_ruleset  # noqa: E402
-from agent.model import INGRESS  # noqa: E402
-from agent.policy import DEFAULTS, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER, build_effective_list  # noqa: E402
-from agent.render import render_ruleset  # noqa: E402
-from agent.sandbox import Sandbox, check_tools, run  # noqa: E402
-from agent.validate import load_state  # noqa: E402
+from agent.compiler.compile import Chain, build_ruleset  # noqa: E402
+from agent.model.objects import INGRESS  # noqa: E402
+from agent.policy.effective import DEFAULTS, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER, build_effective_list  # noqa: E402
+from agent.compiler.render import render_ruleset  # noqa: E402
+from sandbox.hypervisor import Sandbox, check_tools, run  # noqa: E402
+from agent.model.validate import load_state  # noqa: E402
 
 HOST = "bench"
 PY = str(ROOT / ".venv" / "bin" / "python")
@@ -285,7 +285,7 @@ class Rig:
     # configuration -----------------------------------------------------------------
     def apply_agent(self, config: Path) -> float:
         start = time.monotonic()
-        p = subprocess.run(["ip", "netns", "exec", self.hv, PY, "-m", "agent.cli", "apply", "-c", str(config),
+        p = subprocess.run(["ip", "netns", "exec", self.hv, PY, "-m", "agent.cli.main", "apply", "-c", str(config),
                             "--host", HOST], capture_output=True, text=True, cwd=ROOT, timeout=900)
         if p.returncode != 0:
             raise RuntimeError(f"agent apply {config.name} failed: {p.stderr.strip()} {p.stdout.strip()}")

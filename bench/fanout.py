@@ -4,7 +4,7 @@
                                      [--instances 60] [--groups 12]
 
 What is measured, per round: the coordinator takes t0 = CLOCK_MONOTONIC (system-wide on
-Linux, so comparable across processes), then runs `publish` (agent.publish: read the
+Linux, so comparable across processes), then runs `publish` (agent.distribution.publish: read the
 prefix, plan, one etcd transaction) of a document in which one instance has joined one
 more group. Each of the N watchers is an EtcdSource (etcd://.../bench) with its own watch
 stream, spread over --procs worker processes (N/procs watcher threads each). Its
@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from agent.publish import publish  # noqa: E402
-from agent.sandbox import check_tools  # noqa: E402
+from agent.distribution.publish import publish  # noqa: E402
+from sandbox.hypervisor import check_tools  # noqa: E402
 from agent.sources.etcd_layout import parse_etcd_spec  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def fleet(instances: int, groups: int, joined: int = 0) -> dict:
 # -- worker processes ------------------------------------------------------------------
 def worker(spec: str, count: int, orders: mp.Queue, results: mp.Queue) -> None:
     from agent.sources import open_source
-    from agent.validate import validate_document
+    from agent.model.validate import validate_document
     target = {"want": None}
     done: dict[int, tuple[float, float]] = {}       # watcher -> (notified, validated)
     lock = threading.Lock()

@@ -7,8 +7,8 @@ real kernel, in a network namespace of its own.
 Re-executes itself inside `ip netns exec` (libnftables acts on the caller's namespace).
 A Keeper (the daemon's reconciler) applies the document (full replace), then the same
 document with one rule's port range widened, twice: once as the daemon does it (the
-elements of the changed sets over netlink, agent.nft_elements), once forced through the
-nft-script path (changed sets replaced with their chains, agent.incremental). Prints
+elements of the changed sets over netlink, agent.kernel.elements), once forced through the
+nft-script path (changed sets replaced with their chains, agent.compiler.transaction). Prints
 each step's time: whole apply (validate + compile + plan + commit) and the commit alone.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from agent.sandbox import check_tools  # noqa: E402
+from sandbox.hypervisor import check_tools  # noqa: E402
 
 GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
 
@@ -39,7 +39,7 @@ def widened(doc: dict, width: int) -> dict:
 
 
 def timed_apply(keeper, validated, doc: dict):
-    from agent.validate_incremental import validate_update
+    from agent.model.validate_incremental import validate_update
     t = time.monotonic()
     validated = validate_update(doc, None, validated)
     result = keeper.apply(validated.state)
@@ -47,8 +47,8 @@ def timed_apply(keeper, validated, doc: dict):
 
 
 def inside(doc: dict) -> None:
-    from agent.incremental import ruleset_size
-    from agent.keeper import Keeper, RealKernel
+    from agent.compiler.transaction import ruleset_size
+    from agent.reconciler.keeper import Keeper, RealKernel
     keeper = Keeper(RealKernel())
     validated, full, full_s = timed_apply(keeper, None, doc)
     size = ruleset_size(keeper.applied)

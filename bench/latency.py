@@ -36,11 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.model import INGRESS  # noqa: E402
-from agent.policy import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate  # noqa: E402
-from agent.sandbox import OUTSIDE4, Sandbox, check_tools  # noqa: E402
-from agent.status import query  # noqa: E402
-from agent.validate import validate_document  # noqa: E402
+from agent.model.objects import INGRESS  # noqa: E402
+from agent.policy.effective import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate  # noqa: E402
+from sandbox.hypervisor import OUTSIDE4, Sandbox, check_tools  # noqa: E402
+from agent.service.status import query  # noqa: E402
+from agent.model.validate import validate_document  # noqa: E402
 
 GEN = Path(__file__).resolve().parents[1] / "scripts" / "gen-config"
 PY = sys.executable
@@ -145,7 +145,7 @@ def measure(doc: dict, changes: int, tmp: Path, member: bool = False) -> dict:
     with Sandbox(f"sgb{os.getpid() % 10000}") as sb:
         ns = sb.add_instance("inst", nic, [addr])
         t = time.monotonic()
-        agent = sb.popen(sb.hv, PY, "-m", "agent.cli", "run", "-c", str(config), "--socket", sock,
+        agent = sb.popen(sb.hv, PY, "-m", "agent.cli.main", "run", "-c", str(config), "--socket", sock,
                          stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT)
         recv = sb.popen(ns, PY, "-c", RECEIVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         send = sb.popen(sb.outside, PY, "-c", SENDER, addr, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -22,8 +22,8 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.validate import validate_document  # noqa: E402
-from agent.validate_incremental import validate_update  # noqa: E402
+from agent.model.validate import validate_document  # noqa: E402
+from agent.model.validate_incremental import validate_update  # noqa: E402
 
 GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
 

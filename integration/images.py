@@ -165,17 +165,17 @@ RUN sh /tmp/files/install.sh && rm -rf /tmp/files
 
 
 def instance(base: str) -> str:
-    inputs = [HERE / "tools", ROOT / "agent" / "probe.py", ROOT / "agent" / "sandbox.py"]
+    inputs = [HERE / "tools", ROOT / "sandbox" / "probe.py", ROOT / "sandbox" / "hypervisor.py"]
     tag = "sgit-instance:" + sha(RECIPE_VERSION.encode(), base.encode(), tree_hash(inputs))
     if image_exists(tag):
         return tag
     with tempfile.TemporaryDirectory(prefix="sgit-inst-") as ctx:
         c = Path(ctx)
-        (c / "opt" / "agent").mkdir(parents=True)
-        # agent.probe (its `serve` and `hold` are stdlib only) for real TCP connections
-        (c / "opt" / "agent" / "__init__.py").write_text("")
-        for name in ("probe.py", "sandbox.py"):
-            shutil.copy2(ROOT / "agent" / name, c / "opt" / "agent" / name)
+        (c / "opt" / "sandbox").mkdir(parents=True)
+        # sandbox.probe (its `serve` and `hold` are stdlib only) for real TCP connections
+        (c / "opt" / "sandbox" / "__init__.py").write_text("")
+        for name in ("probe.py", "hypervisor.py"):
+            shutil.copy2(ROOT / "sandbox" / name, c / "opt" / "sandbox" / name)
         shutil.copytree(HERE / "tools", c / "opt" / "tools", ignore=shutil.ignore_patterns("__pycache__"))
         (c / "Dockerfile").write_text(f"""FROM {base}
 COPY opt/ /opt/sgit/

@@ -1,7 +1,7 @@
 """The integration suite's hypervisor, instances and wires, in Docker containers.
 
 Every container runs with `network_mode: none`; this module wires them the way
-agent/sandbox.py wires namespaces, with pyroute2 acting in each container's network
+sandbox/hypervisor.py wires namespaces, with pyroute2 acting in each container's network
 namespace (reached as /proc/<pid>/ns/net: no named namespace is created, and the host's
 root namespace is never touched):
 
@@ -337,7 +337,7 @@ def check(topo: Topology, cases: list[tuple[Probe, bool]], why: str = "") -> Non
 
 
 class Hold:
-    """A long-lived TCP connection (`python3 -m agent.probe hold` in the client
+    """A long-lived TCP connection (`python3 -m sandbox.probe hold` in the client
     container, echoed by the server's packet tool), exchanging a line every 100 ms."""
 
     def __init__(self, topo: Topology, client: str, server: str, port: int, v6: bool = False,
@@ -346,7 +346,7 @@ class Hold:
         self.dst = topo.node(server).addr(6 if v6 else 4)
         self.log = f"/tmp/hold-{uuid.uuid4().hex[:8]}.log"
         args = f"--dst {self.dst} --port {port} --interval 0.1 --timeout 0.6" + (f" --src {src}" if src else "")
-        out = self.node.exec("sh", "-c", f"nohup python3 -m agent.probe hold {args} > {self.log} 2>&1 & echo $!")
+        out = self.node.exec("sh", "-c", f"nohup python3 -m sandbox.probe hold {args} > {self.log} 2>&1 & echo $!")
         self.pid = int(out.stdout.strip())
 
     def lines(self) -> list[str]:

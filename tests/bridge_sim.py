@@ -3,7 +3,7 @@
 It replays the `bridge` table's prerouting chain for one frame entering from a port:
 `iifname vmap @port_guard` sends it to the port's guard chain, whose rules (below; any
 other form raises UnknownRule) run top to bottom; falling off the end passes the frame
-on (the base chain's policy is accept). Compare with agent.policy_guard.frame_verdict.
+on (the base chain's policy is accept). Compare with agent.policy.guard.frame_verdict.
 
     ether type != { arp, ip, ip6 } drop
     ether saddr != MAC | { MAC, ... } drop
@@ -16,8 +16,8 @@ import ipaddress
 import re
 from typing import Callable
 
-from agent.policy_guard import ETHER_ARP, ETHER_IP, ETHER_IP6, Frame
-from agent.ruleset import Table
+from agent.policy.guard import ETHER_ARP, ETHER_IP, ETHER_IP6, Frame
+from agent.compiler.ruleset import Table
 
 ETHER_NAMES = {"arp": ETHER_ARP, "ip": ETHER_IP, "ip6": ETHER_IP6}
 _MAC = r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"

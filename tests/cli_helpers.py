@@ -10,7 +10,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "webshop.yaml"
 _SCRIPT = Path(sys.executable).parent / "secgroup-agent"
-AGENT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "agent.cli"]
+AGENT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "agent.cli.main"]
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,9 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Callable, Optional
 
-from agent.compile import TABLE, Chain, NftSet, Ruleset, Table, interface_chain_name
-from agent.model import EGRESS, INGRESS
-from agent.policy import Packet
+from agent.compiler.compile import TABLE, Chain, NftSet, Ruleset, Table, interface_chain_name
+from agent.model.objects import EGRESS, INGRESS
+from agent.policy.effective import Packet
 from bridge_sim import BridgeGuardSim
 
 VERDICTS = ("accept", "drop")

@@ -8,11 +8,11 @@ from typing import Iterator
 
 from hypothesis import strategies as st
 
-from agent.boxes import Box
-from agent.fleet import fleet_lists
-from agent.model import DesiredState
-from agent.policy import EffectiveList, Packet
-from agent.regions import ADDR_MAX, VERSIONS, entry_boxes, list_regions
+from agent.compiler.boxes import Box
+from agent.policy.host_views import fleet_lists
+from agent.model.objects import DesiredState
+from agent.policy.effective import EffectiveList, Packet
+from agent.compiler.match_space import ADDR_MAX, VERSIONS, entry_boxes, list_regions
 
 HOST = "hv-01"
 V4 = ["0.0.0.0/0", "10.0.0.0/8", "10.0.0.0/24", "10.0.0.1/32", "10.0.0.2/31", "192.0.2.0/24"]

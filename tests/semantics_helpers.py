@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Optional
 
-from agent.model import DesiredState
-from agent.policy import PROTOCOL_NUMBERS, Decision, Packet, build_effective_list, evaluate
-from agent.validate import validate_document
+from agent.model.objects import DesiredState
+from agent.policy.effective import PROTOCOL_NUMBERS, Decision, Packet, build_effective_list, evaluate
+from agent.model.validate import validate_document
 
 HOST = "hv-01"
 

@@ -107,7 +107,7 @@ def _cert(cn: str, issuer_key, issuer_cert, ca: bool = False, san: bool = False)
 # -- the reference HTTP server -----------------------------------------------------------------
 @dataclass
 class HttpServer:
-    """`python -m agent.sources.http_server` serving `file`; start() again after stop()
+    """`python -m sandbox.http_server` serving `file`; start() again after stop()
     reuses the same port."""
     file: Path
     extra: Sequence[str] = ()
@@ -117,7 +117,7 @@ class HttpServer:
 
     def start(self) -> "HttpServer":
         self.port = self.port or free_port()
-        cmd = [sys.executable, "-m", "agent.sources.http_server", "--file", str(self.file),
+        cmd = [sys.executable, "-m", "sandbox.http_server", "--file", str(self.file),
                "--port", str(self.port), *self.extra]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True)

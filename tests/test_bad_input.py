@@ -1,5 +1,5 @@
 """Hostile and careless input (issue 12): bombs refused quickly in little memory, typos
-warned with their path, every source reading through agent.loader, `group clone`
+warned with their path, every source reading through agent.model.loader, `group clone`
 writing YAML that reads back, and the README's "Bad input" output current."""
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_json_duplicate_keys_with_paths(tmp_path: Path) -> None:
 
 
 def test_too_large_document_is_refused_before_parsing(tmp_path: Path, monkeypatch) -> None:
-    from agent import loader
+    from agent.model import loader
     from agent.errors import InvalidInput
     monkeypatch.setattr(loader, "MAX_BYTES", 1000)
     path = tmp_path / "big.yaml"
@@ -133,14 +133,14 @@ def test_strict_makes_warnings_errors(tmp_path: Path) -> None:
 
 
 def test_known_fields_come_from_the_schema() -> None:
-    from agent.schema import InterfaceDoc, RuleDoc
-    from agent.validate_warnings import known_fields
+    from agent.model.schema import InterfaceDoc, RuleDoc
+    from agent.model.validate_warnings import known_fields
     assert known_fields(InterfaceDoc)[0] == frozenset(InterfaceDoc.model_fields)
     assert known_fields(RuleDoc)[0] == frozenset(RuleDoc.model_fields)
 
 
 def test_extension_fields_are_not_warned() -> None:
-    from agent.validate_warnings import document_warnings
+    from agent.model.validate_warnings import document_warnings
     assert document_warnings({"x_notes": 1, "x-owner": "ops", "security_groups": []}) == []
 
 
@@ -184,7 +184,7 @@ def test_incremental_validation_catches_an_address_clash() -> None:
     import copy
 
     from agent.errors import InvalidInput
-    from agent.validate_incremental import validate_update
+    from agent.model.validate_incremental import validate_update
     doc = {"host": "hv", "security_groups": [{"id": "sg"}], "instances": [
         {"id": f"i-{n}", "security_groups": ["sg"],
          "interfaces": [{"name": f"tap-{n}", "addresses": [f"10.0.0.{n}"]}]} for n in (1, 2)]}
@@ -223,14 +223,14 @@ def test_clone_writes_yaml_that_reads_back(tmp_path: Path) -> None:
     assert path.read_text().startswith(CLONE_SOURCE.removesuffix("instances: []\n"))
     check = run_agent("check", "-c", str(path))
     assert check.code == 0 and "valid (2 groups" in check.out, check.out
-    from agent.loader import read_document
+    from agent.model.loader import read_document
     copy_rules = read_document(path)["security_groups"][1]["rules"]
     assert [r.get("source_cidr") or r.get("dest_cidr") for r in copy_rules] == ["::/0", "::/0"]
     assert copy_rules[1]["description"] == "yes"
 
 
 def test_clone_refuses_to_write_what_would_not_pass_check(tmp_path: Path, monkeypatch) -> None:
-    from agent import clone
+    from agent.guardrails import clone
     from agent.errors import AgentError
     path = tmp_path / "g.yaml"
     path.write_text(CLONE_SOURCE)
@@ -249,9 +249,9 @@ def test_the_compiler_still_fails_closed_on_a_shared_bridged_address() -> None:
     import dataclasses
     import ipaddress
 
-    from agent.compile import build_ruleset
-    from agent.render import render_ruleset
-    from agent.validate import load_state
+    from agent.compiler.compile import build_ruleset
+    from agent.compiler.render import render_ruleset
+    from agent.model.validate import load_state
     state = load_state(ROOT / "tests" / "golden" / "bridged.yaml", host="hv-01")
     shared = (ipaddress.ip_address("10.8.0.2"),)
     instances = tuple(dataclasses.replace(inst, interfaces=tuple(

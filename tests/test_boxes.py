@@ -1,4 +1,4 @@
-"""agent.boxes against brute force over small integer universes.
+"""agent.compiler.boxes against brute force over small integer universes.
 
 Every box here lives in {0..7}^d (d = 1..4), so the union of a handful of boxes can be
 enumerated point by point and compared with what `disjoint_union` / `covers` say.
@@ -12,7 +12,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.boxes import contains, covers, disjoint_union, first_match_region, intersect, volume
+from agent.compiler.boxes import contains, covers, disjoint_union, first_match_region, intersect, volume
 
 N = 8                               # coordinates 0..7
 SETTINGS = settings(max_examples=400, deadline=None)

@@ -9,10 +9,10 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent.cli import main
-from agent.diff import diff_states
+from agent.cli.main import main
+from agent.guardrails.diff import diff_states
 from agent.errors import InvalidInput
-from agent.validate import load_state, validate_document
+from agent.model.validate import load_state, validate_document
 from guardrail_helpers import HOST, documents
 
 DOC = """\

@@ -2,7 +2,7 @@
 main property), structural invariants of the blocks design, fail-closed compilation,
 and (root only) the kernel accepting every golden ruleset.
 
-The reference is `agent.policy` (build_effective_list / evaluate); the compiled side
+The reference is `agent.policy.effective` (build_effective_list / evaluate); the compiled side
 is judged by `tests/compile_sim.py`, a strict interpreter of the emitted nft rules.
 Regenerate golden files with `UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_compile.py`
 and read the diff before keeping it.
@@ -25,15 +25,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import agent.compile as compile_mod
-import agent.compile_runs as compile_runs
-from agent.boxes import intersect
-from agent.compile import Ruleset, build_ruleset, interface_chain_name
-from agent.model import DIRECTIONS, EGRESS, INGRESS, DesiredState
-from agent.policy import DEFAULTS, USER, Packet, build_effective_list, evaluate
-from agent.policy_guard import ETHER_ARP, ETHER_IP, ETHER_IP6, Frame, frame_verdict
-from agent.render import render_ruleset
-from agent.validate import load_state, validate_document
+import agent.compiler.compile as compile_mod
+import agent.compiler.runs as compile_runs
+from agent.compiler.boxes import intersect
+from agent.compiler.compile import Ruleset, build_ruleset, interface_chain_name
+from agent.model.objects import DIRECTIONS, EGRESS, INGRESS, DesiredState
+from agent.policy.effective import DEFAULTS, USER, Packet, build_effective_list, evaluate
+from agent.policy.guard import ETHER_ARP, ETHER_IP, ETHER_IP6, Frame, frame_verdict
+from agent.compiler.render import render_ruleset
+from agent.model.validate import load_state, validate_document
 from bridge_sim import BridgeGuardSim
 from compile_sim import Simulator, UnknownRule, inet_table, parse_rule, parse_set
 
@@ -532,7 +532,7 @@ def frames(draw):
 @given(st.data())
 def test_bridge_guard_equals_semantics(data):
     """The bridge table's first-hop guard (ARP, ethertypes, source MACs), compiled and
-    simulated, == agent.policy_guard.frame_verdict, for every bridged port."""
+    simulated, == agent.policy.guard.frame_verdict, for every bridged port."""
     document = data.draw(documents(), label="document")
     state = validate_document(document, host=HOST)
     bridge = [t for t in build_ruleset(state).tables if t.family == "bridge"]
@@ -693,7 +693,7 @@ def test_failing_interface_compiles_closed(monkeypatch):
     "",
 ])
 def test_simulator_rejects_unknown_rules(text):
-    from agent.compile import NftSet
+    from agent.compiler.compile import NftSet
     sets = {"s4": parse_set(NftSet("s4", "ipv4_addr . inet_proto", ("10.0.0.0-10.0.0.255 . 6",))),
             "g4": parse_set(NftSet("g4", "ipv4_addr", ("10.0.0.1",)))}
     with pytest.raises(UnknownRule):
@@ -701,7 +701,7 @@ def test_simulator_rejects_unknown_rules(text):
 
 
 def test_simulator_rejects_bad_set_elements():
-    from agent.compile import NftSet
+    from agent.compiler.compile import NftSet
     for s in (NftSet("x", "ipv4_addr . inet_proto", ("10.0.0.1",)),
               NftSet("x", "ipv4_addr", ("fd00::1",)),
               NftSet("x", "ipv4_addr . inet_service", ("10.0.0.1 . 70000",)),

@@ -1,6 +1,6 @@
-"""The compiler's memo (agent.compile_memo): a build that reuses the previous build's
+"""The compiler's memo (agent.compiler.memo): a build that reuses the previous build's
 chains and sets is the same Ruleset as a build from scratch, whatever changed; and
-what did not change is the very same objects (so agent.incremental skips it)."""
+what did not change is the very same objects (so agent.compiler.transaction skips it)."""
 from __future__ import annotations
 
 import copy
@@ -12,11 +12,11 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.compile import build_ruleset, compile_ruleset
-from agent.compile_patch import compile_changes
+from agent.compiler.compile import build_ruleset, compile_ruleset
+from agent.compiler.patch import compile_changes
 from agent.errors import InvalidInput
-from agent.incremental import plan_update
-from agent.validate import validate_document
+from agent.compiler.transaction import plan_update
+from agent.model.validate import validate_document
 
 GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
 HOST = "hv-bench"
@@ -120,7 +120,7 @@ def test_one_rule_change_repaints_only_chains_of_that_group():
 
 
 def test_patched_build_is_taken_for_rule_prefix_and_group_setting_edits(monkeypatch):
-    import agent.compile_patch as patch
+    import agent.compiler.patch as patch
     calls = []
     real = patch._patched
     monkeypatch.setattr(patch, "_patched", lambda *a: calls.append(1) or real(*a))

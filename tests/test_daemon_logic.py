@@ -9,11 +9,11 @@ from pathlib import Path
 import yaml
 
 from agent.errors import InvalidInput, InputError, KernelError
-from agent.daemon import Daemon, DaemonConfig, Ports
-from agent.keeper import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, Keeper
-from agent.revoke import Flow
+from agent.service.daemon import Daemon, DaemonConfig, Ports
+from agent.reconciler.keeper import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, Keeper
+from agent.policy.revocation import Flow
 from agent.sources import SourceError
-from agent.status import StatusServer, format_status, query
+from agent.service.status import StatusServer, format_status, query
 
 WEBSHOP = yaml.safe_load((Path(__file__).parent.parent / "examples" / "webshop.yaml").read_text())
 
@@ -327,7 +327,7 @@ def test_status_socket_round_trip(tmp_path):
 
 def test_metrics_expose_the_status_facts():
     from prometheus_client import generate_latest
-    from agent.metrics import Metrics
+    from agent.service.metrics import Metrics
     d, *_ = make()
     d.publish()
     m = Metrics(d.snapshot)
@@ -342,7 +342,7 @@ def test_metrics_expose_the_status_facts():
 def test_sdnotify_datagram_and_watchdog_interval(tmp_path, monkeypatch):
     import os
     import socket
-    from agent import sdnotify
+    from agent.service import sdnotify
     path = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(path)
@@ -361,7 +361,7 @@ def test_sdnotify_datagram_and_watchdog_interval(tmp_path, monkeypatch):
 def test_nft_monitor_judges_transactions_by_committer():
     import os
     import struct
-    from agent.nftmon import NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, TableWatch
+    from agent.kernel.monitor import NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, TableWatch
 
     def attr(kind, value):
         return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)

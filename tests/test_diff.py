@@ -1,6 +1,6 @@
 """`secgroup-agent diff`: line changes, exact verdict changes (checked against
-agent.policy.evaluate), plain-words and JSON output, `--live` with a stand-in conntrack,
-and the box arithmetic of agent.regions against brute force."""
+agent.policy.effective.evaluate), plain-words and JSON output, `--live` with a stand-in conntrack,
+and the box arithmetic of agent.compiler.match_space against brute force."""
 from __future__ import annotations
 
 import copy
@@ -12,15 +12,15 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent import conntrack
-from agent.boxes import contains
-from agent.cli import main
-from agent.diff import diff_states, render_text
+from agent.kernel import conntrack
+from agent.compiler.boxes import contains
+from agent.cli.main import main
+from agent.guardrails.diff import diff_states, render_text
 from agent.errors import InvalidInput
-from agent.regions import Space, subtract
-from agent.revoke import Flow
-from agent.policy import evaluate
-from agent.validate import load_state, validate_document
+from agent.compiler.match_space import Space, subtract
+from agent.policy.revocation import Flow
+from agent.policy.effective import evaluate
+from agent.model.validate import load_state, validate_document
 from guardrail_helpers import (HOST, PORTS, all_lists, boundary_points, documents,
                                packet_at, region_points, rule_docs)
 

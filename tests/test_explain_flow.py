@@ -1,6 +1,6 @@
 """`explain --from A --to B`, `explain --matrix`, near-miss hints and `show --addresses`
 (issue 18): endpoints of every kind, both ends judged in order, the overall verdict, and
-agreement with agent.policy on random documents."""
+agreement with agent.policy.effective on random documents."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import InvalidInput
-from agent.explain_flow import explain_flow, reachability_matrix, resolve_endpoint
-from agent.fleet import fleet_views
-from agent.policy import build_effective_list, evaluate
-from agent.validate import load_state, validate_document
+from agent.policy.explain_flow import explain_flow, reachability_matrix, resolve_endpoint
+from agent.policy.host_views import fleet_views
+from agent.policy.effective import build_effective_list, evaluate
+from agent.model.validate import load_state, validate_document
 from cli_helpers import EXAMPLE, run_agent
 from guardrail_helpers import HOST, documents
 

@@ -19,13 +19,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.compile import build_ruleset
+from agent.compiler.compile import build_ruleset
 from agent.errors import InputError, InvalidInput
-from agent.loader import parse_document
-from agent.render import render_ruleset
-from agent.schema import DocumentDoc, InstanceDoc, InterfaceDoc, PrefixListDoc, RuleDoc, SecurityGroupDoc
-from agent.validate import validate_document
-from agent.validate_warnings import document_warnings
+from agent.model.loader import parse_document
+from agent.compiler.render import render_ruleset
+from agent.model.schema import DocumentDoc, InstanceDoc, InterfaceDoc, PrefixListDoc, RuleDoc, SecurityGroupDoc
+from agent.model.validate import validate_document
+from agent.model.validate_warnings import document_warnings
 
 settings.register_profile("secgroup-ci", max_examples=200, deadline=5000, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

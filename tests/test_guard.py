@@ -7,12 +7,12 @@ import ipaddress
 
 import pytest
 
-from agent.compile import build_ruleset
+from agent.compiler.compile import build_ruleset
 from agent.errors import InvalidInput
-from agent.model import EGRESS, INGRESS
-from agent.policy import Packet, build_effective_list, evaluate
-from agent.policy_guard import ETHER_ARP, ETHER_IP6, Frame, frame_verdict
-from agent.validate import validate_document
+from agent.model.objects import EGRESS, INGRESS
+from agent.policy.effective import Packet, build_effective_list, evaluate
+from agent.policy.guard import ETHER_ARP, ETHER_IP6, Frame, frame_verdict
+from agent.model.validate import validate_document
 from bridge_sim import BridgeGuardSim
 from compile_sim import Simulator
 
@@ -164,7 +164,7 @@ def test_routed_ports_have_no_bridge_guard():
 def test_incremental_validation_checks_allowed_overlaps():
     """The daemon's fast path: an instance that moves into another one's allowed network
     is refused with the full error list, as `check` refuses it."""
-    from agent.validate_incremental import validate_update
+    from agent.model.validate_incremental import validate_update
     first = document({"allowed_addresses": ["10.0.0.96/28"]})
     prev = validate_update(first, HOST, None)
     moved = document({"allowed_addresses": ["10.0.0.96/28"]})

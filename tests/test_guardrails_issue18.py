@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser
-from agent.diff import diff_states
-from agent.diff_summary import newly_dropped, summarize
-from agent.lint import lint
-from agent.validate import load_state, validate_document
+from agent.cli.main import build_parser
+from agent.guardrails.diff import diff_states
+from agent.guardrails.diff_summary import newly_dropped, summarize
+from agent.guardrails.lint import lint
+from agent.model.validate import load_state, validate_document
 from cli_helpers import ROOT, run_agent
 from guardrail_helpers import HOST
 

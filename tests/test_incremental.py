@@ -6,9 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from agent.compile import TABLE, Chain, NftSet, Ruleset, Table, build_ruleset
-from agent.incremental import element_diff, plan_update, ruleset_size
-from agent.validate import validate_document
+from agent.compiler.compile import TABLE, Chain, NftSet, Ruleset, Table, build_ruleset
+from agent.compiler.transaction import element_diff, plan_update, ruleset_size
+from agent.model.validate import validate_document
 
 WEBSHOP = yaml.safe_load((Path(__file__).parent.parent / "examples" / "webshop.yaml").read_text())
 
@@ -89,7 +89,7 @@ def test_remote_instance_joining_a_group_changes_only_set_elements():
     assert script
     verbs = {" ".join(line.split()[:2]) for line in script.splitlines()}
     assert verbs <= {"add element", "delete element"}, script
-    from agent.incremental import plan_element_changes       # what the daemon commits
+    from agent.compiler.transaction import plan_element_changes       # what the daemon commits
     changes = plan_element_changes(_compiled(WEBSHOP), _compiled(new))
     assert changes and all("10.0.1.99" in " ".join(c.added) for c in changes)
 
@@ -125,7 +125,7 @@ def test_replace_sets_mode_replaces_a_changed_set_with_its_chains():
 
 
 def test_element_changes_alone_when_only_elements_differ():
-    from agent.incremental import plan_element_changes
+    from agent.compiler.transaction import plan_element_changes
     chains = [BASE, Chain("in_tap1", ("ip saddr @g4 accept", "drop"))]
     old = _rs([ADDRS, PORTS], chains)
     narrowed = NftSet("g4", "ipv4_addr", ("10.0.0.0-10.0.0.127", "10.2.0.5"))

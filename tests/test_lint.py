@@ -1,6 +1,6 @@
 """`secgroup-agent lint`: one fixture per finding kind with its exact findings, the CLI
 contract (exit codes, JSON, options), and property tests of the shadowing analysis
-against the semantics engine (agent.policy.evaluate)."""
+against the semantics engine (agent.policy.effective.evaluate)."""
 from __future__ import annotations
 
 import json
@@ -10,14 +10,14 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent.cli import main
-from agent.diff import diff_states
+from agent.cli.main import main
+from agent.guardrails.diff import diff_states
 from agent.errors import InvalidInput
-from agent.lint import DEFAULT_EXPOSED_PORTS, LintOptions, lint, parse_ports
-from agent.boxes import volume
-from agent.policy import USER, evaluate
-from agent.regions import full_box, list_regions
-from agent.validate import load_state, validate_document
+from agent.guardrails.lint import DEFAULT_EXPOSED_PORTS, LintOptions, lint, parse_ports
+from agent.compiler.boxes import volume
+from agent.policy.effective import USER, evaluate
+from agent.compiler.match_space import full_box, list_regions
+from agent.model.validate import load_state, validate_document
 from guardrail_helpers import (HOST, all_lists, boundary_points, documents, packet_at,
                                region_points)
 

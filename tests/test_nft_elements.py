@@ -1,4 +1,4 @@
-"""agent/nft_elements.py without a kernel: the netlink encoding of set elements (golden
+"""agent/kernel/elements.py without a kernel: the netlink encoding of set elements (golden
 bytes taken from strace of nft 1.0.6 `add element`), batching, reply parsing, errors.
 
 libnftnl numbers the NFTA_LIST_ELEM nests of a message 1, 2, 3, ...; we send every one
@@ -10,11 +10,11 @@ import struct
 
 import pytest
 
-from agent import nft, nft_elements as ne
+from agent.kernel import nft, elements as ne
 from agent.errors import KernelError
-from agent.incremental import ElementChange
-from agent.nft_elements import build_batch, encode_element, supported
-from agent.ruleset import NftSet
+from agent.compiler.transaction import ElementChange
+from agent.kernel.elements import build_batch, encode_element, supported
+from agent.compiler.ruleset import NftSet
 
 V4_CONCAT = "ipv4_addr . inet_proto . inet_service"
 V6_CONCAT = "ipv6_addr . inet_proto . inet_service"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,8 +29,8 @@ def test_committed_man_page_is_current(name):
 
 
 def test_man_pages_cover_every_command_and_field():
-    from agent.cli import build_parser
-    from agent.schema import DocumentDoc, RuleDoc
+    from agent.cli.main import build_parser
+    from agent.model.schema import DocumentDoc, RuleDoc
     pages = load_generator().render_all()
     sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
     for command in sub.choices:

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import InvalidInput
-from agent.explain import render_show
-from agent.model import DesiredState
-from agent.policy import Decision, Packet, build_effective_list, evaluate
-from agent.validate import validate_document
+from agent.policy.explain import render_show
+from agent.model.objects import DesiredState
+from agent.policy.effective import Decision, Packet, build_effective_list, evaluate
+from agent.model.validate import validate_document
 
 HOST = "hv-01"
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

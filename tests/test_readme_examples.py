@@ -37,7 +37,7 @@ def test_readme_example(question, args, verdict, by):
     argv = shlex.split(args)
     if "--direction" not in argv:
         argv += ["--direction", "ingress"]
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "explain", "-c",
+    proc = subprocess.run([sys.executable, "-m", "agent.cli.main", "explain", "-c",
                            str(ROOT / "examples/webshop.yaml"), *argv, "--json"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -86,7 +86,7 @@ def _decider(end: dict) -> str:
 def test_readme_flow_example(question, args, verdict, by):
     """'by' lists every judging end in order: 'IFACE DIRECTION: decider; ...', where the
     decider is group/rule, 'default G', 'intra-group G', 'final' or 'essentials'."""
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "explain", "-c",
+    proc = subprocess.run([sys.executable, "-m", "agent.cli.main", "explain", "-c",
                            str(ROOT / "examples/webshop.yaml"), *shlex.split(args), "--json"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -99,7 +99,7 @@ def test_readme_flow_example(question, args, verdict, by):
 @pytest.mark.parametrize("command,shown", checked_blocks(), ids=lambda v: str(v)[:40])
 def test_readme_block_is_current(command, shown):
     argv = shlex.split(command)[1:]
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", *argv], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "agent.cli.main", *argv], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     got = proc.stdout.splitlines()
     if "..." not in shown:

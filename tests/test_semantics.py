@@ -9,10 +9,10 @@ from typing import Optional
 import pytest
 
 from agent.errors import InvalidInput
-from agent.explain import explain, local_interface
-from agent.model import DEFAULT_PRIORITY
-from agent.policy import Packet, build_effective_list, evaluate
-from agent.validate import validate_document
+from agent.policy.explain import explain, local_interface
+from agent.model.objects import DEFAULT_PRIORITY
+from agent.policy.effective import Packet, build_effective_list, evaluate
+from agent.model.validate import validate_document
 from semantics_helpers import decide, doc, egress, group, ingress, inst, nic, pkt, state_of
 
 # Addresses used throughout. A, B, C are local VPC instances; R lives on another host.

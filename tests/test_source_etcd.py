@@ -12,13 +12,13 @@ import pytest
 import yaml
 
 from agent.errors import InvalidInput
-from agent.publish import publish
+from agent.distribution.publish import publish
 from agent.sources import SourceError, open_source
 from agent.sources.client import Backoff, ClientOptions
 from agent.sources.etcd import EtcdSource
 from agent.sources.etcd_gateway import EtcdGateway, b64
 from agent.sources.etcd_layout import document_keys, keys_document, parse_etcd_spec
-from agent.validate import validate_document
+from agent.model.validate import validate_document
 from source_helpers import ETCD, ROOT, Etcd, Recorder, make_pki, wait_for
 
 pytestmark = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (Debian etcd-server)")
@@ -138,7 +138,7 @@ def test_publish_command(tmp_path, spec, etcd):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(yaml.safe_dump(DOC))
     bad.write_text("security_groups: [{id: sg-a, rules: [{direction: sideways}]}]\n")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "agent.cli", "publish", *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "agent.cli.main", "publish", *a],  # noqa: E731
                                     cwd=ROOT, capture_output=True, text=True, timeout=30)
     out = run("-c", str(good), "--to", spec)
     assert out.returncode == 0 and "published at revision" in out.stdout, out.stderr

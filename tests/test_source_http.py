@@ -12,7 +12,7 @@ import yaml
 from agent.sources import SourceError, open_source
 from agent.sources.client import Backoff
 from agent.sources.http import HttpSource
-from agent.validate import validate_document
+from agent.model.validate import validate_document
 from source_helpers import HttpServer, Recorder, make_pki, wait_for
 
 DOC = {

@@ -1,4 +1,4 @@
-"""agent.validate_incremental: the result of `validate_update` is always the full
+"""agent.model.validate_incremental: the result of `validate_update` is always the full
 `validate_document` result (equal state, or the identical error list), and a typical
 change takes the fast path, reusing the built objects of whatever did not change.
 
@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import InvalidInput
-from agent.validate import validate_document
-from agent.validate_incremental import Validated, validate_update
+from agent.model.validate import validate_document
+from agent.model.validate_incremental import Validated, validate_update
 
 GEN = Path(__file__).resolve().parents[1] / "scripts" / "gen-config"
 SHOP = Path(__file__).resolve().parent / "fixtures" / "valid" / "shop.yaml"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from agent.errors import InvalidInput
-from agent.loader import parse_json
+from agent.model.loader import parse_json
 from agent.sources import SourceError
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def document_keys(data: dict, prefix: str) -> dict[str, bytes]:
 
 def _load(key: str, value: bytes, errors: list[str]) -> Optional[dict]:
     try:
-        obj = parse_json(value, key)          # agent.loader: the limits of every source
+        obj = parse_json(value, key)          # agent.model.loader: the limits of every source
     except InvalidInput as exc:
         errors += [f"{key}: {e}" if e.path else str(e) for e in exc.errors]
         return None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from agent.errors import InputError, InvalidInput
-from agent.loader import parse_document, read_limited
+from agent.model.loader import parse_document, read_limited
 from agent.sources import SourceError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class FileSource:
             raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         rev = revision_of(raw)
         try:
-            data = parse_document(raw, str(self.path))     # agent.loader: limits, duplicate keys
+            data = parse_document(raw, str(self.path))     # agent.model.loader: limits, duplicate keys
         except InvalidInput as exc:
             raise _with_revision(exc, rev) from None
         return data, rev

@@ -53,8 +53,8 @@ def revision_of(response: httpx.Response) -> str:
 
 
 def _refuse_large(response: httpx.Response, url: str) -> None:
-    """A body that says it is larger than agent.loader.MAX_BYTES is not read at all."""
-    from agent.loader import MAX_BYTES
+    """A body that says it is larger than agent.model.loader.MAX_BYTES is not read at all."""
+    from agent.model.loader import MAX_BYTES
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BYTES:
         raise SourceError(f"{url}: the document is {int(declared):,} bytes; the limit is {MAX_BYTES:,}")
@@ -62,12 +62,12 @@ def _refuse_large(response: httpx.Response, url: str) -> None:
 
 def parse_body(response: httpx.Response, source: str) -> Any:
     """The document in a 200 response: JSON when the server says so, else YAML (or JSON)."""
-    from agent.loader import parse_json, parse_text
+    from agent.model.loader import parse_json, parse_text
     raw = response.content
     if not raw.strip():
         raise SourceError(f"{source}: the server sent an empty document")
     parse = parse_json if "json" in response.headers.get("content-type", "") else parse_text
-    try:                                # agent.loader: the limits and checks of every source
+    try:                                # agent.model.loader: the limits and checks of every source
         data = parse(raw, source)
     except InvalidInput as exc:
         raise SourceError("; ".join(str(e) for e in exc.errors)) from None

@@ -11,7 +11,7 @@
     message other than neighbour discovery — with direction (in/out), addresses, ports,
     TCP flags;
   * serves: TCP and UDP on PORTS, echoing every line (TCP) or datagram (UDP) back, so
-    replies of accepted flows can be observed and `python3 -m agent.probe hold` works;
+    replies of accepted flows can be observed and `python3 -m sandbox.probe hold` works;
   * crafts: probes sent by `send` are built with scapy (IPv4/IPv6 header, TCP SYN, UDP,
     ICMP echo, ICMPv6 echo, each with its marker in the payload, any source address) and
     written to raw IPPROTO_RAW sockets: the kernel routes them, nothing checks the source.
@@ -161,7 +161,7 @@ def serve() -> None:
                         raise OSError("eof")
                     s.setblocking(True)
                     s.settimeout(1.0)
-                    s.sendall(data)          # echo: `agent.probe hold` waits for its line
+                    s.sendall(data)          # echo: `sandbox.probe hold` waits for its line
                     s.setblocking(False)
             except OSError:
                 if key.data == "conn":

@@ -1,7 +1,7 @@
-"""The kernel tests' hypervisor: a Sandbox (agent/sandbox.py) with four instances and the
-outside namespace, a probe responder in each (agent/probe.py `Responder`), the agent
+"""The kernel tests' hypervisor: a Sandbox (sandbox/hypervisor.py) with four instances and the
+outside namespace, a probe responder in each (sandbox/probe.py `Responder`), the agent
 applied by its CLI inside the hypervisor namespace, and the semantics engine
-(agent/policy.py) as the reference for every verdict observed.
+(agent/policy/effective.py) as the reference for every verdict observed.
 
 Nothing here touches the root namespace: every object lives in namespaces named
 `<prefix>-*`, and `Topology.close()` removes them (the fixtures call it in `finally`).
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
-from agent.model import DROP, EGRESS, INGRESS, DesiredState
-from agent.policy import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate
-from agent.probe import ProbeResult, ProbeSpec, Responder, probe_many
-from agent.revoke import Flow
-from agent.sandbox import OUTSIDE4, OUTSIDE6, Sandbox, check_tools, run
-from agent.validate import validate_document
+from agent.model.objects import DROP, EGRESS, INGRESS, DesiredState
+from agent.policy.effective import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate
+from sandbox.probe import ProbeResult, ProbeSpec, Responder, probe_many
+from agent.policy.revocation import Flow
+from sandbox.hypervisor import OUTSIDE4, OUTSIDE6, Sandbox, check_tools, run
+from agent.model.validate import validate_document
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -184,7 +184,7 @@ class Topology:
 
     # -- the agent, inside the hypervisor namespace ----------------------------------
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return run(["ip", "netns", "exec", self.hv, PYTHON, "-m", "agent.cli", *args],
+        return run(["ip", "netns", "exec", self.hv, PYTHON, "-m", "agent.cli.main", *args],
                    check=False, timeout=timeout, cwd=str(ROOT))
 
     def write(self, doc: dict) -> Path:
@@ -219,19 +219,19 @@ class Topology:
         return json.loads(proc.stdout)
 
     def flows(self) -> list[Flow]:
-        """agent.conntrack.list_flows() in the hypervisor namespace."""
+        """agent.kernel.conntrack.list_flows() in the hypervisor namespace."""
         rows = self.hv_python(
-            "import json; from agent.conntrack import list_flows\n"
+            "import json; from agent.kernel.conntrack import list_flows\n"
             "print(json.dumps([[str(f.src), str(f.dst), f.protocol, f.sport, f.dport, f.icmp_type,"
             " f.icmp_id] for f in list_flows()]))")
         return [Flow(ipaddress.ip_address(r[0]), ipaddress.ip_address(r[1]), *r[2:]) for r in rows]
 
     def delete_flows(self, flows: list[Flow]) -> int:
-        """agent.conntrack.delete_flows(flows) in the hypervisor namespace."""
+        """agent.kernel.conntrack.delete_flows(flows) in the hypervisor namespace."""
         rows = json.dumps([[str(f.src), str(f.dst), f.protocol, f.sport, f.dport, f.icmp_type, f.icmp_id]
                            for f in flows])
         return self.hv_python(
-            "import ipaddress, json; from agent.conntrack import delete_flows; from agent.revoke import Flow\n"
+            "import ipaddress, json; from agent.kernel.conntrack import delete_flows; from agent.policy.revocation import Flow\n"
             f"rows = json.loads({rows!r})\n"
             "print(delete_flows(Flow(ipaddress.ip_address(r[0]), ipaddress.ip_address(r[1]), *r[2:])"
             " for r in rows))")
@@ -253,11 +253,11 @@ def _l4(proto: str, version: int) -> str:
     return "icmpv6" if proto == "icmp" and version == 6 else proto
 
 
-# -- the reference: agent.policy -------------------------------------------------------
+# -- the reference: agent.policy.effective -------------------------------------------------------
 def policy_verdict(state: DesiredState, src: str, dst: str, packet: Packet) -> tuple[str, str]:
     """The semantics engine's verdict for a new connection: the sender's egress list,
     then the receiver's ingress list (where they are local instances), like
-    agent/demo.py's `expected`. Returns (verdict, what decided it)."""
+    sandbox/demo.py's `expected`. Returns (verdict, what decided it)."""
     why = "no local list (outside to outside)"
     for name, direction in ((src, EGRESS), (dst, INGRESS)):
         inst = state.instance_by_id.get(name)
@@ -364,7 +364,7 @@ def assert_no_connection(topo: Topology, src: str, dst: str, proto: str, port: i
 # -- long-lived connections --------------------------------------------------------------
 @dataclass
 class Hold:
-    """`python -m agent.probe hold` from `src` to the responder of `dst`: one line every
+    """`python -m sandbox.probe hold` from `src` to the responder of `dst`: one line every
     100 ms, each echoed; `broken_at` is when an echo failed to come back in 0.5 s."""
     topo: Topology
     src: str
@@ -379,7 +379,7 @@ class Hold:
     def __post_init__(self) -> None:
         self.up = threading.Event()
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.topo.ns[self.src], PYTHON, "-m", "agent.probe", "hold",
+            ["ip", "netns", "exec", self.topo.ns[self.src], PYTHON, "-m", "sandbox.probe", "hold",
              "--dst", self.topo.addr(self.dst, self.version), "--port", str(self.port),
              "--interval", "0.1", "--timeout", "0.5"]
             + (["--src", self.topo.addr(self.src, self.version)] if self.src in ("out", "remote") else []),

@@ -2,7 +2,7 @@
 import subprocess
 import time
 
-from agent import nft, nftmon
+from agent.kernel import nft, monitor as nftmon
 
 SCRIPT = ("table inet secgroup_agent\ndelete table inet secgroup_agent\n"
           "table inet secgroup_agent {\n\tchain c {\n\t\taccept\n\t}\n}\n")

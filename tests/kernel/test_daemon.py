@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.probe import probe
-from agent.sandbox import OUTSIDE4, Sandbox
-from agent.status import query
+from sandbox.probe import probe
+from sandbox.hypervisor import OUTSIDE4, Sandbox
+from agent.service.status import query
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
@@ -49,7 +49,7 @@ class Agent:
 
     def start(self) -> None:
         with open(self.log, "a") as log:
-            self.proc = self.sb.popen(self.sb.hv, PY, "-m", "agent.cli", "run", "-c", str(self.config),
+            self.proc = self.sb.popen(self.sb.hv, PY, "-m", "agent.cli.main", "run", "-c", str(self.config),
                                       "--socket", self.socket, "--verify-interval", "2",
                                       stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
@@ -111,7 +111,7 @@ def test_change_is_enforced(agent):
     before = query(agent.socket)["applies"]
     start = time.monotonic()
     write(agent.config, document(8080, 9090))
-    took = wait_for(lambda: "9090" in agent.nft("list", "ruleset").stdout or
+    took = wait_for(lambda: "9090" in agent.kernel.nft("list", "ruleset").stdout or
                     query(agent.socket)["applies"] != before, 5)
     assert reachable(agent, 9090)
     print(f"\nchange enforced {took * 1000:.0f} ms after the write (ruleset/status polling)")
@@ -132,7 +132,7 @@ def test_bad_input_keeps_state_and_status_shows_errors(agent):
     doc = query(agent.socket)
     assert any("security_groups[0].rules[1].port_range: 9090/80" in e for e in doc["errors"])
     assert reachable(agent, 8080)                     # the last valid state is enforced
-    out = subprocess.run([PY, "-m", "agent.cli", "status", "--socket", agent.socket],
+    out = subprocess.run([PY, "-m", "agent.cli.main", "status", "--socket", agent.socket],
                          capture_output=True, text=True)
     assert out.returncode == 1 and "port_range: 9090/80" in out.stdout
     write(agent.config, "host: [unclosed\n")
@@ -146,11 +146,11 @@ def test_bad_input_keeps_state_and_status_shows_errors(agent):
 @pytest.mark.parametrize("how", [["delete", "table", "inet", "secgroup_agent"], ["flush", "ruleset"]])
 def test_drift_is_repaired_within_a_second(agent, how):
     repairs = query(agent.socket)["drift_repairs"]
-    agent.nft(*how)
+    agent.kernel.nft(*how)
     took = wait_for(agent.has_table, 1.0)
     print(f"\n`nft {' '.join(how)}` repaired in {took * 1000:.0f} ms")
     wait_for(lambda: query(agent.socket)["drift_repairs"] > repairs, 2)
-    assert reachable(agent, 8080), agent.nft("list", "ruleset").stdout
+    assert reachable(agent, 8080), agent.kernel.nft("list", "ruleset").stdout
     assert not reachable(agent, 9090, 0.4)
 
 

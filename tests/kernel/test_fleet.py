@@ -7,7 +7,7 @@ the kernel sets on the others. Measures publish-to-enforced latency.
 
 Enforced = the daemon's status socket reports the published etcd revision (it does so
 after the kernel committed it), confirmed by the element in `nft list set`. t0 = the
-moment a publisher process inside the etcd namespace calls agent.publish.publish().
+moment a publisher process inside the etcd namespace calls agent.distribution.publish.publish().
 Everything (daemons, etcd, its data dir, namespaces) is removed also on failure.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sandbox import run
+from sandbox.hypervisor import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from source_helpers import Etcd, wait_for  # noqa: E402
@@ -38,7 +38,7 @@ HOSTS = ("hv1", "hv2", "hv3")
 ETCD_ADDR = "10.99.0.1"
 PUBLISHER = """
 import json, sys, time
-from agent.publish import publish
+from agent.distribution.publish import publish
 from agent.sources.etcd_layout import parse_etcd_spec
 spec = sys.argv[1]
 for line in sys.stdin:
@@ -118,7 +118,7 @@ class Fleet:
         for host in HOSTS:
             log = open(self.tmp / f"{host}.log", "ab")
             self.agents[host] = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns(host), PY, "-m", "agent.cli", "run", "--source", self.spec,
+                ["ip", "netns", "exec", self.ns(host), PY, "-m", "agent.cli.main", "run", "--source", self.spec,
                  "--host", host, "--socket", self.socket(host)], cwd=ROOT, stdout=log, stderr=log)
             log.close()
 
@@ -126,7 +126,7 @@ class Fleet:
         return str(self.tmp / f"{host}.sock")
 
     def revision(self, host: str) -> str:
-        from agent.status import query
+        from agent.service.status import query
         try:
             return str(query(self.socket(host), timeout=1).get("revision"))
         except Exception:  # noqa: BLE001 - not up yet / busy
@@ -166,7 +166,7 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    pytest.importorskip("agent.daemon", reason="the daemon (agent/daemon.py) is not there yet")
+    pytest.importorskip("agent.service.daemon", reason="the daemon (agent/service/daemon.py) is not there yet")
     f = Fleet(f"sgf{os.getpid() % 100000}", tmp_path_factory.mktemp("fleet"))
     try:
         f.build()

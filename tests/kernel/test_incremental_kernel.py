@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.compile import build_ruleset
-from agent.incremental import plan_update
-from agent.render import render_flush, render_ruleset
-from agent.sandbox import run
-from agent.validate import validate_document
+from agent.compiler.compile import build_ruleset
+from agent.compiler.transaction import plan_update
+from agent.compiler.render import render_flush, render_ruleset
+from sandbox.hypervisor import run
+from agent.model.validate import validate_document
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
@@ -164,8 +164,8 @@ def test_overlapping_interval_elements_swap_in_one_transaction(ns, tmp_path):
 
 KEEPER_SCRIPT = """
 import json, sys
-from agent.keeper import Keeper, RealKernel
-from agent.validate_incremental import validate_update
+from agent.reconciler.keeper import Keeper, RealKernel
+from agent.model.validate_incremental import validate_update
 keeper, validated, modes = Keeper(RealKernel()), None, []
 for path in sys.argv[1:]:
     validated = validate_update(json.load(open(path)), None, validated)

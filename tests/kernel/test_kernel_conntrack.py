@@ -1,4 +1,4 @@
-"""agent.conntrack against the real conntrack table of the hypervisor namespace:
+"""agent.kernel.conntrack against the real conntrack table of the hypervisor namespace:
 list_flows sees IPv4 and IPv6 entries of every protocol, delete_flows removes TCP, UDP,
 ICMP and ICMPv6 entries (and skips ones already gone)."""
 from __future__ import annotations

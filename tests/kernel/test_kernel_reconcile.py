@@ -45,7 +45,7 @@ def test_second_apply_changes_nothing(fresh):
     # a forced re-commit of the same state yields the very same kernel text, too
     path = topo.write(doc)
     changed = topo.hv_python(
-        "import json; from agent.reconcile import apply_once; from agent.validate import load_state\n"
+        "import json; from agent.reconciler.oneshot import apply_once; from agent.model.validate import load_state\n"
         f"print(json.dumps(apply_once(load_state({str(path)!r}, {HOST!r}), force=True).changed))")
     assert changed is True
     assert (topo.nft_list("inet"), topo.nft_list("bridge")) == (inet, bridge)
@@ -63,7 +63,7 @@ PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received, .*?([\d.]
 
 APPLIER = """
 import sys
-from agent.cli import main
+from agent.cli.main import main
 host, paths = sys.argv[1], sys.argv[2:]
 print("READY", flush=True)
 sys.stdin.readline()
@@ -156,15 +156,15 @@ def test_failed_apply_keeps_previous_table(fresh):
 
 
 def test_broken_script_in_process(fresh):
-    """agent.nft.apply_script on a script the kernel refuses after a valid part (a rule
+    """agent.kernel.nft.apply_script on a script the kernel refuses after a valid part (a rule
     for a chain that does not exist, at the end): nothing of it is committed."""
     topo = fresh
     topo.apply(doc_a(topo))
     inet, bridge = topo.nft_list("inet"), topo.nft_list("bridge")
     path = topo.write(doc_a(topo, http_port=81))
     result = topo.hv_python(
-        "import json; from agent.compile import build_ruleset; from agent.render import render_ruleset\n"
-        "from agent.validate import load_state; from agent.nft import apply_script; from agent.errors import KernelError\n"
+        "import json; from agent.compiler.compile import build_ruleset; from agent.compiler.render import render_ruleset\n"
+        "from agent.model.validate import load_state; from agent.kernel.nft import apply_script; from agent.errors import KernelError\n"
         f"script = render_ruleset(build_ruleset(load_state({str(path)!r}, {HOST!r})))\n"
         "script += 'add rule inet secgroup_agent no_such_chain accept\\n'\n"
         "try:\n    apply_script(script); print(json.dumps('committed'))\n"

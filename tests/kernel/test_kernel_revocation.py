@@ -1,9 +1,9 @@
 """Revocation (SPEC §3) through the real kernel: an established TCP connection that a
 new state no longer allows is cut within about a second of the apply, while one the new
 state still allows survives; `revoke_connections: false` leaves it alone. The
-connections are `python -m agent.probe hold` clients exchanging a line with the
+connections are `python -m sandbox.probe hold` clients exchanging a line with the
 receiver's responder every 100 ms, IPv4 and IPv6 at once; the conntrack entries are
-read with agent.conntrack.list_flows inside the hypervisor namespace.
+read with agent.kernel.conntrack.list_flows inside the hypervisor namespace.
 
 Base state: i1 (sg-srv, inner_access accept) admits tcp/7001 and tcp/7002 from
 anywhere; i2 is in sg-srv too, so i2 -> i1:7003 passes only by the intra-group stage;

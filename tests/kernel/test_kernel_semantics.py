@@ -2,14 +2,14 @@
 TCP, UDP and ICMP/ICMPv6.
 
 Every flow is checked three ways: the verdict the clause promises (written here), the
-verdict of the semantics engine (agent.policy: the sender's egress list, then the
+verdict of the semantics engine (agent.policy.effective: the sender's egress list, then the
 receiver's ingress list), and what the kernel did (the receiver's probe responder got
 the flow's unique marker, or not). All three must agree. One document per clause,
 applied by `secgroup-agent apply` inside the hypervisor namespace; the flows of a clause
-are sent at once (agent.probe.probe_many), so a clause costs about one drop timeout.
+are sent at once (sandbox.probe.probe_many), so a clause costs about one drop timeout.
 
 Every flow between two local instances is also put to `explain --from SRC --to DST`
-(agent.explain_flow, what the command prints; one per clause through the command itself):
+(agent.policy.explain_flow, what the command prints; one per clause through the command itself):
 its overall verdict must be what the kernel did.
 
 Instances: i1..i4 (routed: 10.0.0.11-14, fd00::11-14; bridged: 10.1.0.11-14,
@@ -22,7 +22,7 @@ import json
 
 import pytest
 
-from agent.explain_flow import explain_flow
+from agent.policy.explain_flow import explain_flow
 from khelpers import (ANY, C, assert_connection, assert_no_connection, both, check_cases, group,
                       packet_for, policy_verdict, rule)
 

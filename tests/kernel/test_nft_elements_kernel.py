@@ -1,4 +1,4 @@
-"""agent.nft_elements on the real kernel, in a network namespace of its own: element
+"""agent.kernel.elements on the real kernel, in a network namespace of its own: element
 changes committed over netlink leave exactly what libnftables holds for a set declared
 with the resulting elements (compared as `nft -j` element lists and as the raw kernel
 elements of `nft --debug=netlink`), a refused batch changes nothing, and a commit does
@@ -79,14 +79,14 @@ def _state(table: str, name: str, kind: str = "set") -> dict:
 
 def element_change(table: str, name: str, set_type: str, removed, added):
     """Elements leaving and joining the interval set `name` of table inet `table`."""
-    from agent.incremental import ElementChange
-    from agent.ruleset import NftSet
+    from agent.compiler.transaction import ElementChange
+    from agent.compiler.ruleset import NftSet
     return ElementChange("inet", table, NftSet(name, set_type, ()), tuple(removed), tuple(added))
 
 
 def scenario_content() -> dict:
-    from agent.nft import apply_script
-    from agent.nft_elements import commit_element_changes
+    from agent.kernel.nft import apply_script
+    from agent.kernel.elements import commit_element_changes
     apply_script(table_script("sgtest", {n: (t, init) for n, (t, init, _r, _a) in SETS.items()}))
     changes = [element_change("sgtest", n, t, r, a) for n, (t, _i, r, a) in SETS.items()]
     took = commit_element_changes(changes)
@@ -97,7 +97,7 @@ def scenario_content() -> dict:
 
 
 # verdict maps as the compiler makes them: member-path runs (concatenated, intervals) and
-# points (concatenated, exact keys); deletions name the key alone, as agent.incremental does
+# points (concatenated, exact keys); deletions name the key alone, as agent.compiler.transaction does
 MAPS = {
     "m": ("ipv4_addr . inet_proto . inet_service", True,
           ["10.0.0.0-10.0.0.255 . 6 . 80 : accept", "10.1.0.0-10.1.0.255 . 17 . 53 : drop"],
@@ -118,10 +118,10 @@ def map_script(table: str, maps: dict[str, tuple[str, bool, list[str]]]) -> str:
 
 
 def scenario_maps() -> dict:
-    from agent.incremental import ElementChange, map_key
-    from agent.nft import apply_script
-    from agent.nft_elements import commit_element_changes
-    from agent.ruleset import NftSet
+    from agent.compiler.transaction import ElementChange, map_key
+    from agent.kernel.nft import apply_script
+    from agent.kernel.elements import commit_element_changes
+    from agent.compiler.ruleset import NftSet
     apply_script(map_script("sgmtest", {n: (t, iv, init) for n, (t, iv, init, _r, _a) in MAPS.items()}))
     took = commit_element_changes([ElementChange("inet", "sgmtest", NftSet(n, t, (), iv, "verdict"), tuple(r), tuple(a))
                                    for n, (t, iv, _i, r, a) in MAPS.items()])
@@ -134,8 +134,8 @@ def scenario_maps() -> dict:
 
 def scenario_large(count: int, changed: int) -> dict:
     """Large changes: many messages (each < 64 KB) in one batch."""
-    from agent.nft import apply_script
-    from agent.nft_elements import commit_element_changes
+    from agent.kernel.nft import apply_script
+    from agent.kernel.elements import commit_element_changes
     made = {V4C: lambda i: f"10.{i // 250 % 250}.{i % 250}.0-10.{i // 250 % 250}.{i % 250}.127 . 6 . {i % 60000}",
             "ipv4_addr": lambda i: f"{10 + i // 62500}.{i // 250 % 250}.{i % 250}.{i % 2 * 100}"}
     sets = {f"l{n}": (typ, [f(i) for i in range(count)], [f(i) for i in range(changed)],
@@ -151,8 +151,8 @@ def scenario_large(count: int, changed: int) -> dict:
 
 def scenario_refused() -> dict:
     from agent.errors import KernelError
-    from agent.nft import apply_script
-    from agent.nft_elements import commit_element_changes
+    from agent.kernel.nft import apply_script
+    from agent.kernel.elements import commit_element_changes
     apply_script(table_script("sgtest", {n: (t, init) for n, (t, init, _r, _a) in SETS.items()}))
     before = {n: _state("sgtest", n) for n in SETS}
     good = [element_change("sgtest", n, t, r, a) for n, (t, _i, r, a) in SETS.items()]
@@ -178,8 +178,8 @@ def scenario_timing(sets: int, per_set: int, rounds: int) -> dict:
     """A table like the agent's: region sets (concatenations) and group sets (single
     field, rbtree: libnftables fetches the elements of all of these before any element
     command). Per kind of set: 1 element removed + 1 added, over netlink, then by nft."""
-    from agent.nft import apply_script
-    from agent.nft_elements import commit_element_changes
+    from agent.kernel.nft import apply_script
+    from agent.kernel.elements import commit_element_changes
     kinds = {0: (V4C, lambda s, e: f"10.{s // 250}.{s % 250}.{e % 250} . 6 . {1000 + e}"),
              1: ("ipv4_addr", lambda s, e: f"{10 + e // 250}.{s // 250}.{s % 250}.{e % 250}")}
     lines = ["table inet sgbig {"]
@@ -206,9 +206,9 @@ def scenario_timing(sets: int, per_set: int, rounds: int) -> dict:
 def scenario_monitor() -> dict:
     """The drift monitor takes a netlink commit for the agent's own (by its thread name:
     run in a PID namespace) and `nft add element` by another process for foreign."""
-    from agent import nftmon
-    from agent.nft import apply_script
-    from agent.nft_elements import commit_element_changes
+    from agent.kernel import monitor as nftmon
+    from agent.kernel.nft import apply_script
+    from agent.kernel.elements import commit_element_changes
     apply_script(table_script("sgmon", {"c": ("ipv4_addr", ["10.0.0.1"])}))
     seen: list = []
     watch = nftmon.TableWatch({("inet", "sgmon")}, seen.append, lambda: seen.append("overflow"))

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from agent.compile import build_ruleset
+from agent.compiler.compile import build_ruleset
 from agent.errors import InvalidInput
-from agent.render import render_ruleset
-from agent.validate import validate_document
+from agent.compiler.render import render_ruleset
+from agent.model.validate import validate_document
 
 pytestmark = pytest.mark.kernel
 

@@ -1,0 +1,291 @@
+"""Set-element changes over netlink (NETLINK_NETFILTER) in ONE nfnetlink batch: one
+transaction, all deletions then all additions, committed or aborted whole; a few ms
+whatever the table size (libnftables 1.0.6 first fetches the table's elements).
+Encoding as libnftnl's (checked against strace / `nft --debug=mnl` of nft 1.0.6):
+concatenations (pipapo): KEY = the fields' starts, KEY_END = their ends, each field
+padded to 4 bytes. Single fields (rbtree; key unpadded): [lo, hi] is KEY=lo plus KEY=hi+1
+flagged INTERVAL_END (adjacent intervals: an end and the next start share a key); if hi
+is the maximum, no end element and the start carries libnftnl's F_INTERVAL_OPEN userdata.
+(libnftables also puts an end element at key 0 into a set it fills while empty: it
+matches nothing, the kernel does not need it, and we cannot know the set is empty.)
+Additions are NLM_F_EXCL (without it an rbtree interval whose end element exists, an
+overlap, is accepted). The kernel (6.18) refuses overlaps in rbtree sets, in pipapo ones
+only when the new start or end lies in an element; a pipapo delete removes the element
+CONTAINING the start key. libnftables checks these against its cache: here the caller's
+`removed` and `added` must be exact (the agent's diff of what it applied).
+"""
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from agent.errors import KernelError
+from agent.compiler.transaction import ElementChange
+from agent.kernel.nft import COMMIT_COMM, _lock, _thread_name
+
+log = logging.getLogger(__name__)
+
+FAMILIES = {"ip": 2, "ip6": 10, "inet": 1, "arp": 3, "bridge": 7, "netdev": 5}
+FIELD_BYTES = {"ipv4_addr": 4, "ipv6_addr": 16, "inet_proto": 1, "inet_service": 2}
+NETLINK_NETFILTER, SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 12, 270, 10, 11
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+NFNL_SUBSYS_NFTABLES, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 10, 0x10, 0x11
+NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_ACK_TLVS = 0x1, 0x4, 0x200, 0x400, 0x200
+NLMSG_ERROR, NLMSGERR_ATTR_OFFS, NLA_F_NESTED = 2, 2, 0x8000
+LIST_TABLE, LIST_SET, LIST_ELEMENTS, LIST_ELEM = 1, 2, 3, 1
+ELEM_KEY, ELEM_FLAGS, ELEM_USERDATA, ELEM_KEY_END, DATA_VALUE, ELEM_INTERVAL_END = 1, 3, 6, 10, 1, 1
+# libnftnl userdata TLV: NFTNL_UDATA_SET_ELEM_FLAGS (1), length 4, F_INTERVAL_OPEN (1) host order
+OPEN_INTERVAL_UDATA = bytes([1, 4]) + struct.pack("=I", 1)
+MAX_ELEMENTS_BYTES = 60_000        # per message: the elements attribute has a u16 length
+TIMEOUT = 5.0
+
+
+SET_ELEM_DATA, DATA_VERDICT, VERDICT_CODE = 2, 2, 1
+VERDICT_CODES = {"accept": 1, "drop": 0}                 # NF_ACCEPT, NF_DROP
+
+
+def supported(set_type: str, interval: bool, map_to: Optional[str]) -> bool:
+    """Whether commit_element_changes can encode the elements of this set: interval sets,
+    and verdict maps (accept/drop) keyed by a concatenation (pipapo) or by exact keys
+    (hash), as the compiler's member-path and points maps are."""
+    fields = [f.strip() for f in set_type.split(".")]
+    if not all(f in FIELD_BYTES for f in fields):
+        return False
+    if map_to is None:
+        return interval
+    return map_to == "verdict" and (len(fields) > 1 or not interval)
+
+
+def _field_range(kind: str, text: str) -> tuple[int, int]:
+    """One field ("10.0.0.0-10.0.0.255", "fd00::5", "6", "1000-2000") as [lo, hi]."""
+    if kind in ("ipv4_addr", "ipv6_addr"):
+        bounds = [ipaddress.ip_address(t) for t in text.split("-", 1)]
+        if any(b.version != (4 if kind == "ipv4_addr" else 6) for b in bounds):
+            raise ValueError(f"{text!r} is not an {kind}")
+        lo, hi = int(bounds[0]), int(bounds[-1])
+    else:
+        lo_text, _, hi_text = text.partition("-")
+        lo, hi = int(lo_text), int(hi_text or lo_text)
+    if not 0 <= lo <= hi < 1 << (8 * FIELD_BYTES[kind]):
+        raise ValueError(f"{text!r} is not a {kind} range")
+    return lo, hi
+
+
+def _value(kind: str, value: int, padded: bool) -> bytes:
+    size = FIELD_BYTES[kind]
+    return value.to_bytes(size, "big") + (bytes(-size % 4) if padded else b"")
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + bytes(-size % 4)
+
+
+def _nest(kind: int, *parts: bytes) -> bytes:
+    return _attr(kind | NLA_F_NESTED, b"".join(parts))
+
+
+def _data(kind: int, value: bytes) -> bytes:
+    return _nest(kind, _attr(DATA_VALUE, value))
+
+
+def encode_element(set_type: str, text: str, map_to: Optional[str] = None, interval: bool = True,
+                   with_data: bool = True) -> list[bytes]:
+    """The NFTA_LIST_ELEM attributes of one element text of a set (or of a verdict map:
+    `key : accept|drop`, its verdict as NFTA_SET_ELEM_DATA unless `with_data` is false,
+    as libnftnl leaves it out of deletions)."""
+    data = b""
+    if map_to == "verdict" and (with_data or " : " in text):     # deletions may name the key alone
+        text, _, verdict = text.rpartition(" : ")
+        if verdict not in VERDICT_CODES:
+            raise ValueError(f"element {text!r}: verdict {verdict!r} is not accept or drop")
+        if with_data:
+            data = _nest(SET_ELEM_DATA, _nest(DATA_VERDICT, _attr(VERDICT_CODE, struct.pack(">I", VERDICT_CODES[verdict]))))
+    kinds = [f.strip() for f in set_type.split(".")]
+    parts = [p.strip() for p in text.split(" . ")]
+    if len(parts) != len(kinds):
+        raise ValueError(f"element {text!r} does not match type {set_type!r}")
+    ranges = [_field_range(k, p) for k, p in zip(kinds, parts)]
+    padded = len(kinds) > 1
+    if not interval:                                      # hash: one exact key
+        if any(lo != hi for lo, hi in ranges):
+            raise ValueError(f"element {text!r}: a range in a set without intervals")
+        key = b"".join(_value(k, lo, padded) for k, (lo, _hi) in zip(kinds, ranges))
+        return [_nest(LIST_ELEM, _data(ELEM_KEY, key), data)]
+    if len(kinds) > 1:                                    # pipapo: start and end keys
+        start = b"".join(_value(k, lo, True) for k, (lo, _hi) in zip(kinds, ranges))
+        end = b"".join(_value(k, hi, True) for k, (_lo, hi) in zip(kinds, ranges))
+        return [_nest(LIST_ELEM, _data(ELEM_KEY, start), _data(ELEM_KEY_END, end), data)]
+    (kind,), ((lo, hi),) = kinds, ranges                   # rbtree: start + end elements
+    if hi + 1 == 1 << (8 * FIELD_BYTES[kind]):            # open interval: no end element
+        return [_nest(LIST_ELEM, _data(ELEM_KEY, _value(kind, lo, False)),
+                      _attr(ELEM_USERDATA, OPEN_INTERVAL_UDATA))]
+    return [_nest(LIST_ELEM, _data(ELEM_KEY, _value(kind, lo, False))),
+            _nest(LIST_ELEM, _attr(ELEM_FLAGS, struct.pack(">I", ELEM_INTERVAL_END)),
+                  _data(ELEM_KEY, _value(kind, hi + 1, False)))]
+
+
+def _header(mtype: int, flags: int, seq: int, family: int, res_id: int, size: int) -> bytes:
+    """nlmsghdr + nfgenmsg (res_id big-endian) of a message with `size` bytes after them."""
+    return struct.pack("=IHHIIBB", 20 + size, mtype, flags, seq, 0, family, 0) + res_id.to_bytes(2, "big")
+
+
+@dataclass
+class _Sent:
+    """One element message of a batch: its set, its elements, their texts by offset."""
+    set_name: str
+    verb: str
+    offsets: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+    def describe(self, offset: Optional[int]) -> str:
+        at = bisect.bisect_right(self.offsets, offset) - 1 if offset is not None else -1
+        what = f"{self.texts[at]!r}" if at >= 0 else f"{len(self.texts)} element(s)"
+        return f"{self.verb} {what} in set {self.set_name}"
+
+
+def _messages(change: ElementChange, delete: bool, seq: int) -> list[tuple[bytes, _Sent]]:
+    """The messages (each < 64 KB) deleting or adding the elements of one set."""
+    family, name = FAMILIES[change.family], change.set.name
+    mtype = (NFNL_SUBSYS_NFTABLES << 8) | (NFT_MSG_DELSETELEM if delete else NFT_MSG_NEWSETELEM)
+    flags = NLM_F_REQUEST | NLM_F_ACK | (0 if delete else NLM_F_CREATE | NLM_F_EXCL)
+    head = _attr(LIST_TABLE, change.table.encode() + b"\0") + _attr(LIST_SET, name.encode() + b"\0")
+    verb = "deleting" if delete else "adding"
+    chunks = [_Sent(name, verb)]
+    for text in change.removed if delete else change.added:
+        encoded = encode_element(change.set.type, text, change.set.map_to, change.set.interval, not delete)
+        need = sum(len(e) for e in encoded)
+        if chunks[-1].size + need > MAX_ELEMENTS_BYTES and chunks[-1].texts:
+            chunks.append(_Sent(name, verb))
+        last = chunks[-1]
+        last.offsets.append(24 + len(head) + last.size)      # after nlmsghdr, nfgenmsg, nest
+        last.texts.append(text)
+        last.parts += encoded
+        last.size += need
+    bodies = [(head + _nest(LIST_ELEMENTS, *c.parts), c) for c in chunks if c.texts]
+    return [(_header(mtype, flags, seq + i, family, 0, len(body)) + body, c)
+            for i, (body, c) in enumerate(bodies)]
+
+
+def build_batch(changes: Sequence[ElementChange], seq: int = 1) -> tuple[bytes, dict[int, _Sent]]:
+    """BATCH_BEGIN, all deletions, all additions, BATCH_END; and the messages by seq."""
+    for change in changes:
+        if not supported(change.set.type, change.set.interval, change.set.map_to):
+            raise ValueError(f"set {change.set.name}: cannot encode elements of {change.set.type!r}")
+    msgs: list[tuple[bytes, _Sent]] = []
+    for delete in (True, False):
+        for change in changes:
+            msgs += _messages(change, delete, seq + 1 + len(msgs))
+    begin = _header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, 0)
+    end = _header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1 + len(msgs), 0, NFNL_SUBSYS_NFTABLES, 0)
+    return begin + b"".join(m for m, _ in msgs) + end, {seq + 1 + i: s for i, (_, s) in enumerate(msgs)}
+
+
+def _replies(data: bytes) -> list[tuple[int, int, Optional[int]]]:
+    """(seq, errno, offset of the refused attribute or None) of each NLMSG_ERROR."""
+    out, at = [], 0
+    while at + 16 <= len(data):
+        size, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data, at)
+        if mtype == NLMSG_ERROR and size >= 36:          # error + the request's header
+            (error,) = struct.unpack_from("=i", data, at + 16)
+            tlvs = data[at + 36:at + size] if flags & NLM_F_ACK_TLVS else b""
+            out.append((seq, -error, _bad_offset(tlvs)))
+        at += max(16, (size + 3) & ~3)
+    return out
+
+
+def _bad_offset(tlvs: bytes) -> Optional[int]:
+    """NLMSGERR_ATTR_OFFS: where in the request the refused attribute starts."""
+    at = 0
+    while at + 8 <= len(tlvs):
+        size, kind = struct.unpack_from("=HH", tlvs, at)
+        if kind == NLMSGERR_ATTR_OFFS:
+            return struct.unpack_from("=I", tlvs, at + 4)[0]
+        at += max(4, (size + 3) & ~3)
+    return None
+
+
+class _Channel:
+    """The netlink socket, kept open as libnftables keeps its own: closing one right after
+    a commit waits for the kernel's RCU grace period (10-20 ms: nft_rcv_nl_event flushes
+    the transaction's destroy work). Used under agent.kernel.nft's _lock."""
+    sock: Optional[socket.socket] = None
+    seq = 0
+
+
+def _talk(batch: bytes, expected: set[int]) -> dict[int, tuple[int, Optional[int]]]:
+    """Send the batch in one sendto (one transaction); collect the answer to each message."""
+    if _Channel.sock is None:
+        _Channel.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        _Channel.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)   # errors do not echo the request
+        _Channel.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)   # ... but point at the element
+        _Channel.sock.bind((0, 0))
+    sock = _Channel.sock
+    for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, len(batch) + (1 << 20))
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, len(batch) + (1 << 20))
+    sock.settimeout(0.0)
+    try:
+        while sock.recv(65536):      # answers to an abandoned batch
+            pass
+    except BlockingIOError:
+        pass
+    sock.settimeout(TIMEOUT)
+    sock.sendto(batch, (0, 0))
+    answers: dict[int, tuple[int, Optional[int]]] = {}
+    while not expected <= answers.keys():
+        if any(err for err, _off in answers.values()):
+            sock.settimeout(0.0)           # the kernel answered the whole batch during sendto
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, socket.timeout):
+            break
+        answers.update((seq, (err, off)) for seq, err, off in _replies(data))
+    return answers
+
+
+def commit_element_changes(changes: Sequence[ElementChange]) -> float:
+    """Commit all element changes (agent.compiler.transaction.plan_element_changes) as one
+    transaction; returns the seconds it took. Raises KernelError (and nothing changed)
+    when the kernel refuses any of them, ValueError for a set it cannot encode."""
+    if not any(c.removed or c.added for c in changes):
+        return 0.0
+    where = ", ".join(sorted({f"{c.family} {c.table}" for c in changes}))
+    with _lock:
+        _Channel.seq = _Channel.seq % 0x7fff + 1
+        batch, sent = build_batch(changes, _Channel.seq << 16)
+        previous = _thread_name()
+        _thread_name(COMMIT_COMM.encode())
+        try:
+            start = time.monotonic()
+            answers = _talk(batch, set(sent))
+            took = time.monotonic() - start
+        except OSError as exc:
+            if _Channel.sock is not None:
+                _Channel.sock.close()
+            _Channel.sock = None
+            raise KernelError(f"netlink commit of set elements in {where} failed: {exc}") from exc
+        finally:
+            _thread_name(previous)
+    refused = [f"{sent[seq].describe(off) if seq in sent else 'the batch'}: {os.strerror(err)} "
+               f"(errno {err})" for seq, (err, off) in sorted(answers.items()) if err]
+    if refused:
+        raise KernelError(f"the kernel refused the element changes in {where} "
+                          f"(nothing was changed): {'; '.join(refused)}")
+    if not set(sent) <= answers.keys():
+        raise KernelError(f"no answer from the kernel to the element changes in {where}")
+    log.debug("set elements in %s committed in %.4fs (%d messages, %d bytes)",
+              where, took, len(sent), len(batch))
+    return took
