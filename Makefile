@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv test test-unit test-kernel fuzz demo bench clean install integration deb deb-deps man
+.PHONY: deps venv check test test-unit test-component test-kernel fuzz demo bench clean install integration deb deb-deps man
 
 deps:
 	@sh scripts/install-deps.sh
@@ -16,12 +16,25 @@ $(STAMP): pyproject.toml
 
 venv: deps $(STAMP)
 
-## Everything: unit tests (no root) and kernel tests (root, network namespaces).
-test: venv
-	$(PY) -m pytest -q tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+## Everything: the checks, then the three tiers (docs/architecture.md "Tests"): unit (no
+## process, no root, seconds), component (CLI processes, etcd, HTTP servers), kernel (root,
+## network namespaces; skipped with the reason when not root). pytest's exit 5 (nothing
+## collected) is not a failure.
+test: venv check
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q tests/unit tests/component tests/kernel; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
+## The layer contracts (import-linter, pyproject.toml), the linter and the type checker.
+check: venv
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check agent sandbox tests scripts/gen-config scripts/gen-manpages
+	$(VENV)/bin/mypy agent
+
+## The unit tier alone, hypothesis profile `dev` (a fifth of the examples; `make test`: all).
 test-unit: venv
-	$(PY) -m pytest -q -m "not kernel" tests
+	$(PY) -m pytest -q tests/unit
+
+test-component: venv
+	$(PY) -m pytest -q tests/component
 
 ## Root only: the datapath through real kernels in network namespaces (tests/kernel).
 test-kernel: venv
@@ -30,7 +43,7 @@ test-kernel: venv
 ## The loader and validation fuzzed longer than in `make test` (200 examples a test):
 ## FUZZ_EXAMPLES (default 20,000) generated and mutated documents per test.
 fuzz: venv
-	SECGROUP_FUZZ_PROFILE=secgroup-fuzz $(PY) -m pytest -q tests/test_fuzz_input.py
+	SECGROUP_FUZZ_PROFILE=secgroup-fuzz $(PY) -m pytest -q tests/unit/test_model_fuzz.py
 
 demo: venv
 	$(PY) -m sandbox.demo examples/demo.yaml

@@ -10,7 +10,7 @@ import pytest
 
 from agent.cli.main import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_generator():

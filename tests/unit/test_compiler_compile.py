@@ -1,10 +1,10 @@
 """The compiler: golden rulesets, compiled verdicts == semantics engine verdicts (the
-main property), structural invariants of the blocks design, fail-closed compilation,
-and (root only) the kernel accepting every golden ruleset.
+main property), structural invariants of the blocks design, fail-closed compilation
+(the kernel accepting every golden ruleset: tests/kernel/test_golden_rulesets.py).
 
 The reference is `agent.policy.effective` (build_effective_list / evaluate); the compiled side
 is judged by `tests/compile_sim.py`, a strict interpreter of the emitted nft rules.
-Regenerate golden files with `UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_compile.py`
+Regenerate golden files with `UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_compiler_compile.py`
 and read the diff before keeping it.
 """
 from __future__ import annotations
@@ -13,36 +13,40 @@ import ipaddress
 import itertools
 import os
 import re
-import shutil
-import subprocess
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from bridge_sim import BridgeGuardSim
+from compile_sim import Simulator, UnknownRule, inet_table, parse_rule, parse_set
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from profiles import examples, share
 
 import agent.compiler.compile as compile_mod
 import agent.compiler.runs as compile_runs
 from agent.compiler.boxes import intersect
 from agent.compiler.compile import Ruleset, build_ruleset, interface_chain_name
-from agent.model.objects import DIRECTIONS, EGRESS, INGRESS, DesiredState
-from agent.policy.effective import DEFAULTS, USER, Packet, build_effective_list, evaluate
-from agent.policy.guard import ETHER_ARP, ETHER_IP, ETHER_IP6, Frame, frame_verdict
 from agent.compiler.render import render_ruleset
+from agent.model.objects import DIRECTIONS, EGRESS, INGRESS, DesiredState
 from agent.model.validate import load_state, validate_document
-from bridge_sim import BridgeGuardSim
-from compile_sim import Simulator, UnknownRule, inet_table, parse_rule, parse_set
+from agent.policy.effective import (
+    Packet,
+    build_effective_list,
+    evaluate,
+)
+from agent.policy.guard import ETHER_ARP, ETHER_IP, ETHER_IP6, Frame, frame_verdict
 
 HOST = "hv-01"
-GOLDEN = Path(__file__).parent / "golden"
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+
+
 GOLDEN_NAMES = sorted(p.stem for p in GOLDEN.glob("*.yaml"))
 
-
-# ------------------------------------------------------------------ helpers
 
 def golden_state(name: str) -> DesiredState:
     return load_state(GOLDEN / f"{name}.yaml", host=HOST)
@@ -77,10 +81,6 @@ def assert_sets_disjoint(rs: Ruleset) -> None:
                 continue
             for a, b in itertools.combinations(parsed.elements, 2):
                 assert intersect(a, b) is None, f"{s.name}: {a} overlaps {b}"
-
-
-def _runs(items) -> int:
-    return sum(1 for _ in itertools.groupby(items))
 
 
 def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
@@ -125,8 +125,6 @@ def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
             assert len(once) == len(set(once)), (chain.name, body)
             assert not any((f, "region") in once and (f, "region (plain rules)") in plain for f in ("ip", "ip6"))
 
-
-# ------------------------------------------------------------------ (a) golden rulesets
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_ruleset(name):
@@ -182,7 +180,7 @@ def test_golden_verdicts_match_semantics(name):
     rs = build_ruleset(state)
     assert rs.errors == ()
     sim = Simulator(rs)
-    packets = _pool_packets(state)
+    packets = share(_pool_packets(state))
     checked = 0
     for iface, nic in sorted(state.local_interfaces.items()):
         for direction in DIRECTIONS:
@@ -210,26 +208,46 @@ def test_golden_structure(name):
     assert_block_structure(state, rs)
 
 
-# ------------------------------------------------------------------ (b) the main property
-
 V4_MEMBERS = [f"10.0.0.{i}" for i in range(1, 9)] + ["10.0.1.1", "10.0.1.200", "192.168.1.1"]
+
+
 V6_MEMBERS = [f"fd00::{i}" for i in range(1, 9)] + ["fd00:1::1", "fd00:1::ffff"]
+
+
 V4_CIDRS = ["0.0.0.0/0", "10.0.0.0/8", "10.0.0.0/24", "10.0.0.0/30", "10.0.0.4/31",
             "10.0.0.5/32", "10.0.1.0/24", "10.0.0.8/29", "192.168.0.0/16", "11.0.0.0/8"]
+
+
 V6_CIDRS = ["::/0", "fd00::/64", "fd00::/126", "fd00::4/127", "fd00::5/128", "fd00:1::/64",
             "fd00::/8", "2001:db8::/32"]
+
+
 V4_EXTRA = ["0.0.0.0", "255.255.255.255", "9.255.255.255", "10.0.0.0", "10.0.0.3", "10.0.0.7",
             "10.0.0.255", "10.0.1.0", "10.255.255.255", "11.0.0.0", "8.8.8.8", "192.168.255.255"]
+
+
 V6_EXTRA = ["::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fd00::", "fd00::3", "fd00::7",
             "fd00::ffff:ffff:ffff:ffff", "fd00:1::", "fe80::1", "2001:db8::1", "fcff:ffff::1"]
+
+
 PORT_RANGES = ["1/65535", "80/80", "22/22", "79/81", "1/1023", "1024/65535", "443/443",
                "53/53", "80/443", "65535/65535", "1/1"]
+
+
 PORT_EDGES = [0, 1, 2, 21, 22, 23, 52, 53, 54, 78, 79, 80, 81, 82, 442, 443, 444, 1022, 1023,
               1024, 1025, 3389, 40000, 65534, 65535]
+
+
 PRIORITIES = [1, 1, 2, 5, 100]
+
+
 VIPS = ["10.0.2.100", "10.0.2.97", "fd00:2::100", "fd00:2::7"]     # allowed addresses, not members
+
+
 ALLOWED = ["10.0.2.100", "10.0.2.96/28", {"address": "10.0.2.100", "mac": "02:00:00:00:00:99"},
            "fd00:2::100", "fd00:2::/124", {"address": "fd00:2::100/128", "mac": "52:54:00:00:00:00"}]
+
+
 DHCP_PORTS = [67, 68, 546, 547]
 
 
@@ -442,7 +460,7 @@ def check_equivalence(state: DesiredState, rs: Ruleset, pkts: list[Packet]) -> i
     return checked
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.data_too_large])
 @given(st.data())
 def test_compiled_verdict_equals_semantics(data):
@@ -454,7 +472,7 @@ def test_compiled_verdict_equals_semantics(data):
     assert check_equivalence(state, rs, pkts) > 0
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(st.data())
 def test_verdicts_survive_colliding_names(data):
@@ -470,7 +488,7 @@ def test_verdicts_survive_colliding_names(data):
     assert check_equivalence(state, rs, pkts) > 0
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(st.data())
 def test_peer_heavy_lists_judge_like_explain(data):
@@ -527,7 +545,7 @@ def frames(draw):
     return Frame(ethertype, src_mac, sha, ipaddress.IPv4Address(spa))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(st.data())
 def test_bridge_guard_equals_semantics(data):
@@ -581,7 +599,7 @@ def decide_verdict(state: DesiredState, iface: str, direction: str, packet: Pack
     return evaluate(build_effective_list(state, iface, direction), packet).verdict
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(documents())
 def test_generated_rulesets_are_well_formed(document):
@@ -592,8 +610,6 @@ def test_generated_rulesets_are_well_formed(document):
     # deterministic: compiling twice renders the same bytes
     assert render_ruleset(build_ruleset(validate_document(document, host=HOST))) == render_ruleset(rs)
 
-
-# ------------------------------------------------------------------ (c) structure
 
 def test_policy_chain_shared_by_interfaces_with_same_groups():
     state = golden_state("enterprise")
@@ -677,8 +693,6 @@ def test_failing_interface_compiles_closed(monkeypatch):
     assert not any("sg-ops" in c.name for c in rs.tables[0].chains)
 
 
-# ------------------------------------------------------------------ the simulator is strict
-
 @pytest.mark.parametrize("text", [
     "ip saddr 10.0.0.1 log accept",
     "tcp dport 22 accept",
@@ -710,58 +724,3 @@ def test_simulator_rejects_bad_set_elements():
               NftSet("x", "mystery_type", ("1",))):
         with pytest.raises(UnknownRule):
             parse_set(s)
-
-
-# ------------------------------------------------------------------ (4) the kernel
-
-def _can_use_kernel() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("nft", "ip"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    return None
-
-
-@pytest.fixture
-def netns():
-    reason = _can_use_kernel()
-    if reason:
-        pytest.skip(reason)
-    name = f"sgtest-{uuid.uuid4().hex[:10]}"
-    proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {proc.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
-
-
-@pytest.mark.kernel
-@pytest.mark.parametrize("name", GOLDEN_NAMES)
-def test_kernel_accepts_golden_ruleset(netns, name, tmp_path):
-    """nft parses and the kernel validates each golden ruleset (overlapping interval
-    elements, types, chain references) inside a throwaway namespace; the root
-    namespace's ruleset is never touched."""
-    path = GOLDEN / f"{name}.nft"
-
-    def nft(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", netns, "nft", *args],
-                              capture_output=True, text=True, timeout=60)
-
-    check = nft("-c", "-f", str(path))
-    assert check.returncode == 0, check.stderr
-    # and load it for real, twice (the script replaces its own tables atomically),
-    # still inside the throwaway namespace
-    for _ in range(2):
-        load = nft("-f", str(path))
-        assert load.returncode == 0, load.stderr
-    listed = nft("list", "ruleset")
-    assert listed.returncode == 0, listed.stderr
-    for chain in _chains_in(path.read_text()):
-        assert f"chain {chain} {{" in listed.stdout
-
-
-def _chains_in(text: str) -> list[str]:
-    return re.findall(r"^\tchain (\S+) \{", text, flags=re.M)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^\| (?P<q>[^|]+) \| `(?P<args>--iface [^`]+)` \| (?P<verdict>accept|drop), (?P<by>[^|]+) \|$")
 FLOW_ROW = re.compile(r"^\| (?P<q>[^|]+) \| `(?P<args>--from [^`]+)` \| (?P<verdict>accept|drop), (?P<by>[^|]+) \|$")
 MARK = "<!-- output checked by tests/test_readme_examples.py -->"

@@ -10,11 +10,12 @@ import struct
 
 import pytest
 
-from agent.kernel import nft, elements as ne
-from agent.errors import KernelError
-from agent.compiler.transaction import ElementChange
-from agent.kernel.elements import build_batch, encode_element, supported
 from agent.compiler.ruleset import NftSet
+from agent.compiler.transaction import ElementChange
+from agent.errors import KernelError
+from agent.kernel import elements as ne
+from agent.kernel import nft
+from agent.kernel.elements import build_batch, encode_element, supported
 
 V4_CONCAT = "ipv4_addr . inet_proto . inet_service"
 V6_CONCAT = "ipv6_addr . inet_proto . inet_service"
