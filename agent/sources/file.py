@@ -35,7 +35,7 @@ def revision_of(data: bytes) -> str:
 
 
 def _with_revision(exc: InvalidInput, revision: str) -> InvalidInput:
-    exc.revision = revision       # type: ignore[attr-defined]  (the daemon logs it)
+    exc.revision = revision
     return exc
 
 
