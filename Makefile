@@ -48,14 +48,14 @@ fuzz: venv
 demo: venv
 	$(PY) -m sandbox.demo examples/demo.yaml
 
-## Root only: benchmarks that print figures (README "Performance"); network namespaces only.
+## Root only: benchmarks that print figures (docs/performance.md); network namespaces only.
 ## ~10 min (datapath) + ~15 min (apply, up to 1,000 interfaces). BENCH_ARGS_DATAPATH /
 ## BENCH_ARGS_APPLY pass options, e.g. BENCH_ARGS_APPLY="--sizes 100 300".
 bench: venv
 	$(PY) bench/datapath.py $(BENCH_ARGS_DATAPATH)
 	$(PY) bench/apply.py $(BENCH_ARGS_APPLY)
 
-## Docker integration suite (integration/, README "Integration tests"): installs and starts
+## Docker integration suite (integration/, docs/testing.md): installs and starts
 ## Docker if needed, builds the images (cached by content hash), runs the suite, and
 ## removes its containers also on failure.
 integration: venv deb-deps
@@ -75,7 +75,7 @@ deb-deps:
 deb: deb-deps
 	sh scripts/build-deb.sh
 
-## Regenerate man/ from the command line, the schema and the README (tests check it).
+## Regenerate man/ from the command line, the schema and docs/config.md (tests check it).
 man: venv
 	$(PY) scripts/gen-manpages
 

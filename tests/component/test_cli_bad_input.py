@@ -1,6 +1,6 @@
 """Hostile and careless input (issue 12): bombs refused quickly in little memory, typos
 warned with their path, every source reading through agent.model.loader, `group clone`
-writing YAML that reads back, and the README's "Bad input" output current.
+writing YAML that reads back, and docs/config.md's "Bad input" output current.
 Through the `secgroup-agent` process; in process: tests/unit/test_model_bad_input.py."""
 from __future__ import annotations
 
@@ -131,11 +131,11 @@ def test_strict_makes_warnings_errors(tmp_path: Path) -> None:
     assert by_document.code == 2 and by_document.lines[:-1] == _expected(TYPOS)
 
 
-def test_readme_bad_input_output_is_current() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_docs_bad_input_output_is_current() -> None:
+    readme = (ROOT / "docs" / "config.md").read_text()
     block = re.search(r"```\n\$ secgroup-agent check -c (tests/fixtures/warnings/typos.yaml)\n(.*?)```",
                       readme, re.S)
-    assert block, "README: the check output of tests/fixtures/warnings/typos.yaml is missing"
+    assert block, "docs/config.md: the check output of tests/fixtures/warnings/typos.yaml is missing"
     result = run_agent("check", "-c", block.group(1))
     assert block.group(2) == result.out
 

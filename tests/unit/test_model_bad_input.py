@@ -1,6 +1,6 @@
 """Hostile and careless input (issue 12): bombs refused quickly in little memory, typos
 warned with their path, every source reading through agent.model.loader, `group clone`
-writing YAML that reads back, and the README's "Bad input" output current.
+writing YAML that reads back, and docs/config.md's "Bad input" output current.
 In process; through the `secgroup-agent` process: tests/component/test_cli_bad_input.py."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The man pages are current (regenerated from argparse, the schema and the README), and
+"""The man pages are current (regenerated from argparse, the schema and docs/config.md), and
 the versions agree: `--version`, pyproject.toml and debian/changelog."""
 import importlib.machinery
 import importlib.util
