@@ -111,7 +111,7 @@ def test_change_is_enforced(agent):
     before = query(agent.socket)["applies"]
     start = time.monotonic()
     write(agent.config, document(8080, 9090))
-    took = wait_for(lambda: "9090" in agent.kernel.nft("list", "ruleset").stdout or
+    took = wait_for(lambda: "9090" in agent.nft("list", "ruleset").stdout or
                     query(agent.socket)["applies"] != before, 5)
     assert reachable(agent, 9090)
     print(f"\nchange enforced {took * 1000:.0f} ms after the write (ruleset/status polling)")
@@ -146,11 +146,11 @@ def test_bad_input_keeps_state_and_status_shows_errors(agent):
 @pytest.mark.parametrize("how", [["delete", "table", "inet", "secgroup_agent"], ["flush", "ruleset"]])
 def test_drift_is_repaired_within_a_second(agent, how):
     repairs = query(agent.socket)["drift_repairs"]
-    agent.kernel.nft(*how)
+    agent.nft(*how)
     took = wait_for(agent.has_table, 1.0)
     print(f"\n`nft {' '.join(how)}` repaired in {took * 1000:.0f} ms")
     wait_for(lambda: query(agent.socket)["drift_repairs"] > repairs, 2)
-    assert reachable(agent, 8080), agent.kernel.nft("list", "ruleset").stdout
+    assert reachable(agent, 8080), agent.nft("list", "ruleset").stdout
     assert not reachable(agent, 9090, 0.4)
 
 
