@@ -29,7 +29,7 @@ check: venv
 	$(VENV)/bin/ruff check agent sandbox tests scripts/gen-config scripts/gen-manpages
 	$(VENV)/bin/mypy agent
 
-## The unit tier alone, hypothesis profile `dev` (a fifth of the examples; `make test`: all).
+## The unit tier alone, hypothesis profile `dev` (a tenth of the examples; `make test`: all).
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
 

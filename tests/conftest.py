@@ -3,7 +3,7 @@
 * The helper modules in tests/ (cli_helpers, compile_sim, ...) are importable from every tier.
 * One mark for tests that need root: `@pytest.mark.require_root` (or the `require_root`
   fixture) skips the test, with the reason, when not run as root; `kernel` implies it.
-* Hypothesis profiles (tests/profiles.py): `dev`, the default, a fifth of each property
+* Hypothesis profiles (tests/profiles.py): `dev`, the default, a tenth of each property
   test's examples; `ci` (HYPOTHESIS_PROFILE=ci: `make test`, .ci/run), the full counts; no
   deadline in either (the machine is shared and noisy). The longer fuzzing of `make fuzz`
   is the profile `secgroup-fuzz` in tests/unit/test_model_fuzz.py.

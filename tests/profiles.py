@@ -1,5 +1,5 @@
 """The hypothesis profiles (registered by tests/conftest.py): `dev`, the default, runs a
-fifth of each property test's examples (at least 10), and exhaustive checks a fifth of
+tenth of each property test's examples (at least 5), and exhaustive checks a tenth of
 their packet pools, so that `make test-unit` takes seconds; `ci` (HYPOTHESIS_PROFILE=ci,
 what `make test` and .ci/run use) runs every test's full count and every packet. Property
 tests write their count as `max_examples=examples(N)`, pools as `share(pool)`."""
@@ -11,13 +11,13 @@ from typing import TypeVar
 from hypothesis import settings
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dev")
-DEV_SHARE = 5
+DEV_SHARE = 10
 T = TypeVar("T")
 
 
 def examples(n: int) -> int:
     """A property test's example count under the active profile (N under `ci`)."""
-    return n if PROFILE == "ci" else max(10, n // DEV_SHARE)
+    return n if PROFILE == "ci" else max(5, n // DEV_SHARE)
 
 
 def share(pool: list[T]) -> list[T]:

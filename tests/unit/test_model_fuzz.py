@@ -3,7 +3,7 @@ structure, types, unicode, depth, and the text itself - are either valid (and th
 compile to an nft script of plain ASCII) or refused with a list of path-named errors;
 never an exception.
 
-`make test` runs the `secgroup-ci` profile (200 examples a test, bounded time; a fifth
+`make test` runs the `secgroup-ci` profile (200 examples a test, bounded time; a tenth
 under the `dev` profile of `make test-unit`, tests/profiles.py);
 `make fuzz` the `secgroup-fuzz` profile (FUZZ_EXAMPLES, default 20,000).
 """
