@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv test test-unit test-kernel fuzz demo bench clean install integration deb deb-deps man
+.PHONY: deps venv check test test-unit test-component test-kernel fuzz demo bench clean install integration deb deb-deps man
 
 deps:
 	@sh scripts/install-deps.sh
@@ -16,12 +16,25 @@ $(STAMP): pyproject.toml
 
 venv: deps $(STAMP)
 
-## Everything: unit tests (no root) and kernel tests (root, network namespaces).
-test: venv
-	$(PY) -m pytest -q tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+## Everything: the checks, then the three tiers (docs/architecture.md "Tests"): unit (no
+## process, no root, seconds), component (CLI processes, etcd, HTTP servers), kernel (root,
+## network namespaces; skipped with the reason when not root). pytest's exit 5 (nothing
+## collected) is not a failure.
+test: venv check
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q tests/unit tests/component tests/kernel; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
+## The layer contracts (import-linter, pyproject.toml), the linter and the type checker.
+check: venv
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check agent sandbox tests scripts/gen-config scripts/gen-manpages
+	$(VENV)/bin/mypy agent
+
+## The unit tier alone, hypothesis profile `dev` (a tenth of the examples; `make test`: all).
 test-unit: venv
-	$(PY) -m pytest -q -m "not kernel" tests
+	$(PY) -m pytest -q tests/unit
+
+test-component: venv
+	$(PY) -m pytest -q tests/component
 
 ## Root only: the datapath through real kernels in network namespaces (tests/kernel).
 test-kernel: venv
@@ -30,19 +43,19 @@ test-kernel: venv
 ## The loader and validation fuzzed longer than in `make test` (200 examples a test):
 ## FUZZ_EXAMPLES (default 20,000) generated and mutated documents per test.
 fuzz: venv
-	SECGROUP_FUZZ_PROFILE=secgroup-fuzz $(PY) -m pytest -q tests/test_fuzz_input.py
+	SECGROUP_FUZZ_PROFILE=secgroup-fuzz $(PY) -m pytest -q tests/unit/test_model_fuzz.py
 
 demo: venv
 	$(PY) -m sandbox.demo examples/demo.yaml
 
-## Root only: benchmarks that print figures (README "Performance"); network namespaces only.
+## Root only: benchmarks that print figures (docs/performance.md); network namespaces only.
 ## ~10 min (datapath) + ~15 min (apply, up to 1,000 interfaces). BENCH_ARGS_DATAPATH /
 ## BENCH_ARGS_APPLY pass options, e.g. BENCH_ARGS_APPLY="--sizes 100 300".
 bench: venv
 	$(PY) bench/datapath.py $(BENCH_ARGS_DATAPATH)
 	$(PY) bench/apply.py $(BENCH_ARGS_APPLY)
 
-## Docker integration suite (integration/, README "Integration tests"): installs and starts
+## Docker integration suite (integration/, docs/testing.md): installs and starts
 ## Docker if needed, builds the images (cached by content hash), runs the suite, and
 ## removes its containers also on failure.
 integration: venv deb-deps
@@ -62,7 +75,7 @@ deb-deps:
 deb: deb-deps
 	sh scripts/build-deb.sh
 
-## Regenerate man/ from the command line, the schema and the README (tests check it).
+## Regenerate man/ from the command line, the schema and docs/config.md (tests check it).
 man: venv
 	$(PY) scripts/gen-manpages
 

@@ -40,7 +40,10 @@ def ordered(errors: list[InputError]) -> list[InputError]:
 
 
 class InvalidInput(Exception):
-    """The desired state was rejected; `errors` lists every problem found."""
+    """The desired state was rejected; `errors` lists every problem found; `revision` names
+    the source's revision where a source knows it (the daemon logs it)."""
+
+    revision: str | None = None
 
     def __init__(self, errors: list[InputError]):
         self.errors = ordered(errors)

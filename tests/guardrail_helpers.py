@@ -113,3 +113,17 @@ def boundary_points(elist: EffectiveList, version: int, rnd: random.Random, n: i
 
 def all_lists(state: DesiredState) -> dict[tuple[str, str], EffectiveList]:
     return {(port.label, elist.direction): elist for port, _view, elist in fleet_lists(state)}
+
+
+# a group whose rules `group clone` must copy with their layout (tests of bad input)
+CLONE_SOURCE = """\
+security_groups:
+  - id: sg-a
+    rules:
+      - {direction: ingress, protocol: tcp, port_range: 22/22, source_cidr: "::/0"}
+      - direction: egress
+        protocol: all
+        dest_cidr: "::/0"
+        description: "yes"
+instances: []
+"""

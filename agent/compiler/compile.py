@@ -19,13 +19,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-import socket
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Optional
 
 from agent.compiler.boxes import Box, first_match_region
-from agent.model.objects import (ACCEPT, BRIDGED, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface)
+from agent.model.objects import (ACCEPT, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface)
 from agent.compiler.guard import build_interface_rules
 from agent.compiler.memo import BuildRecord, CompileMemo, RegionPart, canonicalise, policy_signature
 from agent.compiler import runs as compile_runs

@@ -11,7 +11,7 @@ changed (agent.compiler.memo canonicalises every input against the previous buil
 over. Anything else (an interface added, an instance's groups changed, a group added
 or removed, a build with errors) takes agent.compiler.compile.compile_ruleset, which reuses what
 it can per chain. Either way the result equals `build_ruleset(state)` (the property test
-in tests/test_compile_memo.py checks it on random edit sequences).
+in tests/unit/test_compiler_memo.py checks it on random edit sequences).
 """
 from __future__ import annotations
 

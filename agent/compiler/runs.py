@@ -24,7 +24,7 @@ compiled into two paths (docs/datapath.md, "Policy chains"):
 
 Exactness rests on two facts: the union set holds every address any named set holds,
 and reordering only ever swaps lines of equal verdict. Checked in tests by the strict
-simulator against the semantics engine (tests/test_compile.py, tests/test_properties.py).
+simulator against the semantics engine (tests/unit/test_compiler_properties.py, tests/unit/test_policy_properties.py).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from typing import Iterable
+from typing import Any, Iterable
 
 from agent.errors import KernelError
 from agent.policy.revocation import Flow
@@ -33,14 +33,15 @@ def list_flows() -> list[Flow]:
         raise KernelError(f"cannot read conntrack: {exc}") from exc
 
 
-def _flow(t) -> Flow:
+def _flow(t: Any) -> Flow:
+    """A pyroute2 conntrack tuple (typed Any: pyroute2 publishes no types) as a Flow."""
     icmp = t.proto in ICMP_PROTOCOLS
     return Flow(ipaddress.ip_address(t.saddr), ipaddress.ip_address(t.daddr), t.proto,
                 None if icmp else t.sport, None if icmp else t.dport,
                 t.icmp_type if icmp else None, t.icmp_id if icmp else None)
 
 
-def _tuple(f: Flow):
+def _tuple(f: Flow) -> Any:
     from pyroute2.conntrack import NFCTAttrTuple
     kw = dict(family=FAMILIES[f.src.version], saddr=str(f.src), daddr=str(f.dst), proto=f.protocol)
     if f.protocol in ICMP_PROTOCOLS:

@@ -28,18 +28,16 @@ from typing import Optional, Sequence
 
 from agent.errors import KernelError
 from agent.compiler.transaction import ElementChange
-from agent.kernel.nft import COMMIT_COMM, _lock, _thread_name
+from agent.kernel import netlink
+from agent.kernel.netlink import (FAMILY_NUMBERS as FAMILIES, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END,
+                                  NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+                                  NLMSG_ERROR, attr as _attr, header as _header, nest as _nest)
+from agent.kernel.nft import committing
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"ip": 2, "ip6": 10, "inet": 1, "arp": 3, "bridge": 7, "netdev": 5}
 FIELD_BYTES = {"ipv4_addr": 4, "ipv6_addr": 16, "inet_proto": 1, "inet_service": 2}
-NETLINK_NETFILTER, SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 12, 270, 10, 11
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
-NFNL_SUBSYS_NFTABLES, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 10, 0x10, 0x11
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_ACK_TLVS = 0x1, 0x4, 0x200, 0x400, 0x200
-NLMSG_ERROR, NLMSGERR_ATTR_OFFS, NLA_F_NESTED = 2, 2, 0x8000
 LIST_TABLE, LIST_SET, LIST_ELEMENTS, LIST_ELEM = 1, 2, 3, 1
 ELEM_KEY, ELEM_FLAGS, ELEM_USERDATA, ELEM_KEY_END, DATA_VALUE, ELEM_INTERVAL_END = 1, 3, 6, 10, 1, 1
 # libnftnl userdata TLV: NFTNL_UDATA_SET_ELEM_FLAGS (1), length 4, F_INTERVAL_OPEN (1) host order
@@ -84,15 +82,6 @@ def _value(kind: str, value: int, padded: bool) -> bytes:
     return value.to_bytes(size, "big") + (bytes(-size % 4) if padded else b"")
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    size = 4 + len(payload)
-    return struct.pack("=HH", size, kind) + payload + bytes(-size % 4)
-
-
-def _nest(kind: int, *parts: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(parts))
-
-
 def _data(kind: int, value: bytes) -> bytes:
     return _nest(kind, _attr(DATA_VALUE, value))
 
@@ -131,11 +120,6 @@ def encode_element(set_type: str, text: str, map_to: Optional[str] = None, inter
     return [_nest(LIST_ELEM, _data(ELEM_KEY, _value(kind, lo, False))),
             _nest(LIST_ELEM, _attr(ELEM_FLAGS, struct.pack(">I", ELEM_INTERVAL_END)),
                   _data(ELEM_KEY, _value(kind, hi + 1, False)))]
-
-
-def _header(mtype: int, flags: int, seq: int, family: int, res_id: int, size: int) -> bytes:
-    """nlmsghdr + nfgenmsg (res_id big-endian) of a message with `size` bytes after them."""
-    return struct.pack("=IHHIIBB", 20 + size, mtype, flags, seq, 0, family, 0) + res_id.to_bytes(2, "big")
 
 
 @dataclass
@@ -193,32 +177,14 @@ def build_batch(changes: Sequence[ElementChange], seq: int = 1) -> tuple[bytes, 
 
 def _replies(data: bytes) -> list[tuple[int, int, Optional[int]]]:
     """(seq, errno, offset of the refused attribute or None) of each NLMSG_ERROR."""
-    out, at = [], 0
-    while at + 16 <= len(data):
-        size, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data, at)
-        if mtype == NLMSG_ERROR and size >= 36:          # error + the request's header
-            (error,) = struct.unpack_from("=i", data, at + 16)
-            tlvs = data[at + 36:at + size] if flags & NLM_F_ACK_TLVS else b""
-            out.append((seq, -error, _bad_offset(tlvs)))
-        at += max(16, (size + 3) & ~3)
-    return out
-
-
-def _bad_offset(tlvs: bytes) -> Optional[int]:
-    """NLMSGERR_ATTR_OFFS: where in the request the refused attribute starts."""
-    at = 0
-    while at + 8 <= len(tlvs):
-        size, kind = struct.unpack_from("=HH", tlvs, at)
-        if kind == NLMSGERR_ATTR_OFFS:
-            return struct.unpack_from("=I", tlvs, at + 4)[0]
-        at += max(4, (size + 3) & ~3)
-    return None
+    return [(m.seq, netlink.error_code(m), netlink.error_offset(m)) for m in netlink.messages(data)
+            if m.kind == NLMSG_ERROR and len(m.payload) >= 4 + netlink.NLMSG_HDRLEN]
 
 
 class _Channel:
     """The netlink socket, kept open as libnftables keeps its own: closing one right after
     a commit waits for the kernel's RCU grace period (10-20 ms: nft_rcv_nl_event flushes
-    the transaction's destroy work). Used under agent.kernel.nft's _lock."""
+    the transaction's destroy work). Used only within agent.kernel.nft.committing()."""
     sock: Optional[socket.socket] = None
     seq = 0
 
@@ -226,16 +192,9 @@ class _Channel:
 def _talk(batch: bytes, expected: set[int]) -> dict[int, tuple[int, Optional[int]]]:
     """Send the batch in one sendto (one transaction); collect the answer to each message."""
     if _Channel.sock is None:
-        _Channel.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        _Channel.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)   # errors do not echo the request
-        _Channel.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)   # ... but point at the element
-        _Channel.sock.bind((0, 0))
+        _Channel.sock = netlink.open_socket(extended_acks=True)
     sock = _Channel.sock
-    for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, len(batch) + (1 << 20))
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, len(batch) + (1 << 20))
+    netlink.set_buffers(sock, len(batch) + (1 << 20))
     sock.settimeout(0.0)
     try:
         while sock.recv(65536):      # answers to an abandoned batch
@@ -263,11 +222,9 @@ def commit_element_changes(changes: Sequence[ElementChange]) -> float:
     if not any(c.removed or c.added for c in changes):
         return 0.0
     where = ", ".join(sorted({f"{c.family} {c.table}" for c in changes}))
-    with _lock:
+    with committing():
         _Channel.seq = _Channel.seq % 0x7fff + 1
         batch, sent = build_batch(changes, _Channel.seq << 16)
-        previous = _thread_name()
-        _thread_name(COMMIT_COMM.encode())
         try:
             start = time.monotonic()
             answers = _talk(batch, set(sent))
@@ -277,8 +234,6 @@ def commit_element_changes(changes: Sequence[ElementChange]) -> float:
                 _Channel.sock.close()
             _Channel.sock = None
             raise KernelError(f"netlink commit of set elements in {where} failed: {exc}") from exc
-        finally:
-            _thread_name(previous)
     refused = [f"{sent[seq].describe(off) if seq in sent else 'the batch'}: {os.strerror(err)} "
                f"(errno {err})" for seq, (err, off) in sorted(answers.items()) if err]
     if refused:

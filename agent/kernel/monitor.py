@@ -20,47 +20,20 @@ import errno
 import logging
 import os
 import socket
-import struct
 import threading
 from typing import Callable, Iterator, Optional
 
+from agent.kernel import netlink
+from agent.kernel.netlink import NFNL_SUBSYS_NFTABLES, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR
+
 log = logging.getLogger(__name__)
 
-NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
-NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
 NFTA_GEN_ID, NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 1, 2, 3
-NLMSG_ERROR, NLMSG_DONE, NLM_F_REQUEST, NLM_F_DUMP = 2, 3, 1, 0x300
-NFT_MSG_GETTABLE = 1
-FAMILIES = {1: "inet", 2: "ip", 3: "arp", 7: "bridge", 10: "ip6", 5: "netdev"}
+NFT_MSG_GETTABLE, NFTA_TABLE_NAME = 1, 1
 _NAMES = {0: "add table", 2: "delete table", 3: "add chain", 5: "delete chain", 6: "add rule",
           8: "delete rule", 9: "add set", 11: "delete set", 12: "add element", 14: "delete element"}
-SOL_NETLINK = 270
-
-
-def _attrs(payload: bytes) -> Iterator[tuple[int, bytes]]:
-    off = 0
-    while off + 4 <= len(payload):
-        length, kind = struct.unpack_from("=HH", payload, off)
-        if length < 4:
-            return
-        yield kind & 0x3FFF, payload[off + 4:off + length]
-        off += (length + 3) & ~3
-
-
-def _messages(data: bytes) -> Iterator[tuple[int, bytes]]:
-    off = 0
-    while off + 16 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, off)
-        if length < 16:
-            return
-        yield kind, data[off + 16:off + length]
-        off += (length + 3) & ~3
-
-
-def _string(value: bytes) -> str:
-    return value.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def is_own_thread(pid: int) -> bool:
@@ -81,12 +54,8 @@ class TableWatch:
         self.tables = set(tables)
         self.on_foreign = on_foreign
         self.on_overflow = on_overflow
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)   # SO_RCVBUFFORCE (root)
-        except OSError:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self._sock.bind((0, 1 << (NFNLGRP_NFTABLES - 1)))
+        self._sock = netlink.open_socket(groups=1 << (NFNLGRP_NFTABLES - 1))
+        netlink.set_buffers(self._sock, rcvbuf, send=False)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._touched: list[str] = []
@@ -111,24 +80,24 @@ class TableWatch:
                     self.on_overflow()
                     continue
                 raise
-            for kind, payload in _messages(data):
-                self.handle(kind, payload)
+            for message in netlink.messages(data):
+                self.handle(message.kind, message.payload)
 
     def handle(self, kind: int, payload: bytes) -> None:
         """One netlink message (header stripped): collect, or judge the transaction."""
         if kind >> 8 != NFNL_SUBSYS_NFTABLES or len(payload) < 4:
             return
-        msg, family = kind & 0xFF, FAMILIES.get(payload[0], str(payload[0]))
-        attrs = dict(_attrs(payload[4:]))
+        msg, family = kind & 0xFF, netlink.family_of(payload)
+        attrs = netlink.nft_attrs(payload)
         if msg == NFT_MSG_NEWGEN:
             touched, self._touched = self._touched, []
-            pid = struct.unpack(">I", attrs.get(NFTA_GEN_PROC_PID, b"\0\0\0\0")[:4])[0]
-            comm = _string(attrs.get(NFTA_GEN_PROC_NAME, b"?"))
+            pid = netlink.u32(attrs.get(NFTA_GEN_PROC_PID, b""))
+            comm = netlink.string(attrs.get(NFTA_GEN_PROC_NAME, b"?"))
             if touched and not is_own_commit(pid, comm):
                 what = ", ".join(dict.fromkeys(touched))
                 self.on_foreign(f"{comm}[{pid}]: {what}")
             return
-        table = _string(attrs.get(1, b""))
+        table = netlink.string(attrs.get(NFTA_TABLE_NAME, b""))
         if (family, table) in self.tables and len(self._touched) < 64:
             self._touched.append(f"{_NAMES.get(msg, f'msg {msg}')} {family} {table}")
 
@@ -139,24 +108,21 @@ class TableWatch:
         self._sock.close()
 
 
-def _request(msg: int, flags: int) -> Iterator[tuple[int, bytes]]:
-    """Send one nf_tables request; yield the (type, payload) of its answers."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+def _request(msg: int, flags: int) -> Iterator[bytes]:
+    """Send one nf_tables request; yield the payload of each answer."""
+    with netlink.open_socket() as sock:
         sock.settimeout(2.0)
-        sock.bind((0, 0))
-        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
-        sock.send(struct.pack("=IHHII", 16 + len(body), NFNL_SUBSYS_NFTABLES << 8 | msg,
-                              NLM_F_REQUEST | flags, 1, 0) + body)
+        sock.send(netlink.nftables_request(msg, flags))
         while True:
-            for kind, payload in _messages(sock.recv(1 << 16)):
-                if kind == NLMSG_DONE:
+            for message in netlink.messages(sock.recv(1 << 16)):
+                if message.kind == NLMSG_DONE:
                     return
-                if kind == NLMSG_ERROR:
-                    code = struct.unpack_from("=i", payload)[0]
+                if message.kind == NLMSG_ERROR:
+                    code = netlink.error_code(message)
                     if code:
-                        raise OSError(-code, os.strerror(-code))
+                        raise OSError(code, os.strerror(code))
                     return
-                yield kind, payload
+                yield message.payload
             if not flags & NLM_F_DUMP:
                 return
 
@@ -164,10 +130,10 @@ def _request(msg: int, flags: int) -> Iterator[tuple[int, bytes]]:
 def ruleset_generation() -> int:
     """The kernel's current nftables generation id (NFT_MSG_GETGEN): it changes with
     every committed transaction, by anyone."""
-    for _kind, payload in _request(NFT_MSG_GETGEN, 0):
-        attrs = dict(_attrs(payload[4:]))
+    for payload in _request(NFT_MSG_GETGEN, 0):
+        attrs = netlink.nft_attrs(payload)
         if NFTA_GEN_ID in attrs:
-            return struct.unpack(">I", attrs[NFTA_GEN_ID][:4])[0]
+            return netlink.u32(attrs[NFTA_GEN_ID])
     raise OSError(errno.EPROTO, "no generation id in the kernel's answer")
 
 
@@ -175,8 +141,8 @@ def table_names() -> set[tuple[str, str]]:
     """(family, name) of every nftables table, by netlink dump (libnftables' `list
     tables` loads much more and takes seconds with a large ruleset)."""
     out = set()
-    for _kind, payload in _request(NFT_MSG_GETTABLE, NLM_F_DUMP):
-        name = dict(_attrs(payload[4:])).get(1)
+    for payload in _request(NFT_MSG_GETTABLE, NLM_F_DUMP):
+        name = netlink.nft_attrs(payload).get(NFTA_TABLE_NAME)
         if name is not None:
-            out.add((FAMILIES.get(payload[0], str(payload[0])), _string(name)))
+            out.add((netlink.family_of(payload), netlink.string(name)))
     return out

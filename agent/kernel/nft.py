@@ -14,7 +14,8 @@ import shutil
 import subprocess
 import threading
 import time
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 from agent.errors import KernelError
 
@@ -66,35 +67,31 @@ def _thread_name(name: Optional[bytes] = None) -> bytes:
     return b""
 
 
-def apply_script(script: str, what: str = "apply") -> float:
-    """Commit `script` as one transaction; returns the seconds it took."""
+@contextmanager
+def committing() -> Iterator[None]:
+    """The seam every nftables commit of this process goes through (here and in
+    agent.kernel.elements): one at a time, under the thread name COMMIT_COMM by which
+    the drift monitor knows its own commits."""
     with _lock:
         previous = _thread_name()
         _thread_name(COMMIT_COMM.encode())
         try:
-            start = time.monotonic()
-            rc, _out, err = _nft().cmd(script)
-            took = time.monotonic() - start
+            yield
         finally:
             _thread_name(previous)
+
+
+def apply_script(script: str, what: str = "apply") -> float:
+    """Commit `script` as one transaction; returns the seconds it took."""
+    with committing():
+        start = time.monotonic()
+        rc, _out, err = _nft().cmd(script)
+        took = time.monotonic() - start
     release_memory()
     if rc != 0:
         raise KernelError(f"nft refused the {what} (nothing was changed): {_first_lines(err)}")
     log.debug("nft %s committed in %.3fs (%d bytes)", what, took, len(script))
     return took
-
-
-def check_script(script: str) -> None:
-    """Parse and check against the kernel without committing (nft -c)."""
-    with _lock:
-        ctx = _nft()
-        ctx.set_dry_run(True)
-        try:
-            rc, _out, err = ctx.cmd(script)
-        finally:
-            ctx.set_dry_run(False)
-    if rc != 0:
-        raise KernelError(f"nft check failed: {_first_lines(err)}")
 
 
 def list_table(family: str, name: str) -> Optional[str]:

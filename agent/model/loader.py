@@ -366,13 +366,20 @@ def read_limited(path: Path) -> bytes:
         return f.read(MAX_BYTES + 1)
 
 
+def read_file(path: Path) -> bytes:
+    """read_limited, with a missing file as InvalidInput (other OSErrors as they are: a
+    source retries them, a command reports them)."""
+    try:
+        return read_limited(path)
+    except FileNotFoundError:
+        raise InvalidInput([InputError("", str(path), "no such file")]) from None
+
+
 def read_document(path: str | Path) -> dict:
     """The document in a file; InvalidInput when it is missing, unreadable or malformed."""
     path = Path(path)
     try:
-        raw = read_limited(path)
-    except FileNotFoundError:
-        raise InvalidInput([InputError("", str(path), "no such file")]) from None
+        raw = read_file(path)
     except OSError as exc:
         raise InvalidInput([InputError("", str(path), f"cannot read: {exc}")]) from None
     return parse_document(raw, str(path))

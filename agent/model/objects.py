@@ -211,7 +211,7 @@ def derive_rule_id(group_id: str, doc: RuleDoc) -> str:
     return f"{doc.direction[:2]}-{digest.hexdigest()[:10]}"
 
 
-def _port_range(text) -> Optional[PortRange]:
+def _port_range(text: Optional[str | int]) -> Optional[PortRange]:
     parsed = parse_port_range(text) if text is not None else None
     return PortRange(*parsed) if parsed else None
 

@@ -7,7 +7,7 @@ Errors read `security_groups[2].rules[0].port_range: 90/80: start is after end`.
 """
 from __future__ import annotations
 
-import socket
+import platform
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -91,7 +91,7 @@ def agent_host(data: dict, host: str | None) -> str:
         return host
     if isinstance(doc_host, str) and doc_host.strip():
         return doc_host.strip()
-    return socket.gethostname()
+    return platform.node()
 
 
 def load_state(path: str | Path, host: str | None = None, strict: bool = False) -> DesiredState:

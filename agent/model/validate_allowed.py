@@ -8,10 +8,10 @@ shape errors (bad CIDR, bad MAC) are pydantic's.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from agent.errors import InputError
-from agent.model.schema import parse_address
+from agent.model.schema import IP, Network, parse_address
 
 
 def _list(value: Any) -> list:
@@ -22,7 +22,7 @@ def _dicts(value: Any) -> list[tuple[int, dict]]:
     return [(i, x) for i, x in enumerate(_list(value)) if isinstance(x, dict)]
 
 
-def _network(item: Any):
+def _network(item: Any) -> Optional[Network]:
     text = item.get("address") if isinstance(item, dict) else item
     try:
         return ipaddress.ip_network(text.strip(), strict=True) if isinstance(text, str) else None
@@ -30,7 +30,7 @@ def _network(item: Any):
         return None
 
 
-def _address(text: Any):
+def _address(text: Any) -> Optional[IP]:
     try:
         return parse_address(text.strip()) if isinstance(text, str) else None
     except ValueError:

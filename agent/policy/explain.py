@@ -112,7 +112,7 @@ def build_packet(nic: Interface, direction: str, protocol: str, src: Optional[st
     proto = parse_protocol(protocol)
     peer_flag, peer_text = ("--src", src) if direction == INGRESS else ("--dst", dst)
     local_flag, local_text = ("--dst", dst) if direction == INGRESS else ("--src", src)
-    errors = []
+    errors: list[InputError] = []
     peer = _address(peer_flag, peer_text, errors, required=True)
     local = _address(local_flag, local_text, errors, required=False)
     if proto in (6, 17) and dport is None:
@@ -132,7 +132,7 @@ def build_packet(nic: Interface, direction: str, protocol: str, src: Optional[st
                   dport if ported else None, icmp_type)
 
 
-def _address(flag: str, text: Optional[str], errors: list, required: bool):
+def _address(flag: str, text: Optional[str], errors: list[InputError], required: bool):
     if text is None:
         if required:
             errors.append(InputError(flag, "(missing)", "is required: the peer's address"))

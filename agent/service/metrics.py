@@ -44,7 +44,7 @@ class _Collector:
         self.snapshot = snapshot
 
     def collect(self) -> Iterator:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+        from prometheus_client.core import CounterMetricFamily, InfoMetricFamily
         doc = self.snapshot()
         last = doc.get("last_apply") or {}
         nics = doc.get("interfaces") or {}

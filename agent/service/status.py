@@ -74,7 +74,7 @@ def format_status(doc: dict) -> str:
     lines += [
         f"ruleset:     {rs.get('chains', 0)} chains, {rs.get('rules', 0)} rules, {rs.get('sets', 0)} sets, "
         f"{rs.get('elements', 0)} elements",
-        f"applies:     " + (", ".join(f"{k} {v}" for k, v in sorted(doc.get("applies", {}).items())) or "none"),
+        "applies:     " + (", ".join(f"{k} {v}" for k, v in sorted(doc.get("applies", {}).items())) or "none"),
         f"drift:       {doc.get('drift_repairs', 0)} repair(s)",
         f"conntrack:   {doc.get('conntrack_deleted', 0)} connection(s) deleted",
     ]

@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import httpx
 

@@ -20,8 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from agent.errors import InputError, InvalidInput
-from agent.model.loader import parse_document, read_limited
+from agent.errors import InvalidInput
+from agent.model.loader import parse_document, read_file
 from agent.sources import SourceError
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def revision_of(data: bytes) -> str:
 
 
 def _with_revision(exc: InvalidInput, revision: str) -> InvalidInput:
-    exc.revision = revision       # type: ignore[attr-defined]  (the daemon logs it)
+    exc.revision = revision
     return exc
 
 
@@ -53,9 +53,7 @@ class FileSource:
     def fetch(self) -> tuple[Any, str]:
         """(parsed document, revision). Unreadable: SourceError; malformed: InvalidInput."""
         try:
-            raw = read_limited(self.path)
-        except FileNotFoundError:
-            raise InvalidInput([InputError("", str(self.path), "no such file")]) from None
+            raw = read_file(self.path)        # agent.model.loader: the one way a file is read
         except OSError as exc:
             raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         rev = revision_of(raw)

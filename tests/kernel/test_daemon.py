@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from sandbox.probe import probe
-from sandbox.hypervisor import OUTSIDE4, Sandbox
+from sandbox.hypervisor import Sandbox
 from agent.service.status import query
 
 pytestmark = [pytest.mark.kernel,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
+              pytest.mark.require_root]
 PY = sys.executable
 ADDR = "10.0.0.11"
 

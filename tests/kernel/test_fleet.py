@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from source_helpers import Etcd, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.kernel,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+              pytest.mark.require_root,
               pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed (Debian etcd-server)")]
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable

@@ -24,7 +24,7 @@ from sandbox.hypervisor import run
 from agent.model.validate import validate_document
 
 pytestmark = [pytest.mark.kernel,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
+              pytest.mark.require_root]
 ROOT = Path(__file__).resolve().parents[2]
 WEBSHOP = yaml.safe_load((ROOT / "examples" / "webshop.yaml").read_text())
 GEN = Path(__file__).resolve().parents[2] / "scripts" / "gen-config"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.kernel,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
+              pytest.mark.require_root]
 NS = f"sgel{os.getpid() % 100000}"
 V4C, V6C = "ipv4_addr . inet_proto . inet_service", "ipv6_addr . inet_proto . inet_service"
 MAX6 = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"

@@ -9,7 +9,7 @@ import pytest
 
 from cli_helpers import run_agent
 
-SHOP = Path(__file__).resolve().parent / "fixtures" / "valid" / "shop.yaml"
+SHOP = Path(__file__).resolve().parents[1] / "fixtures" / "valid" / "shop.yaml"
 STAGES = ["state", "essentials", "intra-group", "user", "default", "final"]
 ROW = re.compile(r"^\s+(\d+)\s+(state|essentials|intra-group|user|default|final)\s+(accept|drop)\s+(\S+)\s+(\S+)\s+(.*)$")
 

@@ -7,13 +7,23 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import pytest
+from semantics_helpers import (
+    decide,
+    doc,
+    egress,
+    group,
+    ingress,
+    inst,
+    nic,
+    pkt,
+    state_of,
+)
 
 from agent.errors import InvalidInput
-from agent.policy.explain import explain, local_interface
 from agent.model.objects import DEFAULT_PRIORITY
-from agent.policy.effective import Packet, build_effective_list, evaluate
 from agent.model.validate import validate_document
-from semantics_helpers import decide, doc, egress, group, ingress, inst, nic, pkt, state_of
+from agent.policy.effective import Packet, build_effective_list, evaluate
+from agent.policy.explain import explain, local_interface
 
 # Addresses used throughout. A, B, C are local VPC instances; R lives on another host.
 A4, A6, A_MAC = "10.0.0.1", "fd00::1", "52:54:00:00:00:0a"

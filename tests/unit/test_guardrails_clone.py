@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 
 import yaml
+from guardrail_helpers import HOST, documents
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from agent.cli.main import main
-from agent.guardrails.diff import diff_states
 from agent.errors import InvalidInput
+from agent.guardrails.diff import diff_states
 from agent.model.validate import load_state, validate_document
-from guardrail_helpers import HOST, documents
 
 DOC = """\
 # Fleet policy.  Comments, blank lines and odd spacing must survive the edit.
@@ -131,7 +132,7 @@ def test_flow_style_group_list_and_groups_last(tmp_path, capsys):
     capsys.readouterr()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(documents(), st.sampled_from(["yaml", "json"]), st.data())
 def test_clone_round_trips_through_check(tmp_path, doc, fmt, data):

@@ -1,6 +1,6 @@
 """`run --source https://...` takes the TLS and token options down to the source."""
-from agent.cli.main import build_parser
 from agent.cli.daemon import source_options
+from agent.cli.main import build_parser
 from agent.sources import open_source
 
 

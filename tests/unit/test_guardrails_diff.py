@@ -9,23 +9,32 @@ import json
 from pathlib import Path
 
 import pytest
+from guardrail_helpers import (
+    HOST,
+    PORTS,
+    all_lists,
+    boundary_points,
+    documents,
+    packet_at,
+    region_points,
+    rule_docs,
+)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
-from agent.kernel import conntrack
-from agent.compiler.boxes import contains
 from agent.cli.main import main
-from agent.guardrails.diff import diff_states, render_text
-from agent.errors import InvalidInput
+from agent.compiler.boxes import contains
 from agent.compiler.match_space import Space, subtract
-from agent.policy.revocation import Flow
-from agent.policy.effective import evaluate
+from agent.errors import InvalidInput
+from agent.guardrails.diff import diff_states, render_text
+from agent.kernel import conntrack
 from agent.model.validate import load_state, validate_document
-from guardrail_helpers import (HOST, PORTS, all_lists, boundary_points, documents,
-                               packet_at, region_points, rule_docs)
+from agent.policy.effective import evaluate
+from agent.policy.revocation import Flow
 
-FIXTURES = Path(__file__).parent / "fixtures" / "lint"
-PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lint"
+PROPERTY = settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 OLD = """
 host: hv-01
@@ -235,7 +244,7 @@ def small_box(draw) -> tuple:
     return tuple(dims)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.data())
 def test_space_and_subtract_against_brute_force(data):
     boxes = [small_box(data.draw) for _ in range(data.draw(st.integers(1, 6)))]

@@ -3,7 +3,8 @@ structure, types, unicode, depth, and the text itself - are either valid (and th
 compile to an nft script of plain ASCII) or refused with a list of path-named errors;
 never an exception.
 
-`make test` runs the `secgroup-ci` profile (200 examples a test, bounded time);
+`make test` runs the `secgroup-ci` profile (200 examples a test, bounded time; a tenth
+under the `dev` profile of `make test-unit`, tests/profiles.py);
 `make fuzz` the `secgroup-fuzz` profile (FUZZ_EXAMPLES, default 20,000).
 """
 from __future__ import annotations
@@ -18,22 +19,30 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from agent.compiler.compile import build_ruleset
+from agent.compiler.render import render_ruleset
 from agent.errors import InputError, InvalidInput
 from agent.model.loader import parse_document
-from agent.compiler.render import render_ruleset
-from agent.model.schema import DocumentDoc, InstanceDoc, InterfaceDoc, PrefixListDoc, RuleDoc, SecurityGroupDoc
+from agent.model.schema import (
+    DocumentDoc,
+    InstanceDoc,
+    InterfaceDoc,
+    PrefixListDoc,
+    RuleDoc,
+    SecurityGroupDoc,
+)
 from agent.model.validate import validate_document
 from agent.model.validate_warnings import document_warnings
 
-settings.register_profile("secgroup-ci", max_examples=200, deadline=5000, derandomize=True,
+settings.register_profile("secgroup-ci", max_examples=examples(200), deadline=5000, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("secgroup-fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20000")),
                           deadline=None, suppress_health_check=list(HealthCheck))
 PROFILE = settings.get_profile(os.environ.get("SECGROUP_FUZZ_PROFILE", "secgroup-ci"))
 
-BASE = yaml.safe_load((Path(__file__).resolve().parent / "fixtures" / "valid" / "shop.yaml").read_text())
+BASE = yaml.safe_load((Path(__file__).resolve().parents[1] / "fixtures" / "valid" / "shop.yaml").read_text())
 FIELDS = sorted({name for model in (DocumentDoc, InstanceDoc, InterfaceDoc, PrefixListDoc, RuleDoc,
                                     SecurityGroupDoc) for name in model.model_fields})
 SCRIPT_CHARS = set(string.printable) - set("\r\x0b\x0c")

@@ -1,4 +1,4 @@
-"""The man pages are current (regenerated from argparse, the schema and the README), and
+"""The man pages are current (regenerated from argparse, the schema and docs/config.md), and
 the versions agree: `--version`, pyproject.toml and debian/changelog."""
 import importlib.machinery
 import importlib.util
@@ -10,7 +10,7 @@ import pytest
 
 from agent.cli.main import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_generator():

@@ -10,7 +10,7 @@ from agent.compiler.compile import TABLE, Chain, NftSet, Ruleset, Table, build_r
 from agent.compiler.transaction import element_diff, plan_update, ruleset_size
 from agent.model.validate import validate_document
 
-WEBSHOP = yaml.safe_load((Path(__file__).parent.parent / "examples" / "webshop.yaml").read_text())
+WEBSHOP = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "webshop.yaml").read_text())
 
 
 def _rs(sets=(), chains=()) -> Ruleset:
@@ -89,7 +89,9 @@ def test_remote_instance_joining_a_group_changes_only_set_elements():
     assert script
     verbs = {" ".join(line.split()[:2]) for line in script.splitlines()}
     assert verbs <= {"add element", "delete element"}, script
-    from agent.compiler.transaction import plan_element_changes       # what the daemon commits
+    from agent.compiler.transaction import (
+        plan_element_changes,  # what the daemon commits
+    )
     changes = plan_element_changes(_compiled(WEBSHOP), _compiled(new))
     assert changes and all("10.0.1.99" in " ".join(c.added) for c in changes)
 

@@ -7,23 +7,30 @@ import json
 from pathlib import Path
 
 import pytest
+from guardrail_helpers import (
+    HOST,
+    all_lists,
+    boundary_points,
+    documents,
+    packet_at,
+    region_points,
+)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from agent.cli.main import main
-from agent.guardrails.diff import diff_states
-from agent.errors import InvalidInput
-from agent.guardrails.lint import DEFAULT_EXPOSED_PORTS, LintOptions, lint, parse_ports
 from agent.compiler.boxes import volume
-from agent.policy.effective import USER, evaluate
 from agent.compiler.match_space import full_box, list_regions
+from agent.errors import InvalidInput
+from agent.guardrails.diff import diff_states
+from agent.guardrails.lint import DEFAULT_EXPOSED_PORTS, LintOptions, lint, parse_ports
 from agent.model.validate import load_state, validate_document
-from guardrail_helpers import (HOST, all_lists, boundary_points, documents, packet_at,
-                               region_points)
+from agent.policy.effective import USER, evaluate
 
-FIXTURES = Path(__file__).parent / "fixtures" / "lint"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lint"
 KINDS = ["shadowed", "duplicate", "exposed", "group-per-instance", "too-many-rules", "unused", "unguarded"]
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -137,7 +144,7 @@ def test_a_shadowed_rule_never_decides_a_packet(doc, data):
     assert silent <= shadowed | empty
 
 
-@settings(PROPERTY, max_examples=100)
+@settings(PROPERTY, max_examples=examples(100))
 @given(documents(), st.data())
 def test_removing_shadowed_rules_changes_no_verdict(doc, data):
     state = _state(doc)

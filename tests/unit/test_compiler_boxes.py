@@ -11,11 +11,19 @@ import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
-from agent.compiler.boxes import contains, covers, disjoint_union, first_match_region, intersect, volume
+from agent.compiler.boxes import (
+    contains,
+    covers,
+    disjoint_union,
+    first_match_region,
+    intersect,
+    volume,
+)
 
 N = 8                               # coordinates 0..7
-SETTINGS = settings(max_examples=400, deadline=None)
+SETTINGS = settings(max_examples=examples(400), deadline=None)
 
 
 @st.composite
@@ -162,7 +170,7 @@ def ordered_lines(draw):
     return dims, draw(st.lists(st.tuples(box, st.booleans()), max_size=7))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(ordered_lines())
 def test_first_match_region_is_the_first_match_verdict(case):
     """A point is in the region exactly when the first line containing it accepts, and

@@ -6,26 +6,24 @@ from __future__ import annotations
 import copy
 import json
 import random
-import subprocess
-from pathlib import Path
 
+from gen_config import generate
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from agent.compiler.compile import build_ruleset, compile_ruleset
 from agent.compiler.patch import compile_changes
-from agent.errors import InvalidInput
 from agent.compiler.transaction import plan_update
+from agent.errors import InvalidInput
 from agent.model.validate import validate_document
 
-GEN = str(Path(__file__).resolve().parents[1] / "scripts" / "gen-config")
 HOST = "hv-bench"
 
 
 def _generated(seed: int) -> dict:
-    out = subprocess.run([GEN, "--interfaces", "8", "--rules", "4", "--groups", "4", "--remote", "4",
-                          "--prefix-lists", "2", "--seed", str(seed)],
-                         check=True, capture_output=True, text=True).stdout
+    out = generate("--interfaces", "8", "--rules", "4", "--groups", "4", "--remote", "4",
+                   "--prefix-lists", "2", "--seed", str(seed))
     return json.loads(out)
 
 
@@ -76,7 +74,7 @@ def _edit(rng: random.Random, doc: dict) -> None:
         nic["mac"] = rng.choice([None, "52:54:00:00:00:aa"])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(st.integers(0, 1), st.integers(0, 2 ** 32), st.integers(1, 8), st.booleans())
 def test_memo_build_equals_fresh_build(which, seed, steps, patched):
     """Both entry points: compile_ruleset (memo per chain) and compile_changes (the

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).parent.parent / "systemd" / "secgroup-agent.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "secgroup-agent.service"
 
 
 def _service() -> dict:

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
 import yaml
+from gen_config import GEN, generate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from agent.errors import InvalidInput
 from agent.model.validate import validate_document
 from agent.model.validate_incremental import Validated, validate_update
 
-GEN = Path(__file__).resolve().parents[1] / "scripts" / "gen-config"
-SHOP = Path(__file__).resolve().parent / "fixtures" / "valid" / "shop.yaml"
+SHOP = Path(__file__).resolve().parents[1] / "fixtures" / "valid" / "shop.yaml"
 HOST = "hv-bench"
 
 
@@ -34,8 +33,7 @@ HOST = "hv-bench"
 def generated(interfaces: int, rules: int, seed: int, remote: int = 0) -> str:
     args = ["--interfaces", str(interfaces), "--rules", str(rules), "--seed", str(seed),
             "--remote", str(remote), "--host", HOST]
-    return subprocess.run([sys.executable, str(GEN), *args], check=True, capture_output=True,
-                          text=True).stdout
+    return generate(*args)
 
 
 def base_documents() -> list[str]:
@@ -247,7 +245,7 @@ EDITS = [edit_rule_port, edit_rule_priority, edit_rule_peer, add_rule, remove_ru
          shuffle, nothing]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(d=st.data())
 def test_update_is_the_full_validation(d: st.DataObject) -> None:
     host = d.draw(st.sampled_from([HOST, None]))

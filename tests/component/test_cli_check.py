@@ -12,7 +12,7 @@ import yaml
 
 from cli_helpers import EXAMPLE, Result, run_agent
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "invalid"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "invalid"
 SHOP = FIXTURES.parent / "valid" / "shop.yaml"
 FIXTURE_FILES = sorted(p.name for p in FIXTURES.iterdir() if p.suffix in (".yaml", ".json"))
 PREFIX = "# expect: "

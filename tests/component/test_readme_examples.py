@@ -1,7 +1,8 @@
-"""The README's worked examples are executable: each table row is run through
-`secgroup-agent explain --json` and must give the verdict and decider it claims, and
-every code block marked `<!-- output checked by tests/test_readme_examples.py -->` is
-run and must print what it shows (exactly; where it shows `...`, its lines in order)."""
+"""The worked examples of the README and docs/ are executable: each explain table row is
+run through `secgroup-agent explain --json` and must give the verdict and decider it
+claims, and every code block marked `<!-- output checked by
+tests/component/test_readme_examples.py -->` is run and must print what it shows
+(exactly; where it shows `...`, its lines in order)."""
 from __future__ import annotations
 
 import json
@@ -13,15 +14,20 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^\| (?P<q>[^|]+) \| `(?P<args>--iface [^`]+)` \| (?P<verdict>accept|drop), (?P<by>[^|]+) \|$")
 FLOW_ROW = re.compile(r"^\| (?P<q>[^|]+) \| `(?P<args>--from [^`]+)` \| (?P<verdict>accept|drop), (?P<by>[^|]+) \|$")
-MARK = "<!-- output checked by tests/test_readme_examples.py -->"
+MARK = "<!-- output checked by tests/component/test_readme_examples.py -->"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def page_lines() -> list[str]:
+    return [line for page in PAGES for line in page.read_text().splitlines()]
 
 
 def readme_rows() -> list[tuple[str, str, str, str]]:
     rows = []
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in page_lines():
         m = ROW.match(line.strip())
         if m:
             rows.append((m["q"].strip(), m["args"], m["verdict"], m["by"].strip()))
@@ -55,14 +61,14 @@ def test_readme_example(question, args, verdict, by):
 
 
 def flow_rows() -> list[tuple[str, str, str, str]]:
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = page_lines()
     return [(m["q"].strip(), m["args"], m["verdict"], m["by"].strip())
             for m in (FLOW_ROW.match(line.strip()) for line in lines) if m]
 
 
 def checked_blocks() -> list[tuple[str, list[str]]]:
     """(command, shown output lines) of every marked block."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = page_lines()
     out = []
     for i, line in enumerate(lines):
         if line.strip() == MARK:

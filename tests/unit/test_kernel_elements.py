@@ -1,4 +1,4 @@
-"""agent/kernel/elements.py without a kernel: the netlink encoding of set elements (golden
+"""agent/kernel/elements.py and agent/kernel/netlink.py without a kernel: the netlink encoding of set elements (golden
 bytes taken from strace of nft 1.0.6 `add element`), batching, reply parsing, errors.
 
 libnftnl numbers the NFTA_LIST_ELEM nests of a message 1, 2, 3, ...; we send every one
@@ -10,11 +10,13 @@ import struct
 
 import pytest
 
-from agent.kernel import nft, elements as ne
-from agent.errors import KernelError
-from agent.compiler.transaction import ElementChange
-from agent.kernel.elements import build_batch, encode_element, supported
 from agent.compiler.ruleset import NftSet
+from agent.compiler.transaction import ElementChange
+from agent.errors import KernelError
+from agent.kernel import elements as ne
+from agent.kernel import netlink as nl
+from agent.kernel import nft
+from agent.kernel.elements import build_batch, encode_element, supported
 
 V4_CONCAT = "ipv4_addr . inet_proto . inet_service"
 V6_CONCAT = "ipv6_addr . inet_proto . inet_service"
@@ -157,10 +159,10 @@ def test_large_changes_are_split_into_messages_below_64k_deletions_first():
 
 
 def _error_reply(seq: int, errno: int, offset: int | None) -> bytes:
-    tlv = struct.pack("=HHI", 8, ne.NLMSGERR_ATTR_OFFS, offset) if offset is not None else b""
-    flags = 0x100 | (ne.NLM_F_ACK_TLVS if tlv else 0)                # NLM_F_CAPPED
+    tlv = struct.pack("=HHI", 8, nl.NLMSGERR_ATTR_OFFS, offset) if offset is not None else b""
+    flags = 0x100 | (nl.NLM_F_ACK_TLVS if tlv else 0)                # NLM_F_CAPPED
     body = struct.pack("=i", -errno) + struct.pack("=IHHII", 80, 0x0a0e, 5, seq, 0) + tlv
-    return struct.pack("=IHHII", 16 + len(body), ne.NLMSG_ERROR, flags, seq, 4242) + body
+    return struct.pack("=IHHII", 16 + len(body), nl.NLMSG_ERROR, flags, seq, 4242) + body
 
 
 def test_replies_name_the_refused_element(monkeypatch):

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import yaml
 
-from agent.errors import InvalidInput, InputError, KernelError
-from agent.service.daemon import Daemon, DaemonConfig, Ports
-from agent.reconciler.keeper import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, Keeper
+from agent.errors import InputError, InvalidInput, KernelError
 from agent.policy.revocation import Flow
-from agent.sources import SourceError
+from agent.reconciler.keeper import ELEMENTS, FULL, INCREMENTAL, Keeper
+from agent.service.daemon import Daemon, DaemonConfig, Ports
 from agent.service.status import StatusServer, format_status, query
+from agent.sources import SourceError
 
-WEBSHOP = yaml.safe_load((Path(__file__).parent.parent / "examples" / "webshop.yaml").read_text())
+WEBSHOP = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "webshop.yaml").read_text())
 
 
 class FakeKernel:
@@ -327,6 +327,7 @@ def test_status_socket_round_trip(tmp_path):
 
 def test_metrics_expose_the_status_facts():
     from prometheus_client import generate_latest
+
     from agent.service.metrics import Metrics
     d, *_ = make()
     d.publish()
@@ -342,6 +343,7 @@ def test_metrics_expose_the_status_facts():
 def test_sdnotify_datagram_and_watchdog_interval(tmp_path, monkeypatch):
     import os
     import socket
+
     from agent.service import sdnotify
     path = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
@@ -361,6 +363,7 @@ def test_sdnotify_datagram_and_watchdog_interval(tmp_path, monkeypatch):
 def test_nft_monitor_judges_transactions_by_committer():
     import os
     import struct
+
     from agent.kernel.monitor import NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, TableWatch
 
     def attr(kind, value):

@@ -15,15 +15,16 @@ from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from agent.errors import InvalidInput
-from agent.policy.explain import render_show
 from agent.model.objects import DesiredState
-from agent.policy.effective import Decision, Packet, build_effective_list, evaluate
 from agent.model.validate import validate_document
+from agent.policy.effective import Decision, Packet, build_effective_list, evaluate
+from agent.policy.explain import render_show
 
 HOST = "hv-01"
-SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- the universe ---------------------------------------------------------------------------
 INSTANCES = [                           # id, interface, addresses, host
@@ -310,7 +311,7 @@ def replace(doc: dict, path: tuple, value: Any) -> dict:
 ERROR_LINE = re.compile(r"^(\S.*: )?\S.*: \S.*$")
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents(), st.data())
 def test_validation_reports_never_crashes(doc: dict, data: st.DataObject) -> None:
     """Any value in any place: either InvalidInput with one `path: value: message` line
@@ -340,7 +341,7 @@ def test_validation_reports_never_crashes(doc: dict, data: st.DataObject) -> Non
         render_show(state, nic)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(JUNK)
 def test_validation_of_any_top_level(value: Any) -> None:
     try:

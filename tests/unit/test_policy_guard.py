@@ -6,15 +6,15 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from bridge_sim import BridgeGuardSim
+from compile_sim import Simulator
 
 from agent.compiler.compile import build_ruleset
 from agent.errors import InvalidInput
 from agent.model.objects import EGRESS, INGRESS
+from agent.model.validate import validate_document
 from agent.policy.effective import Packet, build_effective_list, evaluate
 from agent.policy.guard import ETHER_ARP, ETHER_IP6, Frame, frame_verdict
-from agent.model.validate import validate_document
-from bridge_sim import BridgeGuardSim
-from compile_sim import Simulator
 
 HOST = "hv-01"
 MAC1, MAC2, VIP_MAC = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:aa"
