@@ -12,11 +12,12 @@ a build with 100,000 remote members rebuilds only the sets whose members changed
 """
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import socket
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from agent.compiler.boxes import merge_intervals
+from agent.compiler.boxes import Interval, merge_intervals
 from agent.compiler.runs import ADDR_TYPE
 from agent.compiler.ruleset import NftSet
 
@@ -63,7 +64,7 @@ def build_shared_sets(b: "Builder") -> None:
         if kind == "peers":
             inputs = tuple(_nets(b, ref) for ref in union[v])
             parts = [intervals[ref + (v,)] for ref in union[v]]
-            b.sets[name] = _shared_set(b, key, name, inputs, lambda: merge_intervals(iv for part in parts for iv in part))
+            b.sets[name] = _union_set(b, key, name, inputs, tuple(union[v]), parts)
         else:
             inputs = _nets(b, key[:2])
             b.sets[name] = _shared_set(b, key, name, inputs,
@@ -89,6 +90,79 @@ def _shared_set(b: "Builder", key: tuple, name: str, inputs: tuple,
         made = NftSet(name, ADDR_TYPE[key[2]], tuple(render_interval(key[2], iv) for iv in merged))
     b.memo.shared_sets[key] = (inputs, made, merged)      # type: ignore[index]
     return made
+
+
+def _union_set(b: "Builder", key: tuple, name: str, inputs: tuple, refs: tuple, parts: list) -> NftSet:
+    """The union `peers<v>`: patched from the previous build's where the same sets make
+    it and few of their intervals changed (a member joining: `splice_union`), instead of
+    merging every member of every set again (~10 ms per 10,000 members)."""
+    hit = b.previous.shared_sets.get(key) if b.previous else None
+    if hit is not None and hit[1].name == name and len(hit) > 3 and hit[3] == refs and \
+            not _same_objects(hit[0], inputs, True):
+        old_parts = [b.previous.shared_sets[ref + (key[2],)][2] for ref in refs]
+        splices = splice_union(hit[2], old_parts, parts)
+        if splices is not None:
+            merged, elements = _spliced(key[2], hit[2], hit[1].elements, splices)
+            made = NftSet(name, ADDR_TYPE[key[2]], elements)
+            b.memo.shared_sets[key] = (inputs, made, merged, refs)      # type: ignore[index]
+            return made
+    made = _shared_set(b, key, name, inputs, lambda: merge_intervals(iv for part in parts for iv in part))
+    b.memo.shared_sets[key] = b.memo.shared_sets[key] + (refs,)         # type: ignore[index]
+    return made
+
+
+def _hi(iv: Interval) -> int:
+    return iv[1]
+
+
+def _lo(iv: Interval) -> int:
+    return iv[0]
+
+
+def _within(merged: Sequence[Interval], lo: int, hi: int) -> tuple[int, int]:
+    """The slice of the sorted, disjoint intervals `merged` that meet [lo, hi]."""
+    return bisect.bisect_left(merged, lo, key=_hi), bisect.bisect_right(merged, hi, key=_lo)
+
+
+def splice_union(union: list[Interval], old_parts: Sequence[list[Interval]], new_parts: Sequence[list[Interval]]
+                 ) -> Optional[list[tuple[int, int, list[Interval]]]]:
+    """The merged union of `new_parts` as replacements of slices of `union` (the merged
+    union of `old_parts`, part by part the same sets): [(start, end, intervals)], sorted,
+    disjoint. None when many intervals changed (merge everything instead).
+
+    The intervals that changed (in a part's old or new list, not both) and the old union
+    intervals meeting or touching them make *windows*; an interval of any part that
+    meets a window lies inside it (a union interval is maximal, so whatever it merged
+    is inside it, and it touches no other), so each window is merged again from the
+    parts' intervals inside it and nothing outside moves. Exact: checked against the
+    full merge on random parts (tests/unit/test_shared_sets.py)."""
+    delta: list[Interval] = []
+    for old, new in zip(old_parts, new_parts):
+        if old is not new:
+            before, after = set(old), set(new)
+            delta += [iv for iv in old if iv not in after] + [iv for iv in new if iv not in before]
+    if len(delta) > len(union) // 4 + 16:
+        return None
+    around = list(delta)
+    for lo, hi in delta:
+        start, end = _within(union, lo - 1, hi + 1)
+        around += union[start:end]
+    splices = []
+    for lo, hi in merge_intervals(around):
+        inside = [iv for part in new_parts for iv in part[slice(*_within(part, lo, hi))]]
+        splices.append(_within(union, lo, hi) + (merge_intervals(inside),))
+    return splices
+
+
+def _spliced(version: int, merged: list[Interval], elements: tuple[str, ...],
+             splices: list[tuple[int, int, list[Interval]]]) -> tuple[list[Interval], tuple[str, ...]]:
+    """`merged` and its rendered `elements` with the slices replaced."""
+    out, texts, at = [], [], 0
+    for start, end, pieces in splices:
+        out += merged[at:start] + pieces
+        texts += elements[at:start] + tuple(render_interval(version, iv) for iv in pieces)
+        at = end
+    return out + merged[at:], tuple(texts) + elements[at:]
 
 
 def _same_objects(old: tuple, new: tuple, nested: bool) -> bool:

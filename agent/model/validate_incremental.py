@@ -66,6 +66,7 @@ class Validated:
     addr_owner: dict[Any, dict]             # address -> host bucket -> instance id
     reusable: bool = True                   # False: ids or hosts the caches cannot key
     lists: Optional[dict[str, list]] = None     # list key -> the document's list (items in order)
+    with_allowed: Optional[frozenset[str]] = None   # ids of instances with allowed addresses
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ def _full(data: Any, host: Optional[str]) -> Validated:
                      group_nets={g.id: g.network for g in state.groups},
                      prefix_ids=frozenset(pid for pid, _ in state.prefix_lists), nic_owner=owner,
                      addr_owner=addr_owner,
-                     reusable=reusable, lists={key: _list_of(data, key) for key in LISTS})
+                     reusable=reusable, lists={key: _list_of(data, key) for key in LISTS},
+                     with_allowed=frozenset(inst.id for inst in state.instances if _has_allowed(inst)))
 
 
 def _list_of(data: dict, key: str) -> list:
@@ -147,7 +149,8 @@ def _incremental(data: Any, host: Optional[str], prev: Validated) -> Validated:
     built_plists = _build_prefix_lists(plists)
     built_groups = _build_groups(groups, types, prefix_ids)
     built_insts, owner, addr_owner = _build_instances(insts, prev, types, nets, local)
-    if (insts.changed or insts.removed) and any(nic.allowed for i in built_insts.values() for nic in i.interfaces):
+    with_allowed = _with_allowed(insts, built_insts, prev)
+    if (insts.changed or insts.removed) and with_allowed:
         _no_errors(allowed_address_errors(data))        # an overlap spans instances
     state = _assemble(local, built_groups, built_insts, built_plists, insts, prev)
     log.debug("incremental validation: %d groups, %d instances, %d prefix lists re-checked",
@@ -158,7 +161,20 @@ def _incremental(data: Any, host: Optional[str], prev: Validated) -> Validated:
                      built={"security_groups": built_groups, "instances": built_insts,
                             "prefix_lists": built_plists},
                      group_types=types, group_nets=nets, prefix_ids=prefix_ids, nic_owner=owner,
-                     addr_owner=addr_owner, lists={key: _list_of(data, key) for key in LISTS})
+                     addr_owner=addr_owner, lists={key: _list_of(data, key) for key in LISTS},
+                     with_allowed=with_allowed)
+
+
+def _has_allowed(inst: Instance) -> bool:
+    return any(nic.allowed for nic in inst.interfaces)
+
+
+def _with_allowed(diff: "_Diff", built: dict[str, Instance], prev: Validated) -> frozenset[str]:
+    """The instances with allowed addresses, from the previous result's and the changes."""
+    if prev.with_allowed is None:
+        return frozenset(iid for iid, inst in built.items() if _has_allowed(inst))
+    ids = {iid for _, iid, _ in diff.changed}
+    return (prev.with_allowed - diff.removed - ids) | {iid for iid in ids if _has_allowed(built[iid])}
 
 
 def _assemble(local: str, groups: dict[str, Group], insts: dict[str, Instance],
