@@ -32,6 +32,7 @@ from agent.compiler.patch import compile_changes  # noqa: E402
 from agent.compiler.transaction import plan_element_changes, plan_update  # noqa: E402
 from agent.model.loader import parse_document  # noqa: E402
 from agent.model.validate_incremental import validate_update  # noqa: E402
+from agent.reconciler.keeper import REPLACE_SETS_FROM  # noqa: E402
 from bench.latency import with_member, with_port, pick_interface  # noqa: E402
 
 GEN = ROOT / "scripts" / "gen-config"
@@ -62,8 +63,9 @@ def step(texts: list[str], times: dict[str, list[float]], profile: cProfile.Prof
         t3 = time.perf_counter()
         if applied is not None:
             changes = plan_element_changes(applied, ruleset)
+            many = sum(len(t.sets) for t in applied.tables) >= REPLACE_SETS_FROM    # as the keeper plans
             how = f"{len(changes)} element change(s)" if changes is not None else \
-                f"script of {len(plan_update(applied, ruleset))} bytes"
+                f"script of {len(plan_update(applied, ruleset, replace_sets=many))} bytes"
         t4 = time.perf_counter()
         if on:
             profile.disable()
