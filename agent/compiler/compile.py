@@ -31,6 +31,7 @@ from agent.compiler import runs as compile_runs
 from agent.compiler.runs import (ADDR_BITS, ADDR_TYPE, FAMILY_KW, Line, build_member_rules, build_points, build_runs,
                                  render_match)
 from agent.compiler.sets import build_shared_sets
+from agent.model.validate import collector_paused
 from agent.model.objects import ACCEPT, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface
 from agent.policy.effective import DEFAULTS, FINAL, USER, Entry, build_effective_list, essential_entries, intra_group_ids
 from agent.compiler.ruleset import TABLE, Chain, NftSet, Ruleset, Table
@@ -45,7 +46,13 @@ def build_ruleset(state: DesiredState) -> Ruleset:
 
 def compile_ruleset(state: DesiredState, previous: Optional[CompileMemo]) -> tuple[Ruleset, CompileMemo]:
     """`build_ruleset`, reusing the policy chains of the build `previous` remembers
-    whose inputs did not change (agent.compiler.memo); the same Ruleset either way."""
+    whose inputs did not change (agent.compiler.memo); the same Ruleset either way.
+    The cyclic collector is paused meanwhile (agent.model.validate.collector_paused)."""
+    with collector_paused():
+        return _compile_ruleset(state, previous)
+
+
+def _compile_ruleset(state: DesiredState, previous: Optional[CompileMemo]) -> tuple[Ruleset, CompileMemo]:
     b = Builder(state, canonicalise(state, previous))
     dispatch: dict[str, list[tuple[str, str]]] = {INGRESS: [], EGRESS: []}
     for name in sorted(state.local_interfaces):
