@@ -17,105 +17,26 @@ Layout of the `inet` table (see docs/datapath.md):
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import re
-from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from dataclasses import replace
 from typing import Optional
 
 from agent.compiler.boxes import Box, first_match_region
-from agent.model.objects import (ACCEPT, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface)
+from agent.compiler.builder import Builder, safe_name
+from agent.compiler.dispatch import bridge_table, dispatch_objects
 from agent.compiler.guard import build_interface_rules
-from agent.compiler.memo import BuildRecord, CompileMemo, RegionPart, canonicalise, policy_signature
+from agent.compiler.intervals import render_interval
+from agent.compiler.match_space import match_boxes, match_tail
+from agent.compiler.memo import BuildRecord, CompileMemo, RegionEntry, RegionPart, VersionEntry, canonicalise
 from agent.compiler import runs as compile_runs
-from agent.compiler.runs import (ADDR_BITS, ADDR_TYPE, FAMILY_KW, FULL_PORTS, FULL_PROTO, Line, build_member_rules,
-                                build_points, build_runs, render_match)
-from agent.compiler.sets import build_shared_sets, net_interval as _net_interval, render_interval
-from agent.policy.effective import (DEFAULTS, FINAL, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER, Entry,
-                          build_effective_list, essential_entries, intra_group_ids)
+from agent.compiler.runs import (ADDR_BITS, ADDR_TYPE, FAMILY_KW, Line, build_member_rules, build_points, build_runs,
+                                 render_match)
+from agent.compiler.sets import build_shared_sets
+from agent.model.validate import collector_paused
+from agent.model.objects import ACCEPT, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface
+from agent.policy.effective import DEFAULTS, FINAL, USER, Entry, build_effective_list, essential_entries, intra_group_ids
 from agent.compiler.ruleset import TABLE, Chain, NftSet, Ruleset, Table
 
-__all__ = ["TABLE", "Chain", "NftSet", "Ruleset", "Table", "build_ruleset", "compile_ruleset"]
-
-
-
-@dataclass
-class Builder:
-    """One build's working state: the objects made so far and the names they hold."""
-    state: DesiredState
-    memo: CompileMemo                 # this build's canonical inputs; `regions` filled here
-    previous: Optional[CompileMemo]   # the last build's, if any
-    sets: dict[str, NftSet] = field(default_factory=dict)
-    chains: dict[str, Chain] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    owners: dict[str, tuple] = field(default_factory=dict)   # nft name -> what it names
-    shared: dict[tuple, str] = field(default_factory=dict)  # (kind, id, version) -> set name
-    texts: dict = field(default_factory=lambda: {0: {}, 4: {}, 6: {}})   # interval -> text
-    elements: dict = field(default_factory=lambda: {4: {}, 6: {}})       # box -> element text
-    group_inputs: dict = field(default_factory=dict)     # (group, direction) -> policy inputs
-
-    def claim(self, base: str, identity: tuple) -> str:
-        """The name of the object `identity`: `base`, unless a different object already
-        holds it, then `base_2`, `base_3`, ... Two objects can want one name: `safe_name`
-        keeps 40 characters and a 24-bit hash, and group ids may contain '+' (groups
-        [a, b] and the single group 'a+b' have the same policy key text). Without this
-        the second object would silently reuse the first one's chain or set."""
-        name, n = base, 1
-        while self.owners.setdefault(name, identity) != identity:
-            n += 1
-            name = f"{base}_{n}"
-        return name
-
-    def element(self, version: int, box: Box) -> str:
-        """The set element of a region box. One string per distinct box in a build: the
-        same boxes recur in every chain that shares groups (at 1,000 interfaces x 100
-        rules 800,000 elements are 141,000 distinct texts, 50 MB less to keep)."""
-        known = self.elements[version]
-        text = known.get(box)
-        if text is None:
-            text = known[box] = self._element_text(version, box)
-        return text
-
-    def _element_text(self, version: int, box: Box) -> str:
-        texts = self.texts[version]
-        parts = [texts.get(box[0]) or texts.setdefault(box[0], render_interval(version, box[0]))]
-        tails = self.texts[0]
-        for iv in box[1:]:
-            parts.append(tails.get(iv) or tails.setdefault(iv, render_interval(0, iv)))
-        return " . ".join(parts)
-
-    def shared_name(self, kind: str, ident: str, version: int) -> str:
-        """The name of a shared address set: a group's members (`grp4_<group>`), a prefix
-        list's entries (`pl4_<list>`) or the union of those the lines name (`peers4`).
-        Built once per build, after the chains (agent.compiler.sets)."""
-        key = (kind, ident, version)
-        name = self.shared.get(key)
-        if name is None:
-            base = {"group": f"grp{version}_{safe_name(ident)}", "prefix_list": f"pl{version}_{safe_name(ident)}",
-                    "peers": f"peers{version}"}[kind]
-            name = self.shared[key] = self.claim(base, ("set", "shared") + key)
-        return name
-
-    def add_chain(self, name: str, rules: tuple[str, ...]) -> None:
-        """A chain; the previous build's object when its rules are the same (so what
-        did not change compares by identity downstream)."""
-        old = self.previous.chains.get(name) if self.previous else None
-        chain = old if old is not None and old.rules == rules else Chain(name, rules)
-        self.chains[name] = self.memo.chains[name] = chain      # type: ignore[index]
-
-    def add_set(self, s: NftSet, identity: tuple) -> str:
-        name = self.claim(s.name, ("set",) + identity)
-        self.sets.setdefault(name, s if s.name == name else replace(s, name=name))
-        return name
-
-
-@lru_cache(maxsize=1 << 16)
-def safe_name(text: str) -> str:
-    """A name nft accepts unquoted; a hash keeps distinct inputs distinct."""
-    clean = re.sub(r"[^A-Za-z0-9_.-]", "_", text)
-    if clean != text or len(clean) > 48:
-        clean = f"{clean[:40]}_{hashlib.sha256(text.encode()).hexdigest()[:6]}"
-    return clean
+__all__ = ["TABLE", "Chain", "NftSet", "Ruleset", "Table", "build_ruleset", "compile_ruleset", "safe_name"]
 
 
 def build_ruleset(state: DesiredState) -> Ruleset:
@@ -125,18 +46,45 @@ def build_ruleset(state: DesiredState) -> Ruleset:
 
 def compile_ruleset(state: DesiredState, previous: Optional[CompileMemo]) -> tuple[Ruleset, CompileMemo]:
     """`build_ruleset`, reusing the policy chains of the build `previous` remembers
-    whose inputs did not change (agent.compiler.memo); the same Ruleset either way."""
-    b = Builder(state, canonicalise(state, previous), previous)
+    whose inputs did not change (agent.compiler.memo); the same Ruleset either way.
+    The cyclic collector is paused meanwhile (agent.model.validate.collector_paused)."""
+    with collector_paused():
+        return _compile_ruleset(state, previous)
+
+
+def _compile_ruleset(state: DesiredState, previous: Optional[CompileMemo]) -> tuple[Ruleset, CompileMemo]:
+    b = Builder(state, canonicalise(state, previous))
     dispatch: dict[str, list[tuple[str, str]]] = {INGRESS: [], EGRESS: []}
     for name in sorted(state.local_interfaces):
         nic = state.local_interfaces[name]
         for direction in DIRECTIONS:
             chain = build_interface_chain(b, nic, direction)
             dispatch[direction].append((nic.name, chain))
-    from agent.compiler.dispatch import dispatch_objects
     sets, chains = dispatch_objects(b.state, dispatch)
-    return finish_build(b, BuildRecord(local_layout(state), (tuple(sets), tuple(chains)),
-                                       build_bridge_table(state)))
+    return finish_build(b, BuildRecord(local_layout(state), (tuple(sets), tuple(chains)), bridge_table(state)))
+
+
+def patched_builder(state: DesiredState, previous: CompileMemo) -> Builder:
+    """A build that starts from everything `previous` made (its record: names, sets,
+    chains, interfaces); agent.compiler.patch then rebuilds the chains that changed."""
+    record = previous.record
+    assert record is not None
+    b = Builder(state, canonicalise(state, previous), sets=dict(record.sets), owners=dict(record.owners),
+                shared=dict(record.shared_names))
+    b.reuse.carry(previous)
+    b.chains.update(previous.chains)
+    return b
+
+
+def rebuild_policy_chain(b: Builder, key: tuple, entry: RegionEntry) -> None:
+    """Drop the objects of the policy chain `key` (as the previous build made them) and
+    build it again from this build's state."""
+    name, identity = key
+    for _, old_set in entry.part.sets:
+        del b.sets[old_set.name]
+    for chain_name in [c.name for _, c in entry.part.chains] + [name]:
+        b.drop_chain(chain_name)
+    policy_chain_body(b, name, identity, b.state.local_interfaces[entry.nic], identity[1])
 
 
 def local_layout(state: DesiredState) -> tuple:
@@ -155,12 +103,7 @@ def finish_build(b: Builder, record: BuildRecord) -> tuple[Ruleset, CompileMemo]
     all_chains = dispatch_chains + tuple(sorted(b.chains.values(), key=lambda c: c.name))
     tables = (Table("inet", TABLE, all_sets, all_chains),) + ((record.bridge,) if record.bridge else ())
     record = replace(record, owners=b.owners, sets=b.sets, shared_names=b.shared, errors=tuple(b.errors))
-    return Ruleset(tables=tables, errors=tuple(b.errors)), replace(b.memo, record=record)
-
-
-def build_bridge_table(state: DesiredState) -> Optional[Table]:
-    from agent.compiler.dispatch import bridge_table
-    return bridge_table(state)
+    return Ruleset(tables=tables, errors=tuple(b.errors)), b.reuse.freeze(record)
 
 
 def interface_chain_name(nic: Interface, direction: str) -> str:
@@ -181,14 +124,8 @@ def build_interface_chain(b: Builder, nic: Interface, direction: str) -> str:
 
 def _interface_rules(b: Builder, nic: Interface, direction: str) -> tuple[str, ...]:
     """`interface_rules`, or the previous build's when the interface is the same."""
-    key, inputs = (nic.name, direction), (nic, b.state.anti_spoofing)
-    hit = b.previous.interfaces.get(key) if b.previous else None
-    if hit is not None and hit[0] == inputs:
-        rules = hit[1]
-    else:
-        rules = tuple(interface_rules(nic, essential_entries(b.state, nic, direction)))
-    b.memo.interfaces[key] = (inputs, rules)      # type: ignore[index]
-    return rules
+    return b.reuse.interface_rules((nic.name, direction), (nic, b.state.anti_spoofing), lambda: tuple(
+        interface_rules(nic, essential_entries(b.state, nic, direction))))
 
 
 def interface_rules(nic: Interface, essentials: list[Entry]) -> list[str]:
@@ -224,25 +161,25 @@ def policy_chain_body(b: Builder, name: str, identity: tuple, nic: Interface, di
     peer_kw = "saddr" if direction == INGRESS else "daddr"
     intra = intra_group_ids(b.state, nic)
     rules = [r for gid in intra for r in intra_group_rules(b, gid, peer_kw)]
-    signature = policy_signature(b.memo, identity, intra, b.group_inputs)
+    signature = b.reuse.signature(identity, intra)
     region = _remembered_region(b, name, identity, signature)
     if region is None:
         entries = build_effective_list(b.state, nic.name, direction, resolve_peers=False).entries
         assert entries[-1].stage == FINAL
         region = region_rules(b, name, [e for e in entries if e.stage in (USER, DEFAULTS)], peer_kw)
     refs = tuple((("group", g, v), b.shared_name("group", g, v), False) for g in intra for v in (4, 6))
-    b.memo.regions[(name, identity)] = (signature, region, nic.name, refs)   # type: ignore[index]
+    b.reuse.regions[(name, identity)] = RegionEntry(signature, region, nic.name, refs)
     b.add_chain(name, tuple(rules) + region.rules + ("drop",))
 
 
 def _remembered_region(b: Builder, name: str, identity: tuple, signature: tuple) -> Optional[RegionPart]:
     """The previous build's region of this chain if its inputs are the same and its
     objects get the same names here; its objects are added to this build."""
-    hit = b.previous.regions.get((name, identity)) if b.previous else None
-    if hit is None or hit[0] != signature or not _names_hold(b, hit[1]):
+    hit = b.reuse.region((name, identity), signature)
+    if hit is None or not _names_hold(b, hit.part):
         return None
-    _adopt(b, hit[1])
-    return hit[1]
+    _adopt(b, hit.part)
+    return hit.part
 
 
 def _names_hold(b: Builder, part: RegionPart) -> bool:
@@ -282,11 +219,11 @@ def build_lines(b: Builder, entries: list[Entry], v: int, with_sport: bool, with
     for order, e in enumerate(entries):
         accept = e.verdict == ACCEPT
         if e.peer is not None and e.peer.kind != "cidr":
-            tail = entry_tail(e, v, with_sport, with_dport)
+            tail = match_tail(e.match, v, with_sport, with_dport)
             if tail is not None:
                 lines.append(Line(order, accept, b.shared_name(e.peer.kind, e.peer.value, v), (tail,)))
         else:
-            boxes = entry_boxes(e, v, with_sport, with_dport)
+            boxes = match_boxes(e.match, v, with_sport, with_dport)
             if boxes:
                 lines.append(Line(order, accept, None, tuple(boxes)))
     return lines
@@ -297,13 +234,12 @@ def _version_part(b: Builder, prefix: str, v: int, lines: list[Line], shape: tup
     the same (an IPv4 rule edited leaves the IPv6 objects alone). The memo keeps a
     SHA-256 of the lines, not the lines (~140 MB at 1,000 interfaces x 100 rules)."""
     digest = hashlib.sha256(repr((lines, shape)).encode()).digest()
-    hit = b.previous.region_parts.get((prefix, v)) if b.previous else None
-    if hit is not None and hit[0] == digest and _names_hold(b, hit[1]):
-        part = hit[1]
+    part = b.reuse.version_part((prefix, v), digest)
+    if part is not None and _names_hold(b, part):
         _adopt(b, part)
     else:
         part = _paint_version(b, prefix, v, lines, *shape)
-    b.memo.region_parts[(prefix, v)] = (digest, part)      # type: ignore[index]
+    b.reuse.region_parts[(prefix, v)] = VersionEntry(digest, part)
     return part
 
 
@@ -367,28 +303,6 @@ def _points_map(b: Builder, prefix: str, v: int, points: dict, peer_kw: str,
                             interval=False, map_to="verdict"), ("points", prefix, v))
     rules.append(f"{FAMILY_KW[v]} {peer_kw} . meta l4proto . th dport vmap @{name}")
     return ("set", "points", prefix, v), b.sets[name]
-
-
-def entry_tail(e: Entry, version: int, with_sport: bool, with_dport: bool) -> Optional[Box]:
-    """The protocol x ports box of a line (its peer aside); None if not of this version."""
-    m = e.match
-    if PROTOCOL_FAMILY.get(m.protocol, version) != version:
-        return None
-    proto = FULL_PROTO if m.protocol == "all" else (PROTOCOL_NUMBERS[m.protocol],) * 2
-    tail = [proto]
-    if with_sport:
-        tail.append((m.sports.lo, m.sports.hi) if m.sports else FULL_PORTS)
-    if with_dport:
-        tail.append((m.ports.lo, m.ports.hi) if m.ports else FULL_PORTS)
-    return tuple(tail)
-
-
-def entry_boxes(e: Entry, version: int, with_sport: bool, with_dport: bool) -> list[Box]:
-    tail = entry_tail(e, version, with_sport, with_dport)
-    if tail is None:
-        return []
-    kind = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-    return [(_net_interval(n),) + tail for n in e.match.networks if isinstance(n, kind)]
 
 
 def _addr_text(v: int, iv: tuple[int, int]) -> Optional[str]:

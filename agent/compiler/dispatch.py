@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from agent.compiler.compile import safe_name
+from agent.compiler.builder import safe_name
 from agent.compiler.guard import port_guard_objects
 from agent.compiler.ruleset import TABLE, Chain, NftSet, Table
 from agent.model.objects import BRIDGED, EGRESS, INGRESS, DesiredState

@@ -44,13 +44,27 @@ def full_box(version: int) -> Box:
     return ((0, ADDR_MAX[version]), ALL_PROTO, ALL_PORTS, ALL_PORTS)
 
 
-def match_boxes(match: Match, version: int) -> list[Box]:
+def match_tail(match: Match, version: int, with_sport: bool = True, with_dport: bool = True) -> Optional[Box]:
+    """The protocol x ports box of a match (its peer aside); None if not of this
+    version. Without `with_sport` / `with_dport` that axis is left out (the compiler's
+    lookups carry port fields only when some line of the list restricts them)."""
     if PROTOCOL_FAMILY.get(match.protocol, version) != version:
+        return None
+    tail = [ALL_PROTO if match.protocol == "all" else (PROTOCOL_NUMBERS[match.protocol],) * 2]
+    if with_sport:
+        tail.append((match.sports.lo, match.sports.hi) if match.sports else ALL_PORTS)
+    if with_dport:
+        tail.append((match.ports.lo, match.ports.hi) if match.ports else ALL_PORTS)
+    return tuple(tail)
+
+
+def match_boxes(match: Match, version: int, with_sport: bool = True, with_dport: bool = True) -> list[Box]:
+    """The boxes a match covers: one per peer network of the version (the one
+    match -> boxes of the code base: `explain`, lint and the compiler use it)."""
+    tail = match_tail(match, version, with_sport, with_dport)
+    if tail is None:
         return []
-    proto = ALL_PROTO if match.protocol == "all" else (PROTOCOL_NUMBERS[match.protocol],) * 2
-    sports = (match.sports.lo, match.sports.hi) if match.sports else ALL_PORTS
-    dports = (match.ports.lo, match.ports.hi) if match.ports else ALL_PORTS
-    return [(_interval(n), proto, sports, dports) for n in match.networks if n.version == version]
+    return [(_interval(n),) + tail for n in match.networks if n.version == version]
 
 
 @functools.lru_cache(maxsize=65536)

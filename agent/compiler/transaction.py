@@ -126,9 +126,15 @@ def replace_table(t: Table) -> list[str]:
 
 
 def _hook_changed(o: Table, n: Table) -> bool:
-    """A chain in both whose hook (base chain type, priority, policy) differs."""
-    hooks = {c.name: c.hook for c in o.chains}
-    return any(c.name in hooks and hooks[c.name] != c.hook for c in n.chains)
+    """A chain in both whose hook (base chain type, priority, policy) differs. Only
+    base chains have one: the other thousands are looked at through the names alone."""
+    old = {c.name: c.hook for c in o.chains if c.hook is not None}
+    new = {c.name: c.hook for c in n.chains if c.hook is not None}
+    if old == new:
+        return False
+    names_o, names_n = {c.name for c in o.chains}, {c.name for c in n.chains}
+    return any(name in names_n and new.get(name) != hook for name, hook in old.items()) or \
+        any(name in names_o and old.get(name) != hook for name, hook in new.items())
 
 
 def _decl(s: NftSet) -> tuple:
@@ -138,11 +144,27 @@ def _decl(s: NftSet) -> tuple:
 _SET_REFERENCE = re.compile(r"@([A-Za-z0-9_.\-]+)")
 
 
+_NAMED: dict[int, tuple[tuple[str, ...], frozenset[str]]] = {}     # id(rules) -> (rules, the sets they name)
+_NAMED_MAX = 200_000
+
+
+def _named_sets(rules: tuple[str, ...]) -> frozenset[str]:
+    """The sets a chain's rules name. Remembered per rules tuple: an unchanged chain is
+    the very same object build after build (agent.compiler.memo), so a plan that checks
+    every chain of 7,000 against the replaced sets reads each chain's rules once."""
+    hit = _NAMED.get(id(rules))
+    if hit is not None and hit[0] is rules:
+        return hit[1]
+    if len(_NAMED) >= _NAMED_MAX:
+        _NAMED.clear()
+    names = frozenset(n for r in rules if "@" in r for n in _SET_REFERENCE.findall(r))
+    _NAMED[id(rules)] = (rules, names)          # holding `rules` keeps its id from being reused
+    return names
+
+
 def _references(rules: tuple[str, ...], set_names: set[str]) -> bool:
     """Whether any rule names one of the sets (`@name`, not a longer name)."""
-    if not set_names:
-        return False
-    return any(n in set_names for r in rules if "@" in r for n in _SET_REFERENCE.findall(r))
+    return bool(set_names) and not _named_sets(rules).isdisjoint(set_names)
 
 
 def _same(a: object, b: object) -> bool:

@@ -23,13 +23,14 @@ that is the very object seen last time is re-checked rather than trusted.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Literal, Optional
 
 from pydantic import BaseModel, ValidationError
 
 from agent.model.objects import (DesiredState, Group, Instance, IPNetwork, assemble_state, build_group,
                          build_instance, build_prefix_list, carry_membership)
+from agent.model.validate_membership import ordered_instances, patch_membership
 from agent.model.schema import DocumentDoc, InstanceDoc, PrefixListDoc, SecurityGroupDoc
 from agent.model.validate import agent_host, validate_document
 from agent.model.validate_allowed import allowed_address_errors
@@ -64,6 +65,8 @@ class Validated:
     nic_owner: dict[NicKey, str]            # interface (by host bucket) -> instance id
     addr_owner: dict[Any, dict]             # address -> host bucket -> instance id
     reusable: bool = True                   # False: ids or hosts the caches cannot key
+    lists: Optional[dict[str, list]] = None     # list key -> the document's list (items in order)
+    with_allowed: Optional[frozenset[str]] = None   # ids of instances with allowed addresses
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,13 @@ def _full(data: Any, host: Optional[str]) -> Validated:
                      group_nets={g.id: g.network for g in state.groups},
                      prefix_ids=frozenset(pid for pid, _ in state.prefix_lists), nic_owner=owner,
                      addr_owner=addr_owner,
-                     reusable=reusable)
+                     reusable=reusable, lists={key: _list_of(data, key) for key in LISTS},
+                     with_allowed=frozenset(inst.id for inst in state.instances if _has_allowed(inst)))
+
+
+def _list_of(data: dict, key: str) -> list:
+    items = data.get(key)
+    return items if isinstance(items, list) else []
 
 
 def _plain_host(host: Optional[str]) -> bool:
@@ -140,11 +149,10 @@ def _incremental(data: Any, host: Optional[str], prev: Validated) -> Validated:
     built_plists = _build_prefix_lists(plists)
     built_groups = _build_groups(groups, types, prefix_ids)
     built_insts, owner, addr_owner = _build_instances(insts, prev, types, nets, local)
-    if (insts.changed or insts.removed) and any(nic.allowed for i in built_insts.values() for nic in i.interfaces):
+    with_allowed = _with_allowed(insts, built_insts, prev)
+    if (insts.changed or insts.removed) and with_allowed:
         _no_errors(allowed_address_errors(data))        # an overlap spans instances
-    state = carry_membership(assemble_state(local, built_groups.values(), built_insts.values(),
-                                            built_plists.items(), prev.state.anti_spoofing,
-                                            prev.state.revoke_connections), prev.state)
+    state = _assemble(local, built_groups, built_insts, built_plists, insts, prev)
     log.debug("incremental validation: %d groups, %d instances, %d prefix lists re-checked",
               len(groups.changed), len(insts.changed), len(plists.changed))
     return Validated(data=data, host=host, state=state, mode="incremental", scalars=prev.scalars,
@@ -153,7 +161,39 @@ def _incremental(data: Any, host: Optional[str], prev: Validated) -> Validated:
                      built={"security_groups": built_groups, "instances": built_insts,
                             "prefix_lists": built_plists},
                      group_types=types, group_nets=nets, prefix_ids=prefix_ids, nic_owner=owner,
-                     addr_owner=addr_owner)
+                     addr_owner=addr_owner, lists={key: _list_of(data, key) for key in LISTS},
+                     with_allowed=with_allowed)
+
+
+def _has_allowed(inst: Instance) -> bool:
+    return any(nic.allowed for nic in inst.interfaces)
+
+
+def _with_allowed(diff: "_Diff", built: dict[str, Instance], prev: Validated) -> frozenset[str]:
+    """The instances with allowed addresses, from the previous result's and the changes."""
+    if prev.with_allowed is None:
+        return frozenset(iid for iid, inst in built.items() if _has_allowed(inst))
+    ids = {iid for _, iid, _ in diff.changed}
+    return (prev.with_allowed - diff.removed - ids) | {iid for iid in ids if _has_allowed(built[iid])}
+
+
+def _assemble(local: str, groups: dict[str, Group], insts: dict[str, Instance],
+              plists: dict[str, tuple[IPNetwork, ...]], diff: "_Diff", prev: Validated) -> DesiredState:
+    """The state, its membership tables derived from the previous state's where only
+    some instances changed (agent.model.validate_membership): a member joining a group
+    then costs the groups it touches, not every group's members again."""
+    before = prev.state
+    changed = {iid: insts[iid] for _, iid, _ in diff.changed}
+    ordered = None if diff.removed else ordered_instances(before, changed)
+    state = assemble_state(local, groups.values(), insts.values() if ordered is None else (),
+                           plists.items(), before.anti_spoofing, before.revoke_connections)
+    if ordered is not None:
+        state = replace(state, instances=ordered)           # already in the canonical order
+    if state.instances is before.instances:
+        return carry_membership(state, before)
+    old_built = prev.built["instances"]
+    old = {iid: old_built[iid] for iid in diff.removed | changed.keys() if iid in old_built}
+    return patch_membership(state, before, old, changed)
 
 
 def _diff(data: dict, key: str, prev: Validated) -> _Diff:
@@ -162,6 +202,9 @@ def _diff(data: dict, key: str, prev: Validated) -> _Diff:
         items = []                          # `instances:` with nothing after it
     if not isinstance(items, list):
         raise _Fallback(f"{key} is not a list")
+    quick = _diff_in_place(items, key, prev)
+    if quick is not None:
+        return quick
     old_raw, old_built = prev.raw[key], prev.built[key]
     raw: dict[str, dict] = {}
     reused: dict[str, Any] = {}
@@ -180,6 +223,34 @@ def _diff(data: dict, key: str, prev: Validated) -> _Diff:
         else:
             changed.append((index, ident, item))
     return _Diff(raw, reused, changed, set(old_raw.keys() - raw.keys()))
+
+
+def _diff_in_place(items: list, key: str, prev: Validated) -> Optional[_Diff]:
+    """`_diff` when the list has the previous one's length and every changed item keeps
+    the id at its position (a member joining a group, a rule edited): the items are
+    compared position by position (C-speed ==, ~1 ms per 10,000 items) instead of being
+    indexed by id one by one. None: not that case."""
+    before = prev.lists.get(key) if prev.lists is not None else None
+    if before is None or len(before) != len(items):
+        return None
+    at = [i for i, (a, b) in enumerate(zip(items, before)) if a is b or a != b]
+    if len(at) * 8 > len(items) + 8:
+        return None                         # most of the list changed: index it by id
+    ids = [_item_id(items[i]) for i in at]
+    if any(ident is None or ident != _item_id(before[i]) for i, ident in zip(at, ids)):
+        return None
+    raw, reused = dict(prev.raw[key]), dict(prev.built[key])
+    changed = []
+    for i, ident in zip(at, ids):
+        raw[ident] = items[i]
+        reused.pop(ident, None)
+        changed.append((i, ident, items[i]))
+    return _Diff(raw, reused, changed, set())
+
+
+def _item_id(item: Any) -> Optional[str]:
+    ident = item.get("id") if isinstance(item, dict) else None
+    return ident.strip() if isinstance(ident, str) else None
 
 
 def _group_index(groups: _Diff, prev: Validated) -> tuple[dict[str, str], dict[str, str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter, defaultdict
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -54,15 +54,15 @@ def _ids(items: list[tuple[int, dict]]) -> set:
     return {_key(x.get("id")) for _, x in items} - {None}
 
 
-def _duplicates(pairs: list[tuple[str, Any]], what: str) -> Iterator[InputError]:
-    seen: Counter = Counter()
+def _duplicates(pairs: Iterable[tuple[Any, Any]], what: str) -> Iterator[InputError]:
+    seen: set = set()
     for path, value in pairs:
         value = _key(value)
         if value is None:
             continue                # a shape error; pydantic reports it
-        if seen[value]:
-            yield InputError(path, value, f"duplicate {what}")
-        seen[value] += 1
+        if value in seen:
+            yield InputError(str(path), value, f"duplicate {what}")
+        seen.add(value)
 
 
 def group_type(group: dict) -> Optional[str]:
@@ -175,37 +175,67 @@ def _peer_ref_errors(path: str, rule: dict, side: str, group_types: dict, prefix
 
 def _instance_errors(data: dict, group_types: dict, group_nets: dict,
                      host: Optional[str]) -> Iterator[InputError]:
+    """Every instance's errors, then interface names and addresses clashing between
+    instances. Paths of names and addresses are written only for an error (a fleet
+    document has 100,000 instances: their paths cost more than the checks)."""
     local = host or (data["host"].strip() if isinstance(data.get("host"), str) else None)
-    names_by_host: dict[Any, list[tuple[str, Any]]] = defaultdict(list)
-    addresses: list[tuple[Optional[str], str, Any]] = []
+    names_by_host: dict[Any, list[tuple[int, int, Any]]] = defaultdict(list)
+    addresses: list[tuple[Optional[str], int, int, int, Any]] = []
     for ii, inst in _items(data, "instances"):
-        path = f"instances[{ii}]"
-        yield from instance_errors(path, inst, group_types, group_nets)
+        yield from instance_errors(f"instances[{ii}]", inst, group_types, group_nets)
         where = inst.get("host")
         if where is not None and not isinstance(where, str):
             continue                # a shape error; pydantic reports it
         where = None if where is None or where.strip() == local else where.strip()
-        names_by_host[where] += [(f"{path}.interfaces[{ni}].name", nic.get("name"))
-                                 for ni, nic in _items(inst, "interfaces")]
-        addresses += [(where, f"{path}.{sub}", addr) for sub, addr in nic_addresses(inst)]
+        nics = _items(inst, "interfaces")
+        names_by_host[where] += [(ii, ni, nic.get("name")) for ni, nic in nics]
+        addresses += [(where, ii, ni, ai, addr) for ni, ai, addr in _address_items(nics)]
     for names in names_by_host.values():
-        yield from _duplicates(names, "interface name on this host")
+        yield from _duplicates(_LazyPaths(names, "instances[{}].interfaces[{}].name"), "interface name on this host")
     yield from _address_clashes(addresses)
+
+
+class _LazyPaths:
+    """(path, value) pairs whose path is written when read: `template` filled with the
+    leading indices of each item, its value the last."""
+
+    def __init__(self, items: list[tuple], template: str) -> None:
+        self.items, self.template = items, template
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for item in self.items:
+            yield _Path(self.template, item[:-1]), item[-1]
+
+
+class _Path:
+    __slots__ = ("template", "indices")
+
+    def __init__(self, template: str, indices: tuple) -> None:
+        self.template, self.indices = template, indices
+
+    def __str__(self) -> str:
+        return self.template.format(*self.indices)
+
+
+def _address_items(nics: list[tuple[int, dict]]) -> list[tuple[int, int, Any]]:
+    """(interface index, address index, address) of every well-formed interface
+    address (the malformed ones are pydantic's to report)."""
+    out = []
+    for ni, nic in nics:
+        addrs = nic.get("addresses")
+        for ai, text in enumerate(addrs if isinstance(addrs, list) else []):
+            if isinstance(text, str) and "/" not in text and "%" not in text:
+                try:
+                    out.append((ni, ai, parse_address(text.strip())))
+                except ValueError:
+                    pass
+    return out
 
 
 def nic_addresses(inst: dict) -> list[tuple[str, Any]]:
     """(path under the instance, address) of every well-formed interface address (the
     malformed ones are pydantic's to report)."""
-    out = []
-    for ni, nic in _items(inst, "interfaces"):
-        addrs = nic.get("addresses")
-        for ai, text in enumerate(addrs if isinstance(addrs, list) else []):
-            if isinstance(text, str) and "/" not in text and "%" not in text:
-                try:
-                    out.append((f"interfaces[{ni}].addresses[{ai}]", parse_address(text.strip())))
-                except ValueError:
-                    pass
-    return out
+    return [(f"interfaces[{ni}].addresses[{ai}]", addr) for ni, ai, addr in _address_items(_items(inst, "interfaces"))]
 
 
 def addresses_clash(host_a: Optional[str], host_b: Optional[str]) -> bool:
@@ -222,13 +252,25 @@ def clash_message(host_a: Optional[str], host_b: Optional[str], other: str) -> s
     return f"address already used {where} (at {other})"
 
 
-def _address_clashes(addresses: list[tuple[Optional[str], str, Any]]) -> Iterator[InputError]:
-    seen: dict[Any, list[tuple[Optional[str], str]]] = defaultdict(list)
-    for host, path, addr in addresses:
-        clash = next(((h, p) for h, p in seen[addr] if addresses_clash(h, host)), None)
+_ADDRESS_PATH = "instances[{}].interfaces[{}].addresses[{}]"
+
+
+def _address_clashes(addresses: list[tuple[Optional[str], int, int, int, Any]]) -> Iterator[InputError]:
+    """Addresses held twice where they may not be (`addresses_clash`), in document
+    order. Keyed by (class, integer): hashing an ipaddress object runs Python code."""
+    first: dict[tuple, tuple] = {}
+    more: dict[tuple, list[tuple]] = {}
+    for host, ii, ni, ai, addr in addresses:
+        key, entry = (addr.__class__, addr._ip), (host, ii, ni, ai)
+        held = first.setdefault(key, entry)
+        if held is entry:
+            continue
+        holders = [held] + more.get(key, [])
+        clash = next((h for h in holders if addresses_clash(h[0], host)), None)
         if clash is not None:
-            yield InputError(path, str(addr), clash_message(host, *clash))
-        seen[addr].append((host, path))
+            yield InputError(_ADDRESS_PATH.format(ii, ni, ai), str(addr),
+                             clash_message(host, clash[0], _ADDRESS_PATH.format(*clash[1:])))
+        more.setdefault(key, []).append(entry)
 
 
 def instance_errors(path: str, inst: dict, group_types: dict,

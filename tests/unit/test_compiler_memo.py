@@ -141,5 +141,5 @@ def test_memo_keeps_digests_of_region_lines_not_the_lines():
     """The memo lives as long as the daemon: holding every chain's boxes would cost
     more than the ruleset itself (~140 MB at 1,000 interfaces x 100 rules)."""
     _, memo = compile_changes(validate_document(copy.deepcopy(DOCS[0]), HOST), None)
-    assert memo.region_parts and all(isinstance(p[0], bytes) and len(p[0]) == 32
+    assert memo.region_parts and all(isinstance(p.digest, bytes) and len(p.digest) == 32
                                      for p in memo.region_parts.values())

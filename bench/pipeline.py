@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""The daemon's per-revision work without a kernel (no root): parse the document,
+re-validate it (agent.model.validate_incremental), compile it patching the previous
+build (agent.compiler.patch) and plan the transaction (agent.compiler.transaction), for
+the two changes of bench/latency.py. Prints each step's median and [min-max] in ms, so
+the part of the end-to-end latency that is Python can be followed without namespaces.
+
+    .venv/bin/python bench/pipeline.py --interfaces 100 --rules 50 --remote 10000 --change member
+    .venv/bin/python bench/pipeline.py --interfaces 1000 --rules 50 --change rule
+    .venv/bin/python bench/pipeline.py ... --profile 15      # cProfile of the changes, top 15
+
+Each revision is a fresh parse of the JSON text, as the file source gives it; after each
+one the garbage collector is settled as the daemon does (collect, then freeze).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import json
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.compiler.patch import compile_changes  # noqa: E402
+from agent.compiler.transaction import plan_element_changes, plan_update  # noqa: E402
+from agent.model.loader import parse_document  # noqa: E402
+from agent.model.validate_incremental import validate_update  # noqa: E402
+from agent.reconciler.keeper import REPLACE_SETS_FROM  # noqa: E402
+from bench.latency import with_member, with_port, pick_interface  # noqa: E402
+
+GEN = ROOT / "scripts" / "gen-config"
+STEPS = ("parse", "validate", "compile", "plan")
+
+
+def revisions(doc: dict, change: str, count: int) -> list[str]:
+    """JSON texts: the starting document, then `count` changes (alternating)."""
+    if change == "member":
+        return [json.dumps(with_member(doc, i % 2 == 1)) for i in range(count + 1)]
+    gid = pick_interface(doc)[0]
+    return [json.dumps(with_port(doc, gid, 61000 + i)) for i in range(count + 1)]
+
+
+def step(texts: list[str], times: dict[str, list[float]], profile: cProfile.Profile | None) -> str:
+    """Run every revision through the pipeline; the mode of the last plan."""
+    validated, memo, applied, how = None, None, None, ""
+    for n, text in enumerate(texts):
+        on = profile is not None and n > 0
+        if on:
+            profile.enable()
+        t0 = time.perf_counter()
+        data = parse_document(text, "bench")
+        t1 = time.perf_counter()
+        validated = validate_update(data, None, validated)
+        t2 = time.perf_counter()
+        ruleset, memo = compile_changes(validated.state, memo)
+        t3 = time.perf_counter()
+        if applied is not None:
+            changes = plan_element_changes(applied, ruleset)
+            many = sum(len(t.sets) for t in applied.tables) >= REPLACE_SETS_FROM    # as the keeper plans
+            how = f"{len(changes)} element change(s)" if changes is not None else \
+                f"script of {len(plan_update(applied, ruleset, replace_sets=many))} bytes"
+        t4 = time.perf_counter()
+        if on:
+            profile.disable()
+        applied = ruleset
+        gc.collect()                        # as the daemon does after an apply (settle_garbage_collector)
+        gc.freeze()
+        if n > 0:
+            for name, a, b in zip(STEPS, (t0, t1, t2, t3), (t1, t2, t3, t4)):
+                times[name].append((b - a) * 1000)
+    return how
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--interfaces", type=int, default=100)
+    ap.add_argument("--rules", type=int, default=50)
+    ap.add_argument("--remote", type=int, default=0)
+    ap.add_argument("--change", choices=["rule", "member"], default="member")
+    ap.add_argument("--changes", type=int, default=10)
+    ap.add_argument("--profile", type=int, default=0, help="print the top N functions by cumulative time")
+    a = ap.parse_args()
+    doc = json.loads(subprocess.run([str(GEN), "--interfaces", str(a.interfaces), "--rules", str(a.rules),
+                                     "--remote", str(a.remote)], capture_output=True, text=True,
+                                    check=True).stdout)
+    texts = revisions(doc, a.change, a.changes)
+    times: dict[str, list[float]] = {name: [] for name in STEPS}
+    profile = cProfile.Profile() if a.profile else None
+    how = step(texts, times, profile)
+    total = [sum(parts) for parts in zip(*times.values())]
+    print(f"{a.change} change, {a.interfaces} interfaces x {a.rules} rules, {a.remote} remote; "
+          f"{a.changes} changes; last plan: {how}")
+    for name, values in list(times.items()) + [("total", total)]:
+        print(f"  {name:9s} {statistics.median(values):8.1f} ms  [{min(values):.1f}-{max(values):.1f}]")
+    if profile is not None:
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(a.profile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
