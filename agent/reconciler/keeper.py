@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 from agent.compiler.memo import CompileMemo
 from agent.compiler.patch import compile_changes
@@ -79,6 +79,8 @@ class Keeper:
     verified_generation: Optional[int] = None
     memo: Optional[CompileMemo] = None        # the last build's, so a change recompiles what it touches
     addresses: frozenset = frozenset()        # local addresses of the applied state (revocation)
+    context: Any = None                       # saved and adopted with the ruleset (the daemon's
+                                              # validated document, for incremental validation)
     repairs: int = 0
     revoked_total: int = 0
     tables: tuple[tuple[str, str], ...] = OWNED_TABLES
@@ -101,6 +103,7 @@ class Keeper:
         if not self.kernel.tables_present(tuple((t.family, t.name) for t in saved.ruleset.tables)):
             return "tables missing"
         self.applied, self.memo, self.token, self.addresses = saved.ruleset, saved.memo, saved.token, saved.addresses
+        self.context = saved.context
         self.our_generation, self.reference, self.verified_generation = self.generation(), None, None
         log.info("table %s: adopted (stamp %s): the kernel holds the saved ruleset", TABLE, saved.token)
         return "adopted"
@@ -111,7 +114,7 @@ class Keeper:
         if self.store is None or self.applied is None or self.token is None:
             return
         script = render_stamped(render_ruleset(self.applied), self.token)
-        self.store.save(Saved(self.token, self.applied, self.memo, self.addresses), script)
+        self.store.save(Saved(self.token, self.applied, self.memo, self.addresses, self.context), script)
 
     # -- apply ------------------------------------------------------------------------
     def apply(self, state: DesiredState, revision: str = "?", force: bool = False) -> ApplyResult:

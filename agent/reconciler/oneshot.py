@@ -14,7 +14,7 @@ in full regardless); a deleted or foreign-replaced table is.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 from agent.compiler.render import render_flush
 from agent.model.objects import DesiredState
@@ -27,12 +27,17 @@ log = logging.getLogger(__name__)
 
 
 def apply_once(state: DesiredState, force: bool = False, kernel: Optional[Kernel] = None,
-               store: Optional[StateStore] = None) -> ApplyResult:
+               store: Optional[StateStore] = None, context: Any = None) -> ApplyResult:
+    """`context`: saved with the ruleset for the daemon's next start (its validated
+    document, agent.model.validate_incremental.Validated)."""
     keeper = Keeper(kernel or RealKernel(), store=store or StateStore(state_dir()))
     found = keeper.adopt()
     log.debug("host %s: %s", state.host, found)
+    had_context = keeper.context is not None
     result = keeper.apply(state, "apply", force=force)
-    if result.changed or found != "adopted":
+    if context is not None and (result.changed or not had_context):
+        keeper.context = context
+    if result.changed or found != "adopted" or (context is not None and not had_context):
         keeper.save()
     return result
 

@@ -3,8 +3,9 @@
 
     ruleset.nft      the last applied ruleset as ONE `nft -f` script, stamped: the boot
                      step (systemd ExecStartPre) restores it before Python runs
-    applied.pickle   (stamp, ruleset, compiler memo, local addresses): the next start
-                     adopts a kernel holding this stamp without compiling from scratch
+    applied.pickle   (stamp, ruleset, compiler memo, local addresses, the caller's
+                     validated document): the next start adopts a kernel holding this
+                     stamp without validating or compiling from scratch
 
 Both are written atomically (temporary file, fsync, rename). The pickle is read only
 when the file belongs to root (or this user) and nobody else may write it or its
@@ -12,6 +13,7 @@ directory: loading a pickle runs code, so it must come from the agent itself.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -26,7 +28,7 @@ from agent.compiler.ruleset import Ruleset
 log = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = "/var/lib/secgroup-agent"
 RESTORE_FILE, PICKLE_FILE = "ruleset.nft", "applied.pickle"
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Saved:
     ruleset: Ruleset
     memo: Any
     addresses: frozenset
+    context: Any = None          # the caller's (the daemon's last validated document)
 
 
 def state_dir() -> Path:
@@ -90,7 +93,14 @@ class StateStore:
         try:
             if not _trusted(path):
                 return None
-            version, saved = pickle.loads(path.read_bytes())
+            data = path.read_bytes()
+            collecting = gc.isenabled()
+            gc.disable()                 # millions of objects: the collector would triple the time
+            try:
+                version, saved = pickle.loads(data)
+            finally:
+                if collecting:
+                    gc.enable()
         except FileNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: start from scratch
