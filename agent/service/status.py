@@ -92,6 +92,7 @@ class StatusServer:
         self.snapshot = snapshot
         self._sock = self._bind()
         self._thread = threading.Thread(target=self._serve, name="status", daemon=True)
+        self._cache: Optional[tuple[Status, bytes]] = None
 
     def _bind(self) -> socket.socket:
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -128,11 +129,19 @@ class StatusServer:
         try:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             uid = struct.unpack("3i", creds)[1]
-            doc = self.snapshot().to_dict() if uid in (0, os.geteuid()) else {"error": "permission denied"}
+            data = self._encoded() if uid in (0, os.geteuid()) else b'{"error": "permission denied"}\n'
             conn.settimeout(2.0)
-            conn.sendall(json.dumps(doc, default=str).encode() + b"\n")
+            conn.sendall(data)
         except OSError as exc:
             log.debug("status client: %s", exc)
+
+    def _encoded(self) -> bytes:
+        """The snapshot as JSON, encoded once per snapshot (`wait` polls every 10 ms)."""
+        snap = self.snapshot()
+        cached = self._cache
+        if cached is None or cached[0] is not snap:
+            cached = self._cache = (snap, json.dumps(snap.to_dict(), default=str).encode() + b"\n")
+        return cached[1]
 
     def close(self) -> None:
         self._sock.close()
