@@ -230,6 +230,7 @@ def main() -> int:
         doc = json.loads(subprocess.run([str(GEN), "--interfaces", str(a.interfaces), "--rules", str(a.rules),
                                          "--remote", str(a.remote)], capture_output=True, text=True, check=True).stdout)
     with tempfile.TemporaryDirectory(prefix="sgbench") as tmp:
+        os.environ.setdefault("SECGROUP_AGENT_STATE_DIR", str(Path(tmp) / "state"))   # not /var/lib
         r = measure(doc, a.changes, Path(tmp), member=a.change == "member")
         if os.environ.get("BENCH_LOG"):
             print((Path(tmp) / "agent.log").read_text()[-3000:])

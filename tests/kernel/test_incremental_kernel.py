@@ -164,7 +164,8 @@ def test_overlapping_interval_elements_swap_in_one_transaction(ns, tmp_path):
 
 KEEPER_SCRIPT = """
 import json, sys
-from agent.reconciler.keeper import Keeper, RealKernel
+from agent.reconciler.keeper import Keeper
+from agent.reconciler.port import RealKernel
 from agent.model.validate_incremental import validate_update
 keeper, validated, modes = Keeper(RealKernel()), None, []
 for path in sys.argv[1:]:
