@@ -151,6 +151,9 @@ def main() -> int:
             time.sleep(0.5)
             out["drift_log"] = [ln for ln in (tmp / "run2.log").read_text().splitlines()
                                 if "drift" in ln or "restored" in ln][-3:]
+            for log in ("run1.log", "run2.log"):
+                out[log] = [ln for ln in (tmp / log).read_text().splitlines()
+                            if "start:" in ln or "ready" in ln or "applied (" in ln][:4]
         finally:
             for p in procs:
                 if p.poll() is None:
