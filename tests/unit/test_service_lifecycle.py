@@ -57,7 +57,8 @@ def test_restart_adopts_and_the_first_change_is_small(tmp_path):
     d.tick()                                                   # the save is due at once
     assert (tmp_path / PICKLE_FILE).exists() and d.applies == {FULL: 1}
     d2, _ = daemon(kernel, store)
-    d2.started_as = d2.keeper.adopt()
+    d2.adopt()
+    assert d2._validated is not None                          # the saved document: validated incrementally
     d2.refresh(force=True)
     assert d2.started_as == "adopted" and d2.applies == {UNCHANGED: 1} and len(kernel.commits) == 1
     doc = copy.deepcopy(WEBSHOP)
