@@ -81,6 +81,7 @@ class Keeper:
     addresses: frozenset = frozenset()        # local addresses of the applied state (revocation)
     context: Any = None                       # saved and adopted with the ruleset (the daemon's
                                               # validated document, for incremental validation)
+    unaccounted: bool = False                 # someone else committed since our last check
     repairs: int = 0
     revoked_total: int = 0
     tables: tuple[tuple[str, str], ...] = OWNED_TABLES
@@ -126,6 +127,9 @@ class Keeper:
         previous = self.addresses if self.state is not None or self.applied is not None else self._kernel_addresses()
         if force:
             self.applied = None
+        prior = self.generation()
+        if prior is not None and self.our_generation is not None and prior != self.our_generation:
+            self.unaccounted = True               # a commit not ours since our last one
         mode, nft_seconds, size = self._commit_change(ruleset, revision)
         self._applied(ruleset, state)
         revoked = self._revoke(state, previous) if state.revoke_connections else 0
@@ -276,6 +280,7 @@ class Keeper:
     def _repaired(self, took: float) -> float:
         self.repairs += 1
         self.our_generation, self.reference, self.verified_generation = self.generation(), None, None
+        self.unaccounted = False
         return took
 
     def verify(self, notifications_lost: bool = False, deep: bool = True) -> Optional[Drift]:
@@ -296,7 +301,7 @@ class Keeper:
         gen = self.generation()
         if gen is not None and gen == self.verified_generation:
             return None, False, gen
-        if notifications_lost and gen is not None and gen == self.our_generation:
+        if notifications_lost and gen is not None and gen == self.our_generation and not self.unaccounted:
             notifications_lost = False      # nobody committed since us: the lost ones were ours
         if not deep and not notifications_lost:
             present = self.kernel.tables_present(tuple((t.family, t.name) for t in self.applied.tables))
@@ -313,9 +318,10 @@ class Keeper:
         if listing is None and self.applied.tables:
             return Drift("the agent's tables are gone")
         if self.reference is None:
-            if (gen is None or gen != self.our_generation) and notifications_lost:
+            if (gen is None or gen != self.our_generation or self.unaccounted) and notifications_lost:
                 return Drift("changes happened while notifications were lost")
             self.reference = listing
+            self.unaccounted = False
         elif listing != self.reference:
             objects = build_differing(listing or "", self.reference)
             return Drift("the tables differ from what was applied", objects or None)

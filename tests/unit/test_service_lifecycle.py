@@ -109,3 +109,20 @@ def test_wait_returns_once_the_interface_is_programmed(tmp_path, capsys):
         assert cmd_wait(args) == 1 and "not programmed" in capsys.readouterr().err
     finally:
         server.close()
+
+
+def test_a_lost_notification_never_delays_the_next_change():
+    """An overrun with foreign commits starts a listing in the background; a change
+    arriving meanwhile is committed at once, before the listing is judged."""
+    kernel = FakeKernel()
+    d, _ = daemon(kernel)
+    pending = []
+    d.ports.background = pending.append                        # the listing never finishes here
+    d.refresh(force=True)
+    kernel.gen += 3                                            # someone else committed
+    doc = copy.deepcopy(WEBSHOP)
+    doc["anti_spoofing"] = False
+    d.source.result = (doc, "r2")
+    d.step([("overflow",), ("source",)])
+    assert len(pending) == 1 and d._listing                    # listing under way
+    assert d.revision == "r2" and len(kernel.commits) == 2     # the change did not wait for it
