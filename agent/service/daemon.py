@@ -92,6 +92,7 @@ class Daemon:
     _repair_due: Optional[Drift] = None
     _save_due: Optional[float] = None
     _settle_due: Optional[float] = None
+    _digest: Optional[Callable[[], str]] = None
     _checks: int = 0
     _listing: bool = False                   # a background listing is under way
 
@@ -209,6 +210,8 @@ class Daemon:
             self.verify()
         if self._settle_due is not None and now >= self._settle_due and self.events.empty():
             self._settle_due = None               # after `wait` and status readers had their answer
+            if self._digest is not None:
+                self.hash, self._digest = self._digest(), None
             settle_garbage_collector()
         if self._save_due is not None and now >= self._save_due and self.events.empty():
             self.save()
@@ -284,7 +287,7 @@ class Daemon:
         self.programmed = {name: revision for name in state.local_interfaces}
         first, self.ready = not self.ready, True
         self.publish()                           # `wait` sees the enforcement at once
-        self.hash = digest()
+        self._digest = digest                    # hashing the document waits until idle
         self.ports.observe_apply(result)
         if result.mode != UNCHANGED:
             self._save_due = time.monotonic() + self.config.save_delay
