@@ -57,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = build_daemon(args)
     server = StatusServer(args.socket, daemon.snapshot).start()
     daemon._closers.append(server)
+    daemon.ports.published = server.notify
     if args.metrics_port:
         from agent.service.metrics import Metrics
         metrics = Metrics(daemon.snapshot)
@@ -88,7 +89,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
     why = "no answer yet"
     while True:
         try:
-            doc = query(args.socket, timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+            left = max(0.0, deadline - time.monotonic())
+            doc = query(args.socket, timeout=left + 2.0,           # the daemon answers when it is enforced
+                        request=f"wait {args.iface} {args.revision or '-'} {left:.3f}")
             got = doc.interfaces.programmed.get(args.iface)
             if got is not None and (args.revision is None or got == args.revision):
                 print(f"{args.iface}: enforced (revision {got})")

@@ -62,6 +62,7 @@ class Ports:
     notify: Callable[..., bool] = lambda *fields: False
     observe_apply: Callable[[ApplyResult], None] = lambda result: None
     background: Callable[[Callable[[], None]], None] = lambda work: work()   # production: a thread
+    published: Callable[[], None] = lambda: None          # a new status snapshot (the status server)
 
 
 @dataclass
@@ -374,3 +375,4 @@ class Daemon:
         doc = build_status(self)
         with self._lock:
             self._snapshot = doc
+        self.ports.published()

@@ -1,8 +1,11 @@
 """`secgroup-agent status`: the running daemon's facts over a local Unix socket.
 
 The daemon listens on a stream socket (default /run/secgroup-agent/agent.sock, mode
-0600, root only: the peer's uid is checked too); a client connects and reads one JSON
-document. `format_status` is the human form.
+0600, root only: the peer's uid is checked too); a client connects, may send one
+request line, and reads one JSON document: `status` (or nothing, answered after 20 ms)
+answers at once; `wait IFACE REVISION|- SECONDS` answers as soon as the interface is
+programmed (at that revision), or when the seconds run out (`secgroup-agent wait`).
+`format_status` is the human form.
 """
 from __future__ import annotations
 
@@ -93,6 +96,7 @@ class StatusServer:
         self._sock = self._bind()
         self._thread = threading.Thread(target=self._serve, name="status", daemon=True)
         self._cache: Optional[tuple[Status, bytes]] = None
+        self._published = threading.Condition()
 
     def _bind(self) -> socket.socket:
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -122,18 +126,36 @@ class StatusServer:
                 continue
             except OSError:
                 return
-            with conn:
-                self._answer(conn)
+            threading.Thread(target=self._answer, args=(conn,), name="status-client", daemon=True).start()
+
+    def notify(self) -> None:
+        """A new snapshot was published: waiting clients look again."""
+        with self._published:
+            self._published.notify_all()
 
     def _answer(self, conn: socket.socket) -> None:
-        try:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            uid = struct.unpack("3i", creds)[1]
-            data = self._encoded() if uid in (0, os.geteuid()) else b'{"error": "permission denied"}\n'
-            conn.settimeout(2.0)
-            conn.sendall(data)
-        except OSError as exc:
-            log.debug("status client: %s", exc)
+        with conn:
+            try:
+                creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                if struct.unpack("3i", creds)[1] not in (0, os.geteuid()):
+                    conn.sendall(b'{"error": "permission denied"}\n')
+                    return
+                request = _request(conn)
+                if request[:1] == ["wait"] and len(request) == 4:
+                    self._wait(request[1], None if request[2] == "-" else request[2], float(request[3]))
+                conn.settimeout(2.0)
+                conn.sendall(self._encoded())
+            except (OSError, ValueError) as exc:
+                log.debug("status client: %s", exc)
+
+    def _wait(self, iface: str, revision: Optional[str], seconds: float) -> None:
+        deadline = time.monotonic() + min(seconds, 300.0)
+        with self._published:
+            while time.monotonic() < deadline:
+                got = self.snapshot().interfaces.programmed.get(iface)
+                if got is not None and (revision is None or got == revision):
+                    return
+                self._published.wait(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def _encoded(self) -> bytes:
         """The snapshot as JSON, encoded once per snapshot (`wait` polls every 10 ms)."""
@@ -151,6 +173,21 @@ class StatusServer:
             pass
 
 
+def _request(conn: socket.socket) -> list[str]:
+    """The client's request line, split; [] when it sent none within 20 ms."""
+    conn.settimeout(0.02)
+    data = b""
+    try:
+        while b"\n" not in data and len(data) < 1024:
+            chunk = conn.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    return data.decode(errors="replace").split()
+
+
 def _alive(path: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -161,12 +198,14 @@ def _alive(path: str) -> bool:
         return False
 
 
-def query(path: str = DEFAULT_SOCKET, timeout: float = 5.0) -> Status:
-    """The daemon's status document; AgentError when no daemon answers."""
+def query(path: str = DEFAULT_SOCKET, timeout: float = 5.0, request: str = "status") -> Status:
+    """The daemon's status document (after `request`, see the module docstring);
+    AgentError when no daemon answers."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(path)
+            s.sendall(request.encode() + b"\n")
             chunks = []
             while chunk := s.recv(65536):
                 chunks.append(chunk)

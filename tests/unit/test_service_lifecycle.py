@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -98,10 +99,13 @@ def test_wait_returns_once_the_interface_is_programmed(tmp_path, capsys):
     d, _ = daemon(FakeKernel())
     path = tmp_path / "agent.sock"
     server = StatusServer(str(path), d.snapshot).start()
+    d.ports.published = server.notify
     try:
         args = argparse.Namespace(iface="tap-web1", revision="r1", timeout=5.0, interval=0.01, socket=str(path))
         threading.Timer(0.2, lambda: d.refresh(force=True)).start()
+        start = time.monotonic()
         assert cmd_wait(args) == 0
+        assert time.monotonic() - start < 2.0                 # answered at the publish, not by polling
         assert "tap-web1: enforced (revision r1)" in capsys.readouterr().out
         args.revision, args.timeout = "r9", 0.2
         assert cmd_wait(args) == 1
