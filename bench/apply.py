@@ -80,7 +80,7 @@ import ipaddress, json, random, sys, time
 from pyroute2 import Conntrack
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 from agent.kernel import conntrack
-from agent.reconciler.oneshot import read_local_addresses
+from agent.reconciler.port import RealKernel
 from agent.policy.revocation import plan_revocations
 from agent.model.validate import load_state
 state = load_state(sys.argv[1], sys.argv[2])
@@ -88,7 +88,7 @@ flows_wanted = int(sys.argv[3])
 out = {}
 def measure(label):
     t0 = time.perf_counter(); flows = conntrack.list_flows()
-    t1 = time.perf_counter(); previous = read_local_addresses()
+    t1 = time.perf_counter(); previous = RealKernel().local_addresses()
     t2 = time.perf_counter(); plan = plan_revocations(state, flows, previous)
     t3 = time.perf_counter()
     out[label] = {"flows": len(flows), "list_s": t1 - t0, "local_addr_s": t2 - t1, "plan_s": t3 - t2,
@@ -232,7 +232,7 @@ def bench_size(n: int, args, tmp: Path, nss: Namespaces, remote: int = 0) -> dic
                              args.settle, after=conntrack_step if run == 1 else None)
         if run == 1:
             ct = a["extra"]
-        m = re.search(r"in (\d+) ms \(kernel (\d+) ms\)", a["stdout"])
+        m = re.search(r"in (\d+) ms \(kernel (\d+) ms", a["stdout"])
         a["apply_once_s"], a["kernel_s"] = (int(m.group(1)) / 1000, int(m.group(2)) / 1000) if m else (0, 0)
         agent.append(a)
         b = load_in_fresh_ns(nss, ["nft", "-f", str(script)], args.settle)
@@ -343,6 +343,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="sgbap") as d:
             tmp = Path(d)
+            os.environ.setdefault("SECGROUP_AGENT_STATE_DIR", str(tmp / "state"))   # not /var/lib
             for n in sorted(args.sizes):
                 measured = [(r["n"], kmem_estimate(r)) for r in results]
                 if len(measured) >= 2 and n > measured[-1][0]:

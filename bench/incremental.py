@@ -48,7 +48,8 @@ def timed_apply(keeper, validated, doc: dict):
 
 def inside(doc: dict) -> None:
     from agent.compiler.transaction import ruleset_size
-    from agent.reconciler.keeper import Keeper, RealKernel
+    from agent.reconciler.keeper import Keeper
+    from agent.reconciler.port import RealKernel
     keeper = Keeper(RealKernel())
     validated, full, full_s = timed_apply(keeper, None, doc)
     size = ruleset_size(keeper.applied)

@@ -166,7 +166,7 @@ def measure(doc: dict, changes: int, tmp: Path, member: bool = False) -> dict:
 def wait_ready(sock: str, agent: subprocess.Popen, t: float) -> float:
     while True:
         try:
-            if query(sock, timeout=1).get("ready"):
+            if query(sock, timeout=1).ready:
                 return time.monotonic() - t
         except Exception:  # noqa: BLE001 - not up yet
             pass
@@ -194,10 +194,10 @@ def one_change(config: Path, doc: dict, gid: str, port: int, recv, send, new: di
 def one_join(config: Path, doc: dict, sock: str, recv, send) -> float:
     """The member leaves (not timed; waited for until the daemon reports the revision
     applied), then joins: the first packet admitted through sg-probe's set."""
-    before = query(sock).get("revision")
+    before = query(sock).revision
     write(config, with_member(doc, False))
     deadline = time.monotonic() + 30
-    while query(sock).get("revision") == before and time.monotonic() < deadline:
+    while query(sock).revision == before and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
     return one_change(config, doc, "", MEMBER_PORT, recv, send, with_member(doc, True))
@@ -230,10 +230,11 @@ def main() -> int:
         doc = json.loads(subprocess.run([str(GEN), "--interfaces", str(a.interfaces), "--rules", str(a.rules),
                                          "--remote", str(a.remote)], capture_output=True, text=True, check=True).stdout)
     with tempfile.TemporaryDirectory(prefix="sgbench") as tmp:
+        os.environ.setdefault("SECGROUP_AGENT_STATE_DIR", str(Path(tmp) / "state"))   # not /var/lib
         r = measure(doc, a.changes, Path(tmp), member=a.change == "member")
         if os.environ.get("BENCH_LOG"):
             print((Path(tmp) / "agent.log").read_text()[-3000:])
-    lat, rs = r["latencies_ms"], r["status"]["ruleset"]
+    lat, rs = r["latencies_ms"], r["status"].to_dict()["ruleset"]
     print(f"change: {a.change}; load average {os.getloadavg()[0]:.2f}")
     print(f"size: {a.interfaces} interfaces x {a.rules} rules/group, {a.remote} remote -> {rs['chains']} chains, "
           f"{rs['rules']} rules, {rs['sets']} sets, {rs['elements']} elements")

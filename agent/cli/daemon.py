@@ -1,4 +1,5 @@
-"""Daemon commands: `run` (apply, then follow changes) and `status` (ask a running one)."""
+"""Daemon commands: `run` (apply, then follow changes), `status` (ask a running one) and
+`wait` (until an interface's rules are enforced)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
 from agent.service.status import DEFAULT_SOCKET
@@ -24,9 +26,11 @@ def build_daemon(args: argparse.Namespace):
     """The production daemon: real source, kernel, monitors, systemd and metrics."""
     from agent.kernel import links, monitor as nftmon
     from agent.service import sdnotify
-    from agent.compiler.compile import TABLE
     from agent.service.daemon import Daemon, DaemonConfig, Ports
-    from agent.reconciler.keeper import Keeper, RealKernel
+    from agent.reconciler.keeper import Keeper
+    from agent.reconciler.port import OWNED_TABLES, RealKernel
+    from agent.reconciler.revoke import RevocationWorker
+    from agent.reconciler.store import StateStore, state_dir
     from agent.sources import open_source
     source = open_source(args.source or args.config, **source_options(args))
     ports = Ports(present_links=links.present_links, notify=sdnotify.notify,
@@ -34,11 +38,13 @@ def build_daemon(args: argparse.Namespace):
     if not args.no_link_monitor:
         ports.link_monitor = lambda cb: _started(links.LinkMonitor(cb))
     if not args.no_drift_monitor:
-        tables = {("inet", TABLE), ("bridge", TABLE)}
-        ports.table_watch = lambda drift, lost: _started(nftmon.TableWatch(tables, drift, lost))
+        ports.table_watch = lambda drift, lost: _started(nftmon.TableWatch(set(OWNED_TABLES), drift, lost))
     config = DaemonConfig(host=args.host, verify_interval=args.verify_interval,
                           watchdog_interval=sdnotify.watchdog_interval())
-    return Daemon(source, Keeper(RealKernel()), config, ports)
+    kernel = RealKernel()
+    keeper = Keeper(kernel, store=StateStore(state_dir()))
+    keeper.revoke_later = RevocationWorker(kernel, keeper.count_revoked).submit
+    return Daemon(source, keeper, config, ports)
 
 
 def _started(thing):
@@ -51,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = build_daemon(args)
     server = StatusServer(args.socket, daemon.snapshot).start()
     daemon._closers.append(server)
+    daemon.ports.published = server.notify
     if args.metrics_port:
         from agent.service.metrics import Metrics
         metrics = Metrics(daemon.snapshot)
@@ -67,10 +74,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     from agent.service.status import format_status, query
     doc = query(args.socket)
     if args.json:
-        print(json.dumps(doc, indent=2, default=str))
+        print(json.dumps(doc.to_dict(), indent=2, default=str))
     else:
         sys.stdout.write(format_status(doc))
-    return 0 if not doc.get("errors") else 1
+    return 0 if not doc.errors else 1
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Exit 0 once the daemon reports IFACE programmed (at --revision R, if given);
+    1 when --timeout runs out (the last answer is printed) or no daemon answers in time."""
+    from agent.errors import AgentError
+    from agent.service.status import query
+    deadline = time.monotonic() + args.timeout
+    why = "no answer yet"
+    while True:
+        try:
+            left = max(0.0, deadline - time.monotonic())
+            doc = query(args.socket, timeout=left + 2.0,           # the daemon answers when it is enforced
+                        request=f"wait {args.iface} {args.revision or '-'} {left:.3f}")
+            got = doc.interfaces.programmed.get(args.iface)
+            if got is not None and (args.revision is None or got == args.revision):
+                print(f"{args.iface}: enforced (revision {got})")
+                return 0
+            why = f"programmed at revision {got}" if got else f"not programmed (daemon at revision {doc.revision})"
+        except AgentError as exc:
+            why = str(exc)
+        if time.monotonic() >= deadline:
+            print(f"{args.iface}: not enforced after {args.timeout:g} s: {why}", file=sys.stderr)
+            return 1
+        time.sleep(args.interval)
 
 
 def add_commands(command: Callable) -> None:
@@ -97,3 +129,10 @@ def add_commands(command: Callable) -> None:
                                       "interfaces", config=False)
     p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"status socket (default {DEFAULT_SOCKET})")
     p.add_argument("--json", action="store_true", help="print the status document as JSON")
+    p = command("wait", cmd_wait, "wait until an interface's rules are enforced (for VM start hooks)",
+                config=False)
+    p.add_argument("--iface", required=True, metavar="NAME", help="a local interface of the desired state")
+    p.add_argument("--revision", metavar="R", help="wait for this revision of the desired state (status shows it)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after (default 30)")
+    p.add_argument("--interval", type=float, default=0.01, help=argparse.SUPPRESS)
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"status socket (default {DEFAULT_SOCKET})")

@@ -22,9 +22,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from agent.model.loader import read_document
+    from agent.model.validate_incremental import validate_update
     from agent.reconciler.oneshot import apply_once
-    from agent.model.validate import load_state
-    report = apply_once(load_state(args.config, args.host))
+    validated = validate_update(read_document(args.config), args.host, None)
+    report = apply_once(validated.state, context=validated)      # the daemon's next start reuses it
     print(report.summary())
     return EXIT_OK if not report.errors else 1
 

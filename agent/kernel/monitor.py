@@ -10,7 +10,10 @@ The kernel sends one message per changed object (table, chain, rule, set, elemen
 NFT_MSG_NEWGEN naming the generation, the process id and the command of whoever
 committed. Messages are collected per transaction; at NEWGEN, if any touched one of the
 watched tables and the committer is not a thread of this process (the agent's own
-transactions), `on_foreign(description)` is called. A socket overrun (ENOBUFS: the
+transactions), `on_foreign(description, objects)` is called: `objects` are the chains
+and sets touched, as (family, table, kind, name) with kind "chain" or "set" (a rule's
+chain, an element's set), or None when a table itself (or an object of another kind)
+was touched, so only a full replace can repair it. A socket overrun (ENOBUFS: the
 kernel dropped notifications, e.g. during a very large transaction) calls
 `on_overflow()`: the caller must then verify the tables itself.
 """
@@ -34,6 +37,9 @@ NFTA_GEN_ID, NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 1, 2, 3
 NFT_MSG_GETTABLE, NFTA_TABLE_NAME = 1, 1
 _NAMES = {0: "add table", 2: "delete table", 3: "add chain", 5: "delete chain", 6: "add rule",
           8: "delete rule", 9: "add set", 11: "delete set", 12: "add element", 14: "delete element"}
+# per message type: (kind, the attribute naming the object); attribute 1 is the table
+_OBJECTS = {3: ("chain", 3), 5: ("chain", 3), 6: ("chain", 2), 8: ("chain", 2),
+            9: ("set", 2), 11: ("set", 2), 12: ("set", 2), 14: ("set", 2)}
 
 
 def is_own_thread(pid: int) -> bool:
@@ -49,7 +55,7 @@ def is_own_commit(pid: int, comm: str) -> bool:
 
 
 class TableWatch:
-    def __init__(self, tables: set[tuple[str, str]], on_foreign: Callable[[str], None],
+    def __init__(self, tables: set[tuple[str, str]], on_foreign: Callable[[str, Optional[frozenset]], None],
                  on_overflow: Callable[[], None], rcvbuf: int = 8 << 20) -> None:
         self.tables = set(tables)
         self.on_foreign = on_foreign
@@ -59,6 +65,7 @@ class TableWatch:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._touched: list[str] = []
+        self._objects: Optional[set[tuple[str, str, str, str]]] = set()
 
     def start(self) -> None:
         self._sock.settimeout(1.0)
@@ -76,6 +83,7 @@ class TableWatch:
                     return
                 if exc.errno == errno.ENOBUFS:
                     self._touched.clear()
+                    self._objects = set()
                     log.warning("nftables notifications overran (ENOBUFS); tables will be verified")
                     self.on_overflow()
                     continue
@@ -91,15 +99,24 @@ class TableWatch:
         attrs = netlink.nft_attrs(payload)
         if msg == NFT_MSG_NEWGEN:
             touched, self._touched = self._touched, []
+            objects, self._objects = self._objects, set()
             pid = netlink.u32(attrs.get(NFTA_GEN_PROC_PID, b""))
             comm = netlink.string(attrs.get(NFTA_GEN_PROC_NAME, b"?"))
             if touched and not is_own_commit(pid, comm):
                 what = ", ".join(dict.fromkeys(touched))
-                self.on_foreign(f"{comm}[{pid}]: {what}")
+                self.on_foreign(f"{comm}[{pid}]: {what}", None if objects is None else frozenset(objects))
             return
         table = netlink.string(attrs.get(NFTA_TABLE_NAME, b""))
-        if (family, table) in self.tables and len(self._touched) < 64:
-            self._touched.append(f"{_NAMES.get(msg, f'msg {msg}')} {family} {table}")
+        if (family, table) not in self.tables:
+            return
+        kind, name_attr = _OBJECTS.get(msg, (None, 0))
+        name = netlink.string(attrs.get(name_attr, b"")) if kind else ""
+        if kind is None or not name:
+            self._objects = None
+        elif self._objects is not None:
+            self._objects.add((family, table, kind, name))
+        if len(self._touched) < 64:
+            self._touched.append(f"{_NAMES.get(msg, f'msg {msg}')} {family} {table}" + (f" {name}" if name else ""))
 
     def close(self) -> None:
         self._stop.set()

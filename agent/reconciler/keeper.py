@@ -1,93 +1,47 @@
-"""The daemon's reconciler: keeps the kernel holding the last valid desired state.
+"""The reconciler, ONE for `apply` (agent.reconciler.oneshot) and the daemon
+(agent.service.daemon): keeps the kernel holding the last valid desired state.
 
-It remembers the ruleset it applied, so a change costs one small incremental transaction
-(agent.compiler.transaction), and it knows when it does NOT know the kernel: at start (another
-process's table may be there: it is adopted and replaced atomically, never flushed
-first) and after drift, it applies the full atomic replace (agent.compiler.render).
+It remembers the ruleset it applied, so a change costs one small transaction (set
+elements over netlink, else an incremental nft script: agent.compiler.transaction), and
+it knows when it does NOT know the kernel: then it applies the full atomic replace
+(agent.compiler.render; another process's table is adopted and replaced, never flushed
+first). Every commit writes the stamp (agent.reconciler.stamp) in its own transaction;
+`save` keeps the stamp with the applied ruleset on disk (agent.reconciler.store), and
+`adopt` takes over a kernel holding that stamp with no kernel work.
 
-Everything that touches the kernel goes through `Kernel` (agent.kernel.nft, agent.kernel.monitor,
-agent.kernel.conntrack in production; a fake in the unit tests).
+Drift is repaired by rewriting only the chains and sets that differ (agent.reconciler.
+drift); the full replace is the last resort. Everything that touches the kernel goes
+through the `Kernel` port (agent.reconciler.port; a fake in the unit tests).
 """
 from __future__ import annotations
 
 import logging
-import re
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Union
 
-from agent.compiler.compile import TABLE, Ruleset
-from agent.compiler.patch import compile_changes
 from agent.compiler.memo import CompileMemo
-from agent.errors import KernelError
-from agent.compiler.transaction import ElementChange, plan_element_changes, plan_update
-from agent.model.objects import DesiredState
+from agent.compiler.patch import compile_changes
 from agent.compiler.render import render_ruleset
-from agent.reconciler.oneshot import read_local_addresses, revoke_connections
-from agent.policy.revocation import Flow
+from agent.compiler.ruleset import TABLE, Ruleset
+from agent.compiler.transaction import ElementChange, plan_element_changes, plan_update
+from agent.errors import KernelError
+from agent.model.objects import DesiredState
+from agent.reconciler.drift import Object, build_differing, build_repair
+from agent.reconciler.port import OWNED_TABLES, Kernel
+from agent.reconciler.result import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, ApplyResult
+from agent.reconciler.revoke import apply_revocations
+from agent.reconciler.stamp import build_token, render_restamp, render_stamped, stamp_set
+from agent.reconciler.store import Saved, StateStore
 
 log = logging.getLogger(__name__)
-FULL, INCREMENTAL, ELEMENTS, UNCHANGED = "full", "incremental", "elements", "unchanged"
+__all__ = ["Keeper", "Drift", "ApplyResult", "FULL", "INCREMENTAL", "ELEMENTS", "UNCHANGED"]
 REPLACE_SETS_FROM = 1000       # sets in the ruleset from which changed sets are replaced whole
                                # (libnftables' element commands cost ~1 s there; agent.compiler.transaction)
 ELEMENT_DELETE_BUDGET = 500_000    # sum over sets of (elements deleted x set size) above which the
                                    # kernel's deletes cost more than replacing the sets (~25 ms:
                                    # a concatenated set's delete scans the set; agent.kernel.elements)
-
-
-class Kernel(Protocol):
-    def commit(self, script: str, what: str) -> float: ...
-    def commit_elements(self, changes: tuple[ElementChange, ...]) -> float: ...
-    def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]: ...
-    def generation(self) -> int: ...
-    def tables_present(self, tables: tuple[tuple[str, str], ...]) -> bool: ...
-    def local_addresses(self) -> frozenset: ...
-    def list_flows(self) -> list[Flow]: ...
-    def delete_flows(self, flows: Iterable[Flow]) -> int: ...
-
-
-class RealKernel:
-    """The production boundary modules behind the `Kernel` interface."""
-
-    def commit(self, script: str, what: str) -> float:
-        from agent.kernel import nft
-        took = nft.apply_script(script, what)
-        if what != INCREMENTAL:
-            nft.apply_script("", "release")     # libnftables frees the big cache on its next call
-        return took
-
-    def commit_elements(self, changes: tuple[ElementChange, ...]) -> float:
-        from agent.kernel import elements as nft_elements
-        if not all(nft_elements.supported(c.set.type, c.set.interval, c.set.map_to) for c in changes):
-            raise KernelError("not a change of element sets the netlink path handles")
-        return nft_elements.commit_element_changes(changes)
-
-    def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]:
-        from agent.kernel import nft
-        parts = [nft.list_table(family, name) for family, name in tables]
-        return None if all(p is None for p in parts) else "\n".join(p or "" for p in parts)
-
-    def tables_present(self, tables: tuple[tuple[str, str], ...]) -> bool:
-        from agent.kernel.monitor import table_names
-        try:
-            return set(tables) <= table_names()
-        except OSError as exc:
-            raise KernelError(f"cannot list the nftables tables: {exc}") from exc
-
-    def generation(self) -> int:
-        from agent.kernel.monitor import ruleset_generation
-        return ruleset_generation()
-
-    def local_addresses(self) -> frozenset:
-        return read_local_addresses()
-
-    def list_flows(self) -> list[Flow]:
-        from agent.kernel import conntrack
-        return conntrack.list_flows()
-
-    def delete_flows(self, flows: Iterable[Flow]) -> int:
-        from agent.kernel import conntrack
-        return conntrack.delete_flows(flows)
 
 
 def delete_cost(changes: Iterable[ElementChange]) -> int:
@@ -98,82 +52,152 @@ def delete_cost(changes: Iterable[ElementChange]) -> int:
 
 
 @dataclass(frozen=True)
-class ApplyResult:
-    mode: str                 # full | incremental | elements | unchanged
-    seconds: float            # compile + plan + commit
-    nft_seconds: float        # the commit alone
-    script_bytes: int         # the nft script, or the text of the elements committed
-    revoked: int
-    errors: tuple[str, ...] = ()     # interfaces compiled closed, and why
+class Drift:
+    """Why the kernel differs from what was applied, and which objects differ (None:
+    unknown, the full replace)."""
+    reason: str
+    objects: Optional[frozenset[Object]] = None
 
 
 def normalize_listing(text: Optional[str]) -> Optional[str]:
     """A listing without what changes by itself (counters)."""
+    import re
     return None if text is None else re.sub(r"counter packets \d+ bytes \d+", "counter", text)
 
 
 @dataclass
 class Keeper:
     kernel: Kernel
+    store: Optional[StateStore] = None
+    revoke_later: Optional[Callable[[DesiredState, frozenset], None]] = None   # None: at once
     applied: Optional[Ruleset] = None         # None: the kernel's content is not known
     state: Optional[DesiredState] = None
+    token: Optional[str] = None               # the stamp of `applied` in the kernel
+    kernel_token: Optional[str] = None        # the kernel's stamp as `adopt` found it
     our_generation: Optional[int] = None      # generation right after our last commit
     reference: Optional[str] = None           # the listing of what we applied
     verified_generation: Optional[int] = None
     memo: Optional[CompileMemo] = None        # the last build's, so a change recompiles what it touches
+    addresses: frozenset = frozenset()        # local addresses of the applied state (revocation)
+    context: Any = None                       # saved and adopted with the ruleset (the daemon's
+                                              # validated document, for incremental validation)
+    unaccounted: bool = False                 # someone else committed since our last check
     repairs: int = 0
     revoked_total: int = 0
-    tables: tuple[tuple[str, str], ...] = field(default=(("inet", TABLE), ("bridge", TABLE)))
+    tables: tuple[tuple[str, str], ...] = OWNED_TABLES
+    _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def apply(self, state: DesiredState, revision: str = "?") -> ApplyResult:
+    # -- start: adopt what the kernel holds -------------------------------------------
+    def adopt(self) -> str:
+        """Take over a kernel holding the stamp saved with the last applied ruleset: no
+        kernel work, the next apply is a diff against it. Returns what was found."""
+        try:
+            self.kernel_token = self.kernel.read_stamp()
+        except KernelError as exc:
+            log.warning("table %s: cannot read the stamp: %s", TABLE, exc)
+            self.kernel_token = None
+        saved = self.store.load() if self.store is not None else None
+        if self.kernel_token is None:
+            return "no stamped table"
+        if saved is None or saved.token != self.kernel_token:
+            return f"table stamped {self.kernel_token}, no saved ruleset for it"
+        if not self.kernel.tables_present(tuple((t.family, t.name) for t in saved.ruleset.tables)):
+            return "tables missing"
+        self.applied, self.memo, self.token, self.addresses = saved.ruleset, saved.memo, saved.token, saved.addresses
+        self.context = saved.context
+        self.our_generation, self.reference, self.verified_generation = self.generation(), None, None
+        log.info("table %s: adopted (stamp %s): the kernel holds the saved ruleset", TABLE, saved.token)
+        return "adopted"
+
+    def save(self) -> None:
+        """The applied ruleset and its stamp to the state directory (restore script and
+        the build for the next start)."""
+        if self.store is None or self.applied is None or self.token is None:
+            return
+        script = render_stamped(render_ruleset(self.applied), self.token)
+        self.store.save(Saved(self.token, self.applied, self.memo, self.addresses, self.context), script)
+
+    # -- apply ------------------------------------------------------------------------
+    def apply(self, state: DesiredState, revision: str = "?", force: bool = False) -> ApplyResult:
         start = time.monotonic()
         ruleset, self.memo = compile_changes(state, self.memo)
-        if self.applied is not None and ruleset == self.applied:
-            self.state = state
-            return ApplyResult(UNCHANGED, time.monotonic() - start, 0.0, 0, 0, ruleset.errors)
-        previous = self._previous_addresses()
+        if not force and self._holds(ruleset):
+            self.state, self.addresses = state, _addresses(state)
+            return self._result(UNCHANGED, start, 0.0, 0, 0, ruleset, state)
+        previous = self.addresses if self.state is not None or self.applied is not None else self._kernel_addresses()
+        if force:
+            self.applied = None
+        prior = self.generation()
+        if prior is not None and self.our_generation is not None and prior != self.our_generation:
+            self.unaccounted = True               # a commit not ours since our last one
         mode, nft_seconds, size = self._commit_change(ruleset, revision)
         self._applied(ruleset, state)
-        revoked = self.revoke(state, previous) if state.revoke_connections else 0
+        revoked = self._revoke(state, previous) if state.revoke_connections else 0
         for err in ruleset.errors:
             log.error("revision %s: %s", revision, err)
-        return ApplyResult(mode, time.monotonic() - start, nft_seconds, size, revoked, ruleset.errors)
+        return self._result(mode, start, nft_seconds, size, revoked, ruleset, state)
+
+    def _holds(self, ruleset: Ruleset) -> bool:
+        if self.applied is not None:
+            return ruleset == self.applied
+        if self.kernel_token is None:
+            return False
+        token = build_token(render_ruleset(ruleset))      # apply's first run: a full replace's stamp?
+        if token != self.kernel_token or not self.kernel.tables_present(tuple((t.family, t.name) for t in ruleset.tables)):
+            return False
+        self.applied, self.token, self.our_generation = ruleset, token, self.generation()
+        return True
+
+    @staticmethod
+    def _result(mode: str, start: float, nft: float, size: int, revoked: int, rs: Ruleset,
+                state: DesiredState) -> ApplyResult:
+        return ApplyResult(mode, time.monotonic() - start, nft, size, revoked, rs.errors,
+                           len(state.local_interfaces), sum(len(t.chains) for t in rs.tables),
+                           sum(len(t.sets) for t in rs.tables))
 
     def _commit_change(self, ruleset: Ruleset, revision: str) -> tuple[str, float, int]:
         """The cheapest transaction that works: only set elements changed -> those
         elements over netlink; else an incremental nft script; else (first apply,
         after drift, or a refused step) the full atomic replace. (mode, seconds, size)"""
-        if self.applied is not None:
+        if self.applied is not None and self.token is not None:
             changes = plan_element_changes(self.applied, ruleset)
             if changes is not None and delete_cost(changes) <= ELEMENT_DELETE_BUDGET:
-                took = self._commit_elements(changes, revision)
+                took, token = self._commit_elements(changes, revision)
                 if took >= 0:
+                    self.token = token
                     return ELEMENTS, took, sum(len(e) for c in changes for e in c.removed + c.added)
             script = self.plan(ruleset)
-            took = self._commit(INCREMENTAL, script, ruleset, revision)
+            token = build_token(self.token, script)
+            took = self._commit(INCREMENTAL, script + render_restamp(token), revision)
             if took >= 0:
+                self.token = token
                 return INCREMENTAL, took, len(script)
         script = render_ruleset(ruleset)
-        return FULL, self._commit(FULL, script, ruleset, revision), len(script)
+        self.token = build_token(script)
+        return FULL, self._commit(FULL, render_stamped(script, self.token), revision), len(script)
 
-    def _commit_elements(self, changes: tuple[ElementChange, ...], revision: str) -> float:
-        """Seconds the element commit took; -1 when refused (the caller goes on with nft)."""
+    def _commit_elements(self, changes: tuple[ElementChange, ...], revision: str) -> tuple[float, str]:
+        """(seconds the element commit took, its stamp); -1 when refused (the caller goes on with nft)."""
+        assert self.token is not None
+        text = "\n".join(f"{c.family} {c.table} {c.set.name} -{c.removed} +{c.added}" for c in changes)
+        token = build_token(self.token, text)
+        restamp = ElementChange("inet", TABLE, stamp_set(token), (self.token,), (token,))
         try:
-            return self.kernel.commit_elements(changes) if changes else 0.0
+            return self.kernel.commit_elements(changes + (restamp,)), token
         except KernelError as exc:
             log.warning("revision %s: element update refused, using nft: %s", revision, exc)
-            return -1.0
+            return -1.0, token
 
     def plan(self, ruleset: Ruleset) -> str:
         assert self.applied is not None
         many = sum(len(t.sets) for t in self.applied.tables) >= REPLACE_SETS_FROM
         return plan_update(self.applied, ruleset, replace_sets=many)
 
-    def _commit(self, mode: str, script: str, ruleset: Ruleset, revision: str) -> float:
+    def _commit(self, mode: str, script: str, revision: str) -> float:
         """Seconds the commit took; -1 when an incremental script was refused (the
         caller falls back to the full replace). A refused full replace raises."""
         try:
-            return self.kernel.commit(script, mode) if script else 0.0
+            return self.kernel.commit(script, mode)
         except KernelError as exc:
             if mode != INCREMENTAL:
                 raise
@@ -182,12 +206,11 @@ class Keeper:
 
     def _applied(self, ruleset: Ruleset, state: DesiredState) -> None:
         self.applied, self.state, self.reference = ruleset, state, None
+        self.addresses = _addresses(state)
         self.our_generation = self.generation()
         self.verified_generation = None
 
-    def _previous_addresses(self) -> frozenset:
-        if self.state is not None:
-            return frozenset(a for nic in self.state.local_interfaces.values() for a in nic.addresses)
+    def _kernel_addresses(self) -> frozenset:
         try:
             return self.kernel.local_addresses()
         except KernelError as exc:
@@ -201,66 +224,22 @@ class Keeper:
             log.debug("nftables generation unavailable: %s", exc)
             return None
 
-    def revoke(self, state: DesiredState, previous: frozenset) -> int:
+    # -- revocation ----------------------------------------------------------------
+    def _revoke(self, state: DesiredState, previous: frozenset) -> int:
+        if self.revoke_later is not None:
+            self.revoke_later(state, previous)
+            return 0
         try:
-            deleted = revoke_connections(state, previous, self.kernel)
+            deleted = apply_revocations(state, previous, self.kernel)
         except KernelError as exc:
             log.error("host %s: revocation failed: %s", state.host, exc)
             return 0
-        self.revoked_total += deleted
+        self.count_revoked(deleted)
         return deleted
 
-    def repair(self, reason: str) -> float:
-        """Drift: replace the tables with what was applied last (one transaction)."""
-        if self.applied is None or self.state is None:
-            return 0.0
-        log.warning("table %s: drift (%s): replacing it", TABLE, reason)
-        took = self.kernel.commit(render_ruleset(self.applied), "repair")
-        self.repairs += 1
-        self._applied(self.applied, self.state)
-        return took
-
-    def verify(self, notifications_lost: bool = False, deep: bool = True) -> Optional[str]:
-        """Why the kernel no longer holds what was applied, or None (`precheck`, then
-        the listing if one is needed, judged by `judge_listing`)."""
-        problem, listing_needed, gen = self.precheck(notifications_lost, deep)
-        if not listing_needed:
-            return problem
-        return self.judge_listing(self.kernel.listing(self.tables), gen, notifications_lost)
-
-    def precheck(self, notifications_lost: bool, deep: bool) -> tuple[Optional[str], bool, Optional[int]]:
-        """(problem, whether a listing is needed, ruleset generation). Nothing to do when
-        nothing was committed since the last check (the generation is unchanged); a
-        shallow check only sees that the tables exist (the monitor reports edits); a
-        deep one, or one after lost notifications with foreign commits, needs a listing."""
-        if self.applied is None:
-            return None, False, None
-        gen = self.generation()
-        if gen is not None and gen == self.verified_generation:
-            return None, False, gen
-        if notifications_lost and gen is not None and gen == self.our_generation:
-            notifications_lost = False      # nobody committed since us: the lost ones were ours
-        if not deep and not notifications_lost:
-            present = self.kernel.tables_present(tuple((t.family, t.name) for t in self.applied.tables))
-            return (None if present else "the agent's tables are gone"), False, gen
-        return None, True, gen
-
-    def judge_listing(self, text: Optional[str], gen: Optional[int], notifications_lost: bool) -> Optional[str]:
-        """Compare a listing taken at generation `gen` with the one taken after our
-        apply (the first listing after an apply becomes that reference)."""
-        if self.applied is None:
-            return None
-        listing = normalize_listing(text)
-        if listing is None and self.applied.tables:
-            return "the agent's tables are gone"
-        if self.reference is None:
-            if (gen is None or gen != self.our_generation) and notifications_lost:
-                return "changes happened while notifications were lost"
-            self.reference = listing
-        elif listing != self.reference:
-            return "the tables differ from what was applied"
-        self.verified_generation = gen
-        return None
+    def count_revoked(self, deleted: int) -> None:
+        with self._count_lock:
+            self.revoked_total += deleted
 
     def interface_gone(self, name: str) -> int:
         """Delete the connections of a configured interface that disappeared."""
@@ -274,6 +253,89 @@ class Keeper:
             log.error("interface %s: cannot delete its connections: %s", name, exc)
             return 0
         log.info("interface %s: removed; %d connection(s) deleted", name, deleted)
-        self.revoked_total += deleted
+        self.count_revoked(deleted)
         return deleted
 
+    # -- drift ----------------------------------------------------------------------
+    def repair(self, drift: Union[Drift, str]) -> float:
+        """Give the tables back what was applied, in one transaction: only the chains
+        and sets that differ when they are known, else the full replace."""
+        if self.applied is None or self.state is None or self.token is None:
+            return 0.0
+        drift = drift if isinstance(drift, Drift) else Drift(drift)
+        stamped = _with_stamp(self.applied, self.token)
+        script = build_repair(stamped, drift.objects) if drift.objects else None
+        if script is not None and self.kernel.tables_present(tuple((t.family, t.name) for t in stamped.tables)):
+            names = ", ".join(f"{k} {f} {t} {n}" for f, t, k, n in sorted(drift.objects or ()))
+            log.warning("table %s: drift (%s): rewriting %s", TABLE, drift.reason, names or "nothing")
+            try:
+                took = self.kernel.commit(script, "repair") if script.strip() else 0.0
+                return self._repaired(took)
+            except KernelError as exc:
+                log.warning("table %s: partial repair refused, replacing the tables: %s", TABLE, exc)
+        log.warning("table %s: drift (%s): replacing the tables", TABLE, drift.reason)
+        took = self.kernel.commit(render_stamped(render_ruleset(self.applied), self.token), "repair")
+        return self._repaired(took)
+
+    def _repaired(self, took: float) -> float:
+        self.repairs += 1
+        self.our_generation, self.reference, self.verified_generation = self.generation(), None, None
+        self.unaccounted = False
+        return took
+
+    def verify(self, notifications_lost: bool = False, deep: bool = True) -> Optional[Drift]:
+        """Why the kernel no longer holds what was applied, or None (`precheck`, then
+        the listing if one is needed, judged by `judge_listing`)."""
+        problem, listing_needed, gen = self.precheck(notifications_lost, deep)
+        if not listing_needed:
+            return problem
+        return self.judge_listing(self.kernel.listing(self.tables), gen, notifications_lost)
+
+    def precheck(self, notifications_lost: bool, deep: bool) -> tuple[Optional[Drift], bool, Optional[int]]:
+        """(problem, whether a listing is needed, ruleset generation). Nothing to do when
+        nothing was committed since the last check (the generation is unchanged); a
+        shallow check only sees that the tables exist (the monitor reports edits); a
+        deep one, or one after lost notifications with foreign commits, needs a listing."""
+        if self.applied is None:
+            return None, False, None
+        gen = self.generation()
+        if gen is not None and gen == self.verified_generation:
+            return None, False, gen
+        if notifications_lost and gen is not None and gen == self.our_generation and not self.unaccounted:
+            notifications_lost = False      # nobody committed since us: the lost ones were ours
+        if not deep and not notifications_lost:
+            present = self.kernel.tables_present(tuple((t.family, t.name) for t in self.applied.tables))
+            return (None if present else Drift("the agent's tables are gone")), False, gen
+        return None, True, gen
+
+    def judge_listing(self, text: Optional[str], gen: Optional[int], notifications_lost: bool) -> Optional[Drift]:
+        """Compare a listing taken at generation `gen` with the one taken after our
+        apply (the first listing after an apply becomes that reference); what differs
+        is named chain by chain and set by set."""
+        if self.applied is None:
+            return None
+        listing = normalize_listing(text)
+        if listing is None and self.applied.tables:
+            return Drift("the agent's tables are gone")
+        if self.reference is None:
+            if (gen is None or gen != self.our_generation or self.unaccounted) and notifications_lost:
+                return Drift("changes happened while notifications were lost")
+            self.reference = listing
+            self.unaccounted = False
+        elif listing != self.reference:
+            objects = build_differing(listing or "", self.reference)
+            return Drift("the tables differ from what was applied", objects or None)
+        self.verified_generation = gen
+        return None
+
+
+def _addresses(state: DesiredState) -> frozenset:
+    return frozenset(a for nic in state.local_interfaces.values() for a in nic.addresses)
+
+
+def _with_stamp(rs: Ruleset, token: str) -> Ruleset:
+    """The ruleset as the kernel holds it: with the stamp set in the inet table."""
+    from dataclasses import replace
+    tables = tuple(replace(t, sets=t.sets + (stamp_set(token),)) if (t.family, t.name) == ("inet", TABLE) else t
+                   for t in rs.tables)
+    return replace(rs, tables=tables)

@@ -4,7 +4,8 @@ One thread decides (the main loop); the others only report into its queue:
 
     source watcher     ("source",)            the source may have news
     SIGHUP             ("reload",)            re-read even if the revision is unchanged
-    nftables monitor   ("drift", what)        someone else changed the agent's tables
+    nftables monitor   ("drift", what, objs)  someone else changed the agent's tables
+                                              (objs: the chains and sets touched, or None)
                        ("overflow",)          notifications were lost: verify now
     link monitor       ("link", name, up)     an interface appeared or disappeared
     SIGTERM / SIGINT   ("stop",)              exit 0; the rules stay in place
@@ -18,8 +19,6 @@ valid revision is applied as soon as it appears.
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
 import queue
 import threading
@@ -28,7 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
 from agent.errors import AgentError, InvalidInput
-from agent.reconciler.keeper import UNCHANGED, ApplyResult, Keeper
+from agent.reconciler.keeper import Drift, Keeper
+from agent.reconciler.result import UNCHANGED, ApplyResult
+from agent.service.records import LastApply, merge_drift, settle_garbage_collector, state_hash
+from agent.service.status_doc import Status
 from agent.sources import Source, SourceError
 from agent.model.validate_incremental import Validated, validate_update
 from agent.model.validate_warnings import document_warnings
@@ -47,6 +49,8 @@ class DaemonConfig:
     deep_verify_every: int = 10                   # every Nth check lists and compares the tables
     watchdog_interval: Optional[float] = None     # seconds between WATCHDOG=1
     repair_retry: float = 1.0
+    save_delay: float = 1.0                       # seconds after a commit before it is saved
+    settle_delay: float = 0.3                     # seconds after an apply before the collector runs
 
 
 @dataclass
@@ -54,35 +58,11 @@ class Ports:
     """The daemon's side effects besides the kernel (fakes in the unit tests)."""
     present_links: Callable[[], set[str]] = lambda: set()
     link_monitor: Optional[Callable[[Callable[[str, bool], None]], Closable]] = None
-    table_watch: Optional[Callable[[Callable[[str], None], Callable[[], None]], Closable]] = None
+    table_watch: Optional[Callable[[Callable[..., None], Callable[[], None]], Closable]] = None
     notify: Callable[..., bool] = lambda *fields: False
     observe_apply: Callable[[ApplyResult], None] = lambda result: None
     background: Callable[[Callable[[], None]], None] = lambda work: work()   # production: a thread
-
-
-@dataclass
-class LastApply:
-    time: float
-    seconds: float
-    kernel_seconds: float
-    mode: str
-    result: str
-    revision: str
-
-
-def state_hash(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def settle_garbage_collector() -> None:
-    """After an apply: collect what it left, then move every surviving object (the
-    desired state, the applied ruleset, the compiler's memo: millions of objects at
-    1,000 interfaces) out of the collector's view. Without this every later full
-    collection walks them all, a pause of ~100 ms landing inside the next change's
-    latency; they are acyclic and freed by reference counting when replaced."""
-    gc.collect()
-    gc.freeze()
+    published: Callable[[], None] = lambda: None          # a new status snapshot (the status server)
 
 
 @dataclass
@@ -99,16 +79,21 @@ class Daemon:
     last_apply: Optional[LastApply] = None
     applies: dict[str, int] = field(default_factory=dict)
     present: set[str] = field(default_factory=set)
+    programmed: dict[str, str] = field(default_factory=dict)   # interface -> revision enforced
+    started_as: str = ""
     ready: bool = False
     started: float = field(default_factory=time.time)
     notifications_lost: bool = False
     _closers: list[Closable] = field(default_factory=list)
-    _snapshot: dict = field(default_factory=dict)
+    _snapshot: Optional[Status] = None
     _validated: Optional[Validated] = None      # the last valid document, for validate_update
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_verify: float = 0.0
     _next_ping: float = 0.0
-    _repair_due: Optional[str] = None
+    _repair_due: Optional[Drift] = None
+    _save_due: Optional[float] = None
+    _settle_due: Optional[float] = None
+    _digest: Optional[Callable[[], str]] = None
     _checks: int = 0
     _listing: bool = False                   # a background listing is under way
 
@@ -116,14 +101,25 @@ class Daemon:
     def request(self, *event: Any) -> None:
         self.events.put(tuple(event))
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> Status:
         with self._lock:
-            return dict(self._snapshot)
+            if self._snapshot is not None:
+                return self._snapshot
+        self.publish()
+        with self._lock:
+            assert self._snapshot is not None
+            return self._snapshot
 
     # -- life cycle ------------------------------------------------------------------
     def run(self) -> int:
-        self.start_watchers()
-        self.refresh(force=True)
+        self.start_watchers(links=False)   # links after the first apply: pyroute2 loads in ~0.4 s
+        gc.disable()                       # the start builds millions of objects: no collections meanwhile
+        try:
+            self.adopt()
+            self.refresh(force=True)
+        finally:
+            gc.enable()
+        self.start_link_watch()
         self.publish()
         now = time.monotonic()
         self._next_verify = now + self.config.verify_interval
@@ -132,20 +128,25 @@ class Daemon:
             while self.step(self._wait()):
                 pass
         finally:
+            self.save()
             self.close()
         log.info("stopping; the rules stay in place (revision %s)", self.revision)
         return 0
 
-    def start_watchers(self) -> None:
-        self.present = self.ports.present_links()
+    def start_watchers(self, links: bool = True) -> None:
         self.source.start(lambda: self.request("source"))
         self._closers.append(self.source)
         if self.ports.table_watch:
-            self._closers.append(self.ports.table_watch(lambda what: self.request("drift", what),
+            self._closers.append(self.ports.table_watch(lambda what, objects=None: self.request("drift", what, objects),
                                                         lambda: self.request("overflow")))
+        if links:
+            self.start_link_watch()
+        self.publish()
+
+    def start_link_watch(self) -> None:
+        self.present = self.ports.present_links()
         if self.ports.link_monitor:
             self._closers.append(self.ports.link_monitor(lambda name, up: self.request("link", name, up)))
-        self.publish()
 
     def close(self) -> None:
         for closer in reversed(self._closers):
@@ -159,6 +160,9 @@ class Daemon:
         deadline = min(self._next_verify, self._next_ping if self.config.watchdog_interval else float("inf"))
         if self._repair_due:
             deadline = min(deadline, time.monotonic() + self.config.repair_retry)
+        for due in (self._save_due, self._settle_due):
+            if due is not None:
+                deadline = min(deadline, due)
         timeout = max(0.0, deadline - time.monotonic())
         out = []
         try:
@@ -174,7 +178,7 @@ class Daemon:
         kinds = {e[0] for e in events}
         for e in events:
             if e[0] == "drift":
-                self._repair_due = e[1]
+                self._repair_due = merge_drift(self._repair_due, Drift(e[1], e[2] if len(e) > 2 else None))
             elif e[0] == "overflow":
                 self.notifications_lost = True
                 self._next_verify = 0.0
@@ -205,6 +209,32 @@ class Daemon:
                 return
             self._next_verify = now + self.config.verify_interval
             self.verify()
+        if self._settle_due is not None and now >= self._settle_due and self.events.empty():
+            self._settle_due = None               # after `wait` and status readers had their answer
+            if self._digest is not None:
+                self.hash, self._digest = self._digest(), None
+            settle_garbage_collector()
+        if self._save_due is not None and now >= self._save_due and self.events.empty():
+            self.save()
+
+    def adopt(self) -> None:
+        """Take over the kernel's tables when they hold the saved ruleset, and the
+        validated document saved with it (the first revision validates incrementally)."""
+        start = time.monotonic()
+        self.started_as = self.keeper.adopt()
+        if isinstance(self.keeper.context, Validated):
+            self._validated = self.keeper.context
+        log.info("start: %s (%.0f ms)", self.started_as, (time.monotonic() - start) * 1000)
+
+    def save(self) -> None:
+        """The applied ruleset to the state directory (the boot restore and the next
+        start's adoption); a second or so after a commit, when no change is waiting."""
+        if self._save_due is None:
+            return
+        self._save_due = None
+        start = time.monotonic()
+        self.keeper.save()
+        log.debug("revision %s: saved in %.0f ms", self.revision, (time.monotonic() - start) * 1000)
 
     # -- desired state -----------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
@@ -224,6 +254,8 @@ class Daemon:
             return self.rejected(revision, [str(e) for e in exc.errors])
         self._validated = validated      # validation cache only: kept whether or not the apply succeeds
         self.apply(validated.state, revision, lambda: state_hash(data))
+        if self.last_apply is not None and self.last_apply.result == "ok" and self.last_apply.revision == revision:
+            self.keeper.context = validated      # saved with the applied ruleset for the next start
         self.note_warnings(revision, data)      # after the apply: ~15 ms on a 1,000-host fleet
         return None
 
@@ -250,24 +282,30 @@ class Daemon:
             self.errors = [f"apply failed: {exc}"]
             self.last_apply = LastApply(time.time(), 0.0, 0.0, "none", "failed", revision)
             return
-        self.revision, self.hash, self.errors = revision, digest(), list(result.errors)
+        self.revision, self.errors = revision, list(result.errors)
         self.applies[result.mode] = self.applies.get(result.mode, 0) + 1
         self.last_apply = LastApply(time.time(), result.seconds, result.nft_seconds, result.mode, "ok", revision)
+        self.programmed = {name: revision for name in state.local_interfaces}
+        first, self.ready = not self.ready, True
+        self.publish()                           # `wait` sees the enforcement at once
+        self._digest = digest                    # hashing the document waits until idle
         self.ports.observe_apply(result)
         if result.mode != UNCHANGED:
+            self._save_due = time.monotonic() + self.config.save_delay
             log.info("revision %s applied (%s, %d bytes) in %.0f ms (kernel %.0f ms); %d connection(s) revoked",
                      revision, result.mode, result.script_bytes, result.seconds * 1000,
                      result.nft_seconds * 1000, result.revoked)
-        if not self.ready:
-            self.ready = True
+        if first:
+            log.info("revision %s: ready %.0f ms after the start (%s)", revision,
+                     (time.time() - self.started) * 1000, self.started_as or "-")
             self.ports.notify("READY=1", f"STATUS=enforcing revision {revision}")
-        settle_garbage_collector()
+        self._settle_due = time.monotonic() + self.config.settle_delay
 
     # -- kernel drift and interfaces -------------------------------------------------
     def repair(self) -> None:
         what, self._repair_due = self._repair_due, None
         try:
-            took = self.keeper.repair(what or "?")
+            took = self.keeper.repair(what or Drift("?"))
             log.info("revision %s: tables restored in %.0f ms", self.revision, took * 1000)
         except AgentError as exc:
             log.error("revision %s: drift repair failed (retrying): %s", self.revision, exc)
@@ -317,7 +355,7 @@ class Daemon:
         self.notifications_lost = self.notifications_lost and not lost
         self._found(self.keeper.judge_listing(text, gen, lost))
 
-    def _found(self, problem: Optional[str]) -> None:
+    def _found(self, problem: Optional[Drift]) -> None:
         if problem:
             self._repair_due = problem
             self.repair()
@@ -337,4 +375,4 @@ class Daemon:
         doc = build_status(self)
         with self._lock:
             self._snapshot = doc
-
+        self.ports.published()

@@ -7,14 +7,15 @@ import logging
 from typing import Callable, Iterator
 
 from agent.errors import AgentError
-from agent.reconciler.keeper import ApplyResult
+from agent.reconciler.result import ApplyResult
+from agent.service.status_doc import RulesetFacts, Status
 
 log = logging.getLogger(__name__)
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class Metrics:
-    def __init__(self, snapshot: Callable[[], dict]) -> None:
+    def __init__(self, snapshot: Callable[[], Status]) -> None:
         try:
             from prometheus_client import CollectorRegistry, Histogram
         except ImportError as exc:
@@ -40,35 +41,35 @@ class Metrics:
 
 
 class _Collector:
-    def __init__(self, snapshot: Callable[[], dict]) -> None:
+    def __init__(self, snapshot: Callable[[], Status]) -> None:
         self.snapshot = snapshot
 
     def collect(self) -> Iterator:
         from prometheus_client.core import CounterMetricFamily, InfoMetricFamily
         doc = self.snapshot()
-        last = doc.get("last_apply") or {}
-        nics = doc.get("interfaces") or {}
-        rs = doc.get("ruleset") or {}
+        last, nics, rs = doc.last_apply, doc.interfaces, doc.ruleset or RulesetFacts()
         yield InfoMetricFamily("secgroup_agent_state", "Source and revision being enforced",
-                               value={"source": str(doc.get("source")), "revision": str(doc.get("revision")),
-                                      "state_hash": str(doc.get("state_hash"))})
-        yield _gauge("ready", "1 once a valid state has been applied", float(bool(doc.get("ready"))))
-        yield _gauge("errors", "Errors in the latest desired state or apply", len(doc.get("errors") or []))
-        yield _gauge("last_apply_timestamp_seconds", "When the latest apply attempt ended", last.get("time") or 0)
+                               value={"source": str(doc.source), "revision": str(doc.revision),
+                                      "state_hash": str(doc.state_hash)})
+        yield _gauge("ready", "1 once a valid state has been applied", float(doc.ready))
+        yield _gauge("errors", "Errors in the latest desired state or apply", len(doc.errors))
+        yield _gauge("last_apply_timestamp_seconds", "When the latest apply attempt ended",
+                     last.time if last else 0)
         yield _gauge("last_apply_success", "1 when the latest apply attempt succeeded",
-                     float(last.get("result") == "ok"))
-        for key in ("configured", "present"):
-            yield _gauge(f"interfaces_{key}", f"Local interfaces {key}", nics.get(key, 0))
+                     float(last is not None and last.result == "ok"))
+        yield _gauge("interfaces_configured", "Local interfaces configured", nics.configured)
+        yield _gauge("interfaces_present", "Local interfaces present", nics.present)
+        yield _gauge("interfaces_programmed", "Local interfaces whose rules are in the kernel", len(nics.programmed))
         for key in ("chains", "rules", "sets", "elements"):
-            yield _gauge(f"ruleset_{key}", f"nftables {key} the agent applied", rs.get(key, 0))
+            yield _gauge(f"ruleset_{key}", f"nftables {key} the agent applied", getattr(rs, key))
         applies = CounterMetricFamily("secgroup_agent_applies", "Applies by mode", labels=["mode"])
-        for mode, n in sorted((doc.get("applies") or {}).items()):
+        for mode, n in sorted(doc.applies.items()):
             applies.add_metric([mode], n)
         yield applies
         yield CounterMetricFamily("secgroup_agent_drift_repairs", "Tables restored after drift",
-                                  value=doc.get("drift_repairs", 0))
+                                  value=doc.drift_repairs)
         yield CounterMetricFamily("secgroup_agent_conntrack_deleted", "Connections deleted (revocation)",
-                                  value=doc.get("conntrack_deleted", 0))
+                                  value=doc.conntrack_deleted)
 
 
 def _gauge(name: str, doc: str, value: float):

@@ -1,8 +1,11 @@
 """`secgroup-agent status`: the running daemon's facts over a local Unix socket.
 
 The daemon listens on a stream socket (default /run/secgroup-agent/agent.sock, mode
-0600, root only: the peer's uid is checked too); a client connects and reads one JSON
-document. `format_status` is the human form.
+0600, root only: the peer's uid is checked too); a client connects, may send one
+request line, and reads one JSON document: `status` (or nothing, answered after 20 ms)
+answers at once; `wait IFACE REVISION|- SECONDS` answers as soon as the interface is
+programmed (at that revision), or when the seconds run out (`secgroup-agent wait`).
+`format_status` is the human form.
 """
 from __future__ import annotations
 
@@ -18,35 +21,33 @@ from typing import Any, Callable, Optional
 
 from agent.errors import AgentError
 from agent.compiler.transaction import ruleset_size
+from agent.service.status_doc import Interfaces, LastApply, RulesetFacts, Status
 
 log = logging.getLogger(__name__)
 DEFAULT_SOCKET = "/run/secgroup-agent/agent.sock"
 MAX_LISTED = 50
 
 
-def build_status(d: Any) -> dict:
+def build_status(d: Any) -> Status:
     """The status document of a Daemon (duck-typed to keep the layers one-way)."""
     state = d.keeper.state
     configured = sorted(state.local_interfaces) if state is not None else []
     size = ruleset_size(d.keeper.applied) if d.keeper.applied is not None else None
     last = d.last_apply
-    return {
-        "pid": os.getpid(), "source": d.source.name, "ready": d.ready,
-        "host": state.host if state is not None else None,
-        "started": d.started, "revision": d.revision, "state_hash": d.hash,
-        "last_apply": None if last is None else {
-            "time": last.time, "duration_ms": round(last.seconds * 1000, 1),
-            "kernel_ms": round(last.kernel_seconds * 1000, 1), "mode": last.mode,
-            "result": last.result, "revision": last.revision},
-        "errors": list(d.errors),
-        "warnings": list(getattr(d, "warnings", [])),
-        "interfaces": {"configured": len(configured),
-                       "present": sum(1 for n in configured if n in d.present),
-                       "missing": [n for n in configured if n not in d.present][:MAX_LISTED]},
-        "ruleset": None if size is None else size.__dict__.copy(),
-        "applies": dict(d.applies), "drift_repairs": d.keeper.repairs,
-        "conntrack_deleted": d.keeper.revoked_total,
-    }
+    return Status(
+        pid=os.getpid(), source=d.source.name, ready=d.ready,
+        host=state.host if state is not None else None, started=d.started, revision=d.revision,
+        state_hash=d.hash,
+        last_apply=None if last is None else LastApply(
+            last.time, round(last.seconds * 1000, 1), round(last.kernel_seconds * 1000, 1), last.mode,
+            last.result, last.revision),
+        errors=tuple(d.errors), warnings=tuple(getattr(d, "warnings", ())),
+        interfaces=Interfaces(len(configured), sum(1 for n in configured if n in d.present),
+                              tuple(n for n in configured if n not in d.present)[:MAX_LISTED],
+                              dict(d.programmed)),
+        ruleset=None if size is None else RulesetFacts(**size.__dict__),
+        applies=dict(d.applies), drift_repairs=d.keeper.repairs, conntrack_deleted=d.keeper.revoked_total,
+        started_as=d.started_as)
 
 
 def _ago(t: Optional[float]) -> str:
@@ -56,46 +57,46 @@ def _ago(t: Optional[float]) -> str:
     return f"{stamp} ({time.time() - t:.0f} s ago)"
 
 
-def format_status(doc: dict) -> str:
-    last = doc.get("last_apply") or {}
-    nics = doc.get("interfaces") or {}
-    rs = doc.get("ruleset") or {}
+def format_status(doc: Status) -> str:
+    last, nics, rs = doc.last_apply, doc.interfaces, doc.ruleset or RulesetFacts()
     lines = [
-        f"source:      {doc.get('source')}",
-        f"host:        {doc.get('host')}",
-        f"enforcing:   revision {doc.get('revision') or '(none)'}  state {doc.get('state_hash') or '-'}"
-        + ("" if doc.get("ready") else "  (not ready: no valid state applied yet)"),
-        f"last apply:  {last.get('result', '-')} {last.get('mode', '')} revision {last.get('revision', '-')} "
-        f"at {_ago(last.get('time'))}, {last.get('duration_ms', 0)} ms (kernel {last.get('kernel_ms', 0)} ms)",
-        f"interfaces:  {nics.get('present', 0)} of {nics.get('configured', 0)} configured present",
+        f"source:      {doc.source}",
+        f"host:        {doc.host}",
+        f"enforcing:   revision {doc.revision or '(none)'}  state {doc.state_hash or '-'}"
+        + ("" if doc.ready else "  (not ready: no valid state applied yet)"),
+        "last apply:  -" if last is None else
+        f"last apply:  {last.result} {last.mode} revision {last.revision} "
+        f"at {_ago(last.time)}, {last.duration_ms} ms (kernel {last.kernel_ms} ms)",
+        f"started:     {doc.started_as or '-'}",
+        f"interfaces:  {nics.present} of {nics.configured} configured present, "
+        f"{len(nics.programmed)} programmed",
     ]
-    if nics.get("missing"):
-        lines.append(f"  missing:   {', '.join(nics['missing'])}")
+    if nics.missing:
+        lines.append(f"  missing:   {', '.join(nics.missing)}")
     lines += [
-        f"ruleset:     {rs.get('chains', 0)} chains, {rs.get('rules', 0)} rules, {rs.get('sets', 0)} sets, "
-        f"{rs.get('elements', 0)} elements",
-        "applies:     " + (", ".join(f"{k} {v}" for k, v in sorted(doc.get("applies", {}).items())) or "none"),
-        f"drift:       {doc.get('drift_repairs', 0)} repair(s)",
-        f"conntrack:   {doc.get('conntrack_deleted', 0)} connection(s) deleted",
+        f"ruleset:     {rs.chains} chains, {rs.rules} rules, {rs.sets} sets, {rs.elements} elements",
+        "applies:     " + (", ".join(f"{k} {v}" for k, v in sorted(doc.applies.items())) or "none"),
+        f"drift:       {doc.drift_repairs} repair(s)",
+        f"conntrack:   {doc.conntrack_deleted} connection(s) deleted",
     ]
-    errors = doc.get("errors") or []
-    lines.append(f"errors:      {len(errors)}" if errors else "errors:      none")
-    lines += [f"  {e}" for e in errors]
-    warnings = doc.get("warnings") or []
-    if warnings:
-        lines.append(f"warnings:    {len(warnings)}")
-        lines += [f"  {w}" for w in warnings[:MAX_LISTED]]
+    lines.append(f"errors:      {len(doc.errors)}" if doc.errors else "errors:      none")
+    lines += [f"  {e}" for e in doc.errors]
+    if doc.warnings:
+        lines.append(f"warnings:    {len(doc.warnings)}")
+        lines += [f"  {w}" for w in doc.warnings[:MAX_LISTED]]
     return "\n".join(lines) + "\n"
 
 
 class StatusServer:
-    """Serves `snapshot()` as JSON to root (or the daemon's own user) on a Unix socket."""
+    """Serves `snapshot()` (a Status) as JSON to root (or the daemon's own user) on a Unix socket."""
 
-    def __init__(self, path: str, snapshot: Callable[[], dict]) -> None:
+    def __init__(self, path: str, snapshot: Callable[[], Status]) -> None:
         self.path = Path(path)
         self.snapshot = snapshot
         self._sock = self._bind()
         self._thread = threading.Thread(target=self._serve, name="status", daemon=True)
+        self._cache: Optional[tuple[Status, bytes]] = None
+        self._published = threading.Condition()
 
     def _bind(self) -> socket.socket:
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -125,18 +126,44 @@ class StatusServer:
                 continue
             except OSError:
                 return
-            with conn:
-                self._answer(conn)
+            threading.Thread(target=self._answer, args=(conn,), name="status-client", daemon=True).start()
+
+    def notify(self) -> None:
+        """A new snapshot was published: waiting clients look again."""
+        with self._published:
+            self._published.notify_all()
 
     def _answer(self, conn: socket.socket) -> None:
-        try:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            uid = struct.unpack("3i", creds)[1]
-            doc = self.snapshot() if uid in (0, os.geteuid()) else {"error": "permission denied"}
-            conn.settimeout(2.0)
-            conn.sendall(json.dumps(doc, default=str).encode() + b"\n")
-        except OSError as exc:
-            log.debug("status client: %s", exc)
+        with conn:
+            try:
+                creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                if struct.unpack("3i", creds)[1] not in (0, os.geteuid()):
+                    conn.sendall(b'{"error": "permission denied"}\n')
+                    return
+                request = _request(conn)
+                if request[:1] == ["wait"] and len(request) == 4:
+                    self._wait(request[1], None if request[2] == "-" else request[2], float(request[3]))
+                conn.settimeout(2.0)
+                conn.sendall(self._encoded())
+            except (OSError, ValueError) as exc:
+                log.debug("status client: %s", exc)
+
+    def _wait(self, iface: str, revision: Optional[str], seconds: float) -> None:
+        deadline = time.monotonic() + min(seconds, 300.0)
+        with self._published:
+            while time.monotonic() < deadline:
+                got = self.snapshot().interfaces.programmed.get(iface)
+                if got is not None and (revision is None or got == revision):
+                    return
+                self._published.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _encoded(self) -> bytes:
+        """The snapshot as JSON, encoded once per snapshot (`wait` polls every 10 ms)."""
+        snap = self.snapshot()
+        cached = self._cache
+        if cached is None or cached[0] is not snap:
+            cached = self._cache = (snap, json.dumps(snap.to_dict(), default=str).encode() + b"\n")
+        return cached[1]
 
     def close(self) -> None:
         self._sock.close()
@@ -144,6 +171,21 @@ class StatusServer:
             self.path.unlink()
         except OSError:
             pass
+
+
+def _request(conn: socket.socket) -> list[str]:
+    """The client's request line, split; [] when it sent none within 20 ms."""
+    conn.settimeout(0.02)
+    data = b""
+    try:
+        while b"\n" not in data and len(data) < 1024:
+            chunk = conn.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    return data.decode(errors="replace").split()
 
 
 def _alive(path: str) -> bool:
@@ -156,12 +198,14 @@ def _alive(path: str) -> bool:
         return False
 
 
-def query(path: str = DEFAULT_SOCKET, timeout: float = 5.0) -> dict:
-    """The daemon's status document; AgentError when no daemon answers."""
+def query(path: str = DEFAULT_SOCKET, timeout: float = 5.0, request: str = "status") -> Status:
+    """The daemon's status document (after `request`, see the module docstring);
+    AgentError when no daemon answers."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(path)
+            s.sendall(request.encode() + b"\n")
             chunks = []
             while chunk := s.recv(65536):
                 chunks.append(chunk)
@@ -172,4 +216,4 @@ def query(path: str = DEFAULT_SOCKET, timeout: float = 5.0) -> dict:
     doc = json.loads(b"".join(chunks) or b"{}")
     if "error" in doc:
         raise AgentError(f"{path}: {doc['error']}")
-    return doc
+    return Status.from_dict(doc)

@@ -8,8 +8,11 @@ or python3-nftables is missing; the reason names the Debian package.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from khelpers import Topology, kernel_skip_reason  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+# `apply` and `run` save the applied ruleset (agent.reconciler.store): never in the host's
+# /var/lib/secgroup-agent; every process the tests start inherits this
+os.environ["SECGROUP_AGENT_STATE_DIR"] = tempfile.mkdtemp(prefix="sgk-state-")
+atexit.register(shutil.rmtree, os.environ["SECGROUP_AGENT_STATE_DIR"], True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,7 +7,7 @@ from agent.kernel import nft, monitor as nftmon
 SCRIPT = ("table inet secgroup_agent\ndelete table inet secgroup_agent\n"
           "table inet secgroup_agent {\n\tchain c {\n\t\taccept\n\t}\n}\n")
 seen: list = []
-watch = nftmon.TableWatch({("inet", "secgroup_agent")}, seen.append, lambda: seen.append("overflow"))
+watch = nftmon.TableWatch({("inet", "secgroup_agent")}, lambda what, objects: seen.append(what), lambda: seen.append("overflow"))
 watch.start()
 time.sleep(0.3)
 for _ in range(3):

@@ -128,7 +128,7 @@ class Fleet:
     def revision(self, host: str) -> str:
         from agent.service.status import query
         try:
-            return str(query(self.socket(host), timeout=1).get("revision"))
+            return str(query(self.socket(host), timeout=1).revision)
         except Exception:  # noqa: BLE001 - not up yet / busy
             return ""
 

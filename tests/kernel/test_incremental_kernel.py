@@ -55,7 +55,8 @@ def listing(ns: str) -> list[str]:
                               capture_output=True, text=True)
         if proc.returncode == 0:
             body = proc.stdout.strip().split("\n", 1)[1].rsplit("\n}", 1)[0]     # inside `table ... { }`
-            out += [f"{family}: {canonical(b.strip())}" for b in re.split(r"\n\s*\n", body)]
+            out += [f"{family}: {canonical(b.strip())}" for b in re.split(r"\n\s*\n", body)
+                    if not b.strip().startswith("set agent_stamp ")]     # the reconciler's stamp
     return sorted(out)
 
 
@@ -164,7 +165,8 @@ def test_overlapping_interval_elements_swap_in_one_transaction(ns, tmp_path):
 
 KEEPER_SCRIPT = """
 import json, sys
-from agent.reconciler.keeper import Keeper, RealKernel
+from agent.reconciler.keeper import Keeper
+from agent.reconciler.port import RealKernel
 from agent.model.validate_incremental import validate_update
 keeper, validated, modes = Keeper(RealKernel()), None, []
 for path in sys.argv[1:]:

@@ -2,9 +2,11 @@
 atomic failure, flush, and the bridge table's life cycle. Routed and bridged."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -140,6 +142,9 @@ def test_failed_apply_keeps_previous_table(fresh):
             time.sleep(0.05)
         else:
             pytest.fail("the squatting table did not appear")
+        # the full replace (it names the bridge table): without the saved state, the
+        # change would be an incremental script that never touches the bridge table
+        (Path(os.environ["SECGROUP_AGENT_STATE_DIR"]) / "applied.pickle").unlink(missing_ok=True)
         proc = topo.cli("apply", "-c", str(topo.write(doc_a(topo, http_port=81))), "--host", HOST)
         topo.forget()
         assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)

@@ -211,7 +211,7 @@ def scenario_monitor() -> dict:
     from agent.kernel.elements import commit_element_changes
     apply_script(table_script("sgmon", {"c": ("ipv4_addr", ["10.0.0.1"])}))
     seen: list = []
-    watch = nftmon.TableWatch({("inet", "sgmon")}, seen.append, lambda: seen.append("overflow"))
+    watch = nftmon.TableWatch({("inet", "sgmon")}, lambda what, objects: seen.append(what), lambda: seen.append("overflow"))
     watch.start()
     time.sleep(0.3)
     commit_element_changes([element_change("sgmon", "c", "ipv4_addr", ("10.0.0.1",), ("10.0.0.2",))])

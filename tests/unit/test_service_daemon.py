@@ -13,6 +13,7 @@ from agent.policy.revocation import Flow
 from agent.reconciler.keeper import ELEMENTS, FULL, INCREMENTAL, Keeper
 from agent.service.daemon import Daemon, DaemonConfig, Ports
 from agent.service.status import StatusServer, format_status, query
+from agent.service.status_doc import Status
 from agent.sources import SourceError
 
 WEBSHOP = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "webshop.yaml").read_text())
@@ -56,6 +57,9 @@ class FakeKernel:
 
     def local_addresses(self):
         return frozenset()
+
+    def read_stamp(self):
+        return None
 
     def list_flows(self):
         return list(self.flows)
@@ -120,9 +124,8 @@ def test_first_apply_is_a_full_replace_then_ready():
     assert [w for w, _ in kernel.scripts] == [FULL]
     assert "delete table inet secgroup_agent" in kernel.scripts[0][1]    # adopt, never flush first
     assert notes[:2] == ["READY=1", "STATUS=enforcing revision r1"]
-    assert d.snapshot() == {} or True
     d.publish()
-    doc = d.snapshot()
+    doc = d.snapshot().to_dict()
     assert doc["revision"] == "r1" and doc["ready"] and doc["interfaces"]["present"] == 1
 
 
@@ -179,20 +182,20 @@ def test_invalid_input_keeps_state_reports_errors_and_recovers(caplog):
     source.result = (bad, "r2")
     d.step([("source",)])
     assert len(kernel.scripts) == 1 and d.revision == "r1"
-    doc = d.snapshot()
+    doc = d.snapshot().to_dict()
     assert doc["revision"] == "r1" and len(doc["errors"]) == 2 and doc["last_apply"]["result"] == "invalid"
     assert any("port_range: 90/80: start is after end" in e for e in doc["errors"])
     lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert sum("port_range" in m for m in lines) == 1 and all("fake:test revision r2" in m for m in lines)
     source.result = InvalidInput([InputError("", "/x.yaml", "malformed YAML/JSON at line 1")])
     d.step([("source",)])
-    assert "/x.yaml" in d.snapshot()["errors"][0]
+    assert "/x.yaml" in d.snapshot().to_dict()["errors"][0]
     source.result = SourceError("unreachable")
     d.step([("source",)])
-    assert d.snapshot()["errors"] == ["unreachable"] and len(kernel.scripts) == 1
+    assert d.snapshot().to_dict()["errors"] == ["unreachable"] and len(kernel.scripts) == 1
     source.result = (copy.deepcopy(WEBSHOP), "r1")                 # reverted: errors clear
     d.step([("source",)])
-    assert d.snapshot()["errors"] == [] and len(kernel.scripts) == 1
+    assert d.snapshot().to_dict()["errors"] == [] and len(kernel.scripts) == 1
 
 
 def test_invalid_at_start_applies_nothing_and_is_not_ready():
@@ -214,7 +217,7 @@ def test_drift_event_triggers_one_full_repair():
     cb["drift"]("nft[1]: delete table inet secgroup_agent")
     d.step(d._wait(block=False))
     assert [w for w, _ in kernel.scripts] == [FULL, "repair"]
-    assert d.snapshot()["drift_repairs"] == 1
+    assert d.snapshot().to_dict()["drift_repairs"] == 1
 
 
 def test_verify_takes_a_reference_then_repairs_a_difference():
@@ -274,11 +277,11 @@ def test_interface_removal_deletes_its_connections_only():
     cb["link"]("not-configured", False)
     d.step(d._wait(block=False))
     assert kernel.deleted == [kernel.flows[0]]
-    doc = d.snapshot()
+    doc = d.snapshot().to_dict()
     assert doc["conntrack_deleted"] == 1 and doc["interfaces"]["present"] == 0
     cb["link"]("tap-web1", True)
     d.step(d._wait(block=False))
-    assert d.snapshot()["interfaces"]["present"] == 1
+    assert d.snapshot().to_dict()["interfaces"]["present"] == 1
 
 
 def test_revocation_after_a_narrowing_change():
@@ -316,9 +319,9 @@ def test_status_socket_round_trip(tmp_path):
     server = StatusServer(str(path), d.snapshot).start()
     try:
         assert path.stat().st_mode & 0o777 == 0o600
-        doc = query(str(path))
+        doc = query(str(path)).to_dict()
         assert doc["revision"] == "r1" and doc["source"] == "fake:test"
-        text = format_status(doc)
+        text = format_status(Status.from_dict(doc))
         assert "revision r1" in text and "errors:      none" in text
     finally:
         server.close()
@@ -374,7 +377,8 @@ def test_nft_monitor_judges_transactions_by_committer():
 
     seen = []
     w = TableWatch.__new__(TableWatch)
-    w.tables, w.on_foreign, w._touched = {("inet", "secgroup_agent")}, seen.append, []
+    w.tables, w._touched, w._objects = {("inet", "secgroup_agent")}, [], set()
+    w.on_foreign = lambda what, objects: seen.append((what, objects))
     newgen = lambda pid: msg(NFT_MSG_NEWGEN, 0, attr(1, struct.pack(">I", 7)), attr(2, struct.pack(">I", pid)),
                              attr(3, b"nft\0"))
     w.handle(*msg(2, 1, attr(1, b"secgroup_agent\0")))          # delete table, by someone else
@@ -383,7 +387,12 @@ def test_nft_monitor_judges_transactions_by_committer():
     w.handle(*newgen(os.getpid()))
     w.handle(*msg(0, 1, attr(1, b"other\0")))                   # another table
     w.handle(*newgen(999999))
-    assert seen == ["nft[999999]: delete table inet secgroup_agent"]
+    w.handle(*msg(8, 1, attr(1, b"secgroup_agent\0"), attr(2, b"in_a\0")))    # a rule of chain in_a
+    w.handle(*msg(14, 1, attr(1, b"secgroup_agent\0"), attr(2, b"grp4\0")))   # an element of set grp4
+    w.handle(*newgen(999999))
+    assert seen == [("nft[999999]: delete table inet secgroup_agent", None),
+                    ("nft[999999]: delete rule inet secgroup_agent in_a, delete element inet secgroup_agent grp4",
+                     frozenset({("inet", "secgroup_agent", "chain", "in_a"), ("inet", "secgroup_agent", "set", "grp4")}))]
 
 
 def test_warnings_are_logged_and_shown_in_status(caplog):
@@ -395,13 +404,13 @@ def test_warnings_are_logged_and_shown_in_status(caplog):
     assert d.revision == "r2"                        # a warning does not stop the apply
     path = "instances[0].interfaces[0].adresses"
     expected = f"{path}: unknown field (did you mean addresses?)"
-    doc = d.snapshot()
+    doc = d.snapshot().to_dict()
     assert doc["warnings"] == [expected] and doc["errors"] == []
-    assert f"warnings:    1\n  {expected}\n" in format_status(doc)
+    assert f"warnings:    1\n  {expected}\n" in format_status(Status.from_dict(doc))
     assert any(r.levelname == "WARNING" and f"fake:test revision r2: warning: {expected}" in r.getMessage()
                for r in caplog.records)
     strict = copy.deepcopy(typo)
     strict["strict"] = True
     source.result = (strict, "r3")
     d.step([("source",)])
-    assert d.revision == "r2" and d.snapshot()["errors"] == [expected]
+    assert d.revision == "r2" and d.snapshot().to_dict()["errors"] == [expected]

@@ -1,0 +1,66 @@
+"""A fake of the reconciler's Kernel port (agent.reconciler.port): records commits and
+keeps the stamp a real kernel would hold after them."""
+from __future__ import annotations
+
+import re
+
+from agent.errors import KernelError
+from agent.reconciler.stamp import STAMP_SET
+
+
+class FakeKernel:
+    def __init__(self) -> None:
+        self.commits: list[tuple[str, str]] = []
+        self.gen = 1
+        self.stamp: str | None = None
+        self.present = False
+        self.table: str | None = None
+        self.refuse: set[str] = set()
+        self.flows: list = []
+        self.deleted: list = []
+
+    def commit(self, script: str, what: str) -> float:
+        if what in self.refuse:
+            raise KernelError("refused")
+        self.commits.append((what, script))
+        self.gen += 1
+        if "delete table inet" in script or what in ("full", "repair"):
+            self.present = True
+        found = re.findall(rf"(?:elements = \{{ |add element inet \S+ {STAMP_SET} \{{ )([0-9a-f:]+) \}}", script)
+        if found:
+            self.stamp = found[-1]
+        return 0.001
+
+    def commit_elements(self, changes) -> float:
+        if "elements" in self.refuse:
+            raise KernelError("refused")
+        self.commits.append(("elements", "\n".join(f"{c.set.name} -{list(c.removed)} +{list(c.added)}"
+                                                   for c in changes)))
+        self.gen += 1
+        for c in changes:
+            if c.set.name == STAMP_SET:
+                self.stamp = c.added[0]
+        return 0.001
+
+    def listing(self, tables):
+        return self.table
+
+    def generation(self) -> int:
+        return self.gen
+
+    def tables_present(self, tables) -> bool:
+        return self.present
+
+    def read_stamp(self):
+        return self.stamp if self.present else None
+
+    def local_addresses(self) -> frozenset:
+        return frozenset()
+
+    def list_flows(self) -> list:
+        return list(self.flows)
+
+    def delete_flows(self, flows) -> int:
+        flows = list(flows)
+        self.deleted += flows
+        return len(flows)
