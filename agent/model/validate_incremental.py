@@ -144,7 +144,8 @@ def _incremental(data: Any, host: Optional[str], prev: Validated) -> Validated:
         _no_errors(allowed_address_errors(data))        # an overlap spans instances
     state = carry_membership(assemble_state(local, built_groups.values(), built_insts.values(),
                                             built_plists.items(), prev.state.anti_spoofing,
-                                            prev.state.revoke_connections), prev.state)
+                                            prev.state.revoke_connections, prev.state.instance_interfaces,
+                                            prev.state.max_connections), prev.state)
     log.debug("incremental validation: %d groups, %d instances, %d prefix lists re-checked",
               len(groups.changed), len(insts.changed), len(plists.changed))
     return Validated(data=data, host=host, state=state, mode="incremental", scalars=prev.scalars,
@@ -266,7 +267,7 @@ def _build_instances(diff: _Diff, prev: Validated, types: dict[str, str], nets: 
         path = f"instances[{index}]"
         doc = _parse(InstanceDoc, raw, path)
         _no_errors(instance_errors(path, raw, types, nets))
-        built[iid] = inst = build_instance(doc, prev.attachment)
+        built[iid] = inst = build_instance(doc, prev.attachment, prev.state.max_connections)
         _same_id(doc.id, iid, path)
         if not _plain_host(doc.host):
             raise _Fallback(f"{path}: host {doc.host!r} reads differently in the checks")

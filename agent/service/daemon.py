@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Protocol
 from agent.errors import AgentError, InvalidInput
 from agent.reconciler.keeper import UNCHANGED, ApplyResult, Keeper
 from agent.sources import Source, SourceError
+from agent.model.objects import with_instance_interfaces
 from agent.model.validate_incremental import Validated, validate_update
 from agent.model.validate_warnings import document_warnings
 
@@ -47,6 +48,7 @@ class DaemonConfig:
     deep_verify_every: int = 10                   # every Nth check lists and compares the tables
     watchdog_interval: Optional[float] = None     # seconds between WATCHDOG=1
     repair_retry: float = 1.0
+    instance_interfaces: Optional[tuple[str, ...]] = None   # --instance-interfaces (None: the document's)
 
 
 @dataclass
@@ -223,7 +225,8 @@ class Daemon:
         except InvalidInput as exc:
             return self.rejected(revision, [str(e) for e in exc.errors])
         self._validated = validated      # validation cache only: kept whether or not the apply succeeds
-        self.apply(validated.state, revision, lambda: state_hash(data))
+        state = with_instance_interfaces(validated.state, self.config.instance_interfaces)
+        self.apply(state, revision, lambda: state_hash(data))
         self.note_warnings(revision, data)      # after the apply: ~15 ms on a 1,000-host fleet
         return None
 
