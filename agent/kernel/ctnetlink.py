@@ -32,12 +32,23 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLA_NESTED, NLA_TYPE_MASK = 0x8000, 0x3FFF
 CTA_TUPLE_ORIG, CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 1, 2
+CTA_FILTER, CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 25, 1, 2
+FILTER_FLAG = {"src": 1 << 0, "dst": 1 << 1}    # CTA_FILTER_F_CTA_IP_SRC, _DST (kernel 5.10+)
+FAMILY = {4: socket.AF_INET, 16: socket.AF_INET6}
 IP_ATTRS = {1: 4, 2: 4, 3: 16, 4: 16}         # CTA_IP_V4_SRC, _DST, V6_SRC, _DST: lengths
 ICMP_ATTRS = ((4, 5, 6), (7, 8, 9))           # (id, type, code) of ICMP, of ICMPv6
 RCVBUF = 8 << 20
 CHUNK = 256                                   # delete messages per write
 
 HDR = struct.Struct("=IHHII")                 # nlmsghdr: len, type, flags, seq, pid
+HDR2 = struct.Struct("=IH")
+# The usual layout of an entry's CTA_TUPLE_ORIG (TCP, UDP, SCTP...: ports), right after
+# nlmsghdr and nfgenmsg: headers native, ports big-endian; checked field by field below.
+FAST = {4: struct.Struct("=HHHH HH4s HH4s HH HHB3x HH2s2x HH2s2x".replace(" ", "")),
+        16: struct.Struct("=HHHH HH16s HH16s HH HHB3x HH2s2x HH2s2x".replace(" ", ""))}
+FAST_LENGTHS = {4: (52, 20, 8, 8, 28), 16: (76, 44, 20, 20, 28)}   # ORIG, IP, SRC, DST, PROTO
+FAST_TYPES = {4: (1, 1, 1, 2, 2), 16: (1, 1, 3, 4, 2)}
+FAST_PROTO = (5, 1, 6, 2, 6, 3)                 # NUM, SRC_PORT, DST_PORT: length, type
 NLA = struct.Struct("=HH")
 U16 = struct.Struct("!H")
 
@@ -93,20 +104,31 @@ class CtSocket:
                 yield mtype, seq, view[off:off + length]
                 off += (length + 3) & ~3
 
-    def dump(self) -> Iterator[RawTuple]:
-        """Every tracked connection's original tuple, IPv4 and IPv6 (one dump)."""
-        self.sock.send(self._header(CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 0, socket.AF_UNSPEC))
-        for mtype, _seq, msg in self._messages():
-            if mtype == NLMSG_DONE:
-                return
-            if mtype == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", msg, 16)[0]
-                if code:
-                    raise OSError(code, f"conntrack dump: {os.strerror(code)}")
-                return
-            parsed = parse_entry(msg)
-            if parsed is not None:
-                yield parsed
+    def dump(self, match: Optional[tuple[str, bytes]] = None) -> list[tuple]:
+        """Every tracked connection's original tuple, IPv4 and IPv6 (one dump), as plain
+        tuples (src, dst, protocol, sport, dport, icmp_type, icmp_id, icmp_code).
+        `match` ("src" or "dst", packed address): only the entries whose original
+        source (destination) is that address, filtered by the kernel (CTA_FILTER)."""
+        body, family = (build_filter(*match), FAMILY[len(match[1])]) if match else (b"", socket.AF_UNSPEC)
+        self.sock.send(self._header(CT_GET, NLM_F_REQUEST | NLM_F_DUMP, len(body), family) + body)
+        out: list[tuple] = []
+        buf, view = self.buf, memoryview(self.buf)
+        while True:
+            n = self.sock.recv_into(buf)
+            off = 0
+            while off + 16 <= n:
+                length, mtype = HDR2.unpack_from(buf, off)
+                if mtype == NLMSG_DONE or length < 16:
+                    return out
+                if mtype == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", buf, off + 16)[0]
+                    if code:
+                        raise OSError(code, f"conntrack dump: {os.strerror(code)}")
+                    return out
+                parsed = parse_fast(buf, off) or parse_entry(view[off:off + length])
+                if parsed is not None:
+                    out.append(parsed)
+                off += (length + 3) & ~3
 
     def delete(self, tuples: Iterable[RawTuple]) -> int:
         """Delete each entry; returns how many the kernel deleted (ENOENT: already gone)."""
@@ -140,6 +162,22 @@ class CtSocket:
         return ok
 
 
+def parse_fast(buf: bytearray, off: int) -> Optional[tuple]:
+    """The original tuple of the message at `off` when it has the usual port layout
+    (None: read it with `parse_entry`)."""
+    family = buf[off + 16]
+    size = 4 if family == socket.AF_INET else 16 if family == socket.AF_INET6 else 0
+    if not size or off + 20 + FAST[size].size > len(buf):
+        return None
+    (olen, otype, ilen, itype, slen, stype, src, dlen, dtype, dst, plen, ptype, nlen, ntype, proto,
+     splen, sptype, sport, dplen, dptype, dport) = FAST[size].unpack_from(buf, off + 20)
+    if (olen, ilen, slen, dlen, plen) != FAST_LENGTHS[size] or \
+            (otype & NLA_TYPE_MASK, itype & NLA_TYPE_MASK, stype, dtype, ptype & NLA_TYPE_MASK) != FAST_TYPES[size] or \
+            (nlen, ntype, splen, sptype, dplen, dptype) != FAST_PROTO or proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6):
+        return None
+    return (src, dst, proto, int.from_bytes(sport, "big"), int.from_bytes(dport, "big"), None, None, 0)
+
+
 def _attrs(buf: memoryview, off: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(type, payload start, payload end) of the attributes in [off, end)."""
     while off + 4 <= end:
@@ -150,7 +188,7 @@ def _attrs(buf: memoryview, off: int, end: int) -> Iterator[tuple[int, int, int]
         off += (length + 3) & ~3
 
 
-def parse_entry(msg: memoryview) -> Optional[RawTuple]:
+def parse_entry(msg: memoryview) -> Optional[tuple]:
     """The original tuple of one IPCTNL_MSG_CT_NEW message (None: it has none)."""
     for atype, start, end in _attrs(msg, 20, len(msg)):
         if atype == CTA_TUPLE_ORIG:
@@ -158,7 +196,7 @@ def parse_entry(msg: memoryview) -> Optional[RawTuple]:
     return None
 
 
-def parse_tuple(msg: memoryview, start: int, end: int) -> Optional[RawTuple]:
+def parse_tuple(msg: memoryview, start: int, end: int) -> Optional[tuple]:
     src = dst = b""
     fields: dict[int, int] = {}
     proto = -1
@@ -179,8 +217,8 @@ def parse_tuple(msg: memoryview, start: int, end: int) -> Optional[RawTuple]:
         return None
     if proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6):
         ident, typ, code = ICMP_ATTRS[proto == socket.IPPROTO_ICMPV6]
-        return RawTuple(src, dst, proto, None, None, fields.get(typ), fields.get(ident), fields.get(code, 0))
-    return RawTuple(src, dst, proto, fields.get(2), fields.get(3), None, None)
+        return (src, dst, proto, None, None, fields.get(typ), fields.get(ident), fields.get(code, 0))
+    return (src, dst, proto, fields.get(2), fields.get(3), None, None, 0)
 
 
 def _nla(atype: int, payload: bytes) -> bytes:
@@ -200,3 +238,14 @@ def build_tuple_attr(t: RawTuple) -> bytes:
     elif t.sport is not None and t.dport is not None:
         proto += _nla(2, U16.pack(t.sport)) + _nla(3, U16.pack(t.dport))
     return _nla(CTA_TUPLE_ORIG | NLA_NESTED, ip + _nla(CTA_TUPLE_PROTO | NLA_NESTED, proto))
+
+
+def build_filter(which: str, packed: bytes) -> bytes:
+    """The attributes of a dump request for the entries whose original `which` ("src"
+    or "dst") address is `packed`: the value in CTA_TUPLE_ORIG, the field in CTA_FILTER."""
+    v6 = len(packed) == 16
+    attr = {("src", False): 1, ("dst", False): 2, ("src", True): 3, ("dst", True): 4}[(which, v6)]
+    tuple_attr = _nla(CTA_TUPLE_ORIG | NLA_NESTED, _nla(CTA_TUPLE_IP | NLA_NESTED, _nla(attr, packed)))
+    flags = _nla(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", FILTER_FLAG[which])) + \
+        _nla(CTA_FILTER_REPLY_FLAGS, struct.pack("=I", 0))
+    return tuple_attr + _nla(CTA_FILTER | NLA_NESTED, flags)
