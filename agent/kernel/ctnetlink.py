@@ -42,15 +42,25 @@ CHUNK = 256                                   # delete messages per write
 
 HDR = struct.Struct("=IHHII")                 # nlmsghdr: len, type, flags, seq, pid
 HDR2 = struct.Struct("=IH")
-# The usual layout of an entry's CTA_TUPLE_ORIG (TCP, UDP, SCTP...: ports), right after
-# nlmsghdr and nfgenmsg: headers native, ports big-endian; checked field by field below.
-FAST = {4: struct.Struct("=HHHH HH4s HH4s HH HHB3x HH2s2x HH2s2x".replace(" ", "")),
-        16: struct.Struct("=HHHH HH16s HH16s HH HHB3x HH2s2x HH2s2x".replace(" ", ""))}
-FAST_LENGTHS = {4: (52, 20, 8, 8, 28), 16: (76, 44, 20, 20, 28)}   # ORIG, IP, SRC, DST, PROTO
-FAST_TYPES = {4: (1, 1, 1, 2, 2), 16: (1, 1, 3, 4, 2)}
-FAST_PROTO = (5, 1, 6, 2, 6, 3)                 # NUM, SRC_PORT, DST_PORT: length, type
 NLA = struct.Struct("=HH")
 U16 = struct.Struct("!H")
+# The usual layout of an entry's CTA_TUPLE_ORIG (TCP, UDP, SCTP...: ports), right after
+# nlmsghdr and nfgenmsg, read in one unpack: the attribute headers as integers (compared
+# with those of the layout at once), the addresses, the protocol, the ports (big-endian,
+# read native and swapped).
+FAST = {4: struct.Struct("=QI4sI4sQB3xIH2xIH2x"), 16: struct.Struct("=QI16sI16sQB3xIH2xIH2x")}
+
+
+def _fast_headers(size: int, nested: int) -> tuple:
+    v6 = size == 16
+    ip_len = 4 + 2 * (4 + size)
+    words = struct.unpack("=QIIQII", NLA.pack(4 + ip_len + 28, 1 | nested) + NLA.pack(ip_len, 1 | nested) +
+                          NLA.pack(4 + size, 3 if v6 else 1) + NLA.pack(4 + size, 4 if v6 else 2) +
+                          NLA.pack(28, 2 | nested) + NLA.pack(5, 1) + NLA.pack(6, 2) + NLA.pack(6, 3))
+    return words
+
+
+FAST_HEADERS = {size: {_fast_headers(size, nested) for nested in (NLA_NESTED, 0)} for size in FAST}
 
 
 @dataclass(frozen=True)
@@ -165,17 +175,13 @@ class CtSocket:
 def parse_fast(buf: bytearray, off: int) -> Optional[tuple]:
     """The original tuple of the message at `off` when it has the usual port layout
     (None: read it with `parse_entry`)."""
-    family = buf[off + 16]
-    size = 4 if family == socket.AF_INET else 16 if family == socket.AF_INET6 else 0
+    size = 4 if buf[off + 16] == socket.AF_INET else 16 if buf[off + 16] == socket.AF_INET6 else 0
     if not size or off + 20 + FAST[size].size > len(buf):
         return None
-    (olen, otype, ilen, itype, slen, stype, src, dlen, dtype, dst, plen, ptype, nlen, ntype, proto,
-     splen, sptype, sport, dplen, dptype, dport) = FAST[size].unpack_from(buf, off + 20)
-    if (olen, ilen, slen, dlen, plen) != FAST_LENGTHS[size] or \
-            (otype & NLA_TYPE_MASK, itype & NLA_TYPE_MASK, stype, dtype, ptype & NLA_TYPE_MASK) != FAST_TYPES[size] or \
-            (nlen, ntype, splen, sptype, dplen, dptype) != FAST_PROTO or proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6):
+    h1, h2, src, h3, dst, h4, proto, h5, sport, h6, dport = FAST[size].unpack_from(buf, off + 20)
+    if (h1, h2, h3, h4, h5, h6) not in FAST_HEADERS[size] or proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6):
         return None
-    return (src, dst, proto, int.from_bytes(sport, "big"), int.from_bytes(dport, "big"), None, None, 0)
+    return (src, dst, proto, (sport & 0xFF) << 8 | sport >> 8, (dport & 0xFF) << 8 | dport >> 8, None, None, 0)
 
 
 def _attrs(buf: memoryview, off: int, end: int) -> Iterator[tuple[int, int, int]]:
