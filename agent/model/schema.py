@@ -267,7 +267,7 @@ class DocumentDoc(_Doc):
     attachment: Attachment = "routed"
     anti_spoofing: bool = True
     revoke_connections: bool = True
-    instance_interfaces: list[InterfacePattern] = Field(default_factory=lambda: list(DEFAULT_INSTANCE_INTERFACES))
+    instance_interfaces: list[InterfacePattern] = Field(default=list(DEFAULT_INSTANCE_INTERFACES))
     max_connections: Quota = None       # the interfaces' default quota
     prefix_lists: list[PrefixListDoc] = Field(default_factory=list)
     security_groups: list[SecurityGroupDoc] = Field(default_factory=list)
