@@ -35,7 +35,6 @@ CTA_TUPLE_ORIG, CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 1, 2
 CTA_FILTER, CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 25, 1, 2
 FILTER_FLAG = {"src": 1 << 0, "dst": 1 << 1}    # CTA_FILTER_F_CTA_IP_SRC, _DST (kernel 5.10+)
 FAMILY = {4: socket.AF_INET, 16: socket.AF_INET6}
-IP_ATTRS = {1: 4, 2: 4, 3: 16, 4: 16}         # CTA_IP_V4_SRC, _DST, V6_SRC, _DST: lengths
 ICMP_ATTRS = ((4, 5, 6), (7, 8, 9))           # (id, type, code) of ICMP, of ICMPv6
 RCVBUF = 8 << 20
 CHUNK = 256                                   # delete messages per write
@@ -135,7 +134,7 @@ class CtSocket:
                     if code:
                         raise OSError(code, f"conntrack dump: {os.strerror(code)}")
                     return out
-                parsed = parse_fast(buf, off) or parse_entry(view[off:off + length])
+                parsed = parse_fast(buf, off, length) or parse_entry(view[off:off + length])
                 if parsed is not None:
                     out.append(parsed)
                 off += (length + 3) & ~3
@@ -172,11 +171,11 @@ class CtSocket:
         return ok
 
 
-def parse_fast(buf: bytearray, off: int) -> Optional[tuple]:
-    """The original tuple of the message at `off` when it has the usual port layout
-    (None: read it with `parse_entry`)."""
+def parse_fast(buf: bytearray, off: int, length: int) -> Optional[tuple]:
+    """The original tuple of the message at `off` (of `length` bytes) when it has the
+    usual port layout (None: read it with `parse_entry`)."""
     size = 4 if buf[off + 16] == socket.AF_INET else 16 if buf[off + 16] == socket.AF_INET6 else 0
-    if not size or off + 20 + FAST[size].size > len(buf):
+    if not size or length < 20 + FAST[size].size:
         return None
     h1, h2, src, h3, dst, h4, proto, h5, sport, h6, dport = FAST[size].unpack_from(buf, off + 20)
     if (h1, h2, h3, h4, h5, h6) not in FAST_HEADERS[size] or proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6):

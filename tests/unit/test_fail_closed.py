@@ -129,7 +129,7 @@ def test_parse_what_delete_encodes(flow):
     family = socket.AF_INET if flow.src.version == 4 else socket.AF_INET6
     buf = message(ctnetlink.build_tuple_attr(raw), family)
     slow = ctnetlink.parse_entry(memoryview(buf))
-    fast = ctnetlink.parse_fast(buf, 0)
+    fast = ctnetlink.parse_fast(buf, 0, len(buf))
     assert build_flows([slow]) == [flow]
     assert fast == (slow if flow.protocol in (6, 17) else None)      # ICMP: the general parser
 
