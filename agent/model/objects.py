@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Iterable, Optional, Union
 
-from agent.model.schema import (DEFAULT_INSTANCE_INTERFACES, DocumentDoc, InstanceDoc, PrefixListDoc, RuleDoc, SecurityGroupDoc,
+from agent.model.schema import (DEFAULT_INSTANCE_INTERFACES, DocumentDoc, InstanceDoc, PrefixListDoc, RuleDoc,
+                                SecurityGroupDoc,
                           parse_address, parse_network, parse_port_range)
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
