@@ -150,6 +150,9 @@ def _component(text: str, kind: str) -> Interval:
         return _addr_interval(text, 6)
     if kind in ("inet_proto", "inet_service"):
         return _int_interval(text, kind)
+    if kind == "ifname" and re.fullmatch(r'"[^"*]+"', text):      # the known-port sets (fail closed)
+        value = int.from_bytes(text.strip('"').encode(), "big")
+        return value, value
     raise UnknownRule(f"unknown set element type {kind!r}")
 
 
@@ -267,6 +270,8 @@ def parse_rule(text: str, sets: dict[str, ParsedSet], chains: set[str],
     text = re.sub(r" counter (accept|drop)$", r" \1", text)
     text = normalize_conjunctions(text)
 
+    if re.fullmatch(r"ct count over [1-9][0-9]* drop", text):     # a quota: one new packet never reaches it
+        return ParsedRule(raw, lambda p: False, "drop")
     m = re.fullmatch(r"ct state (?P<states>[a-z]+(?:,[a-z]+)*) " + _V, text)
     if m:
         states = m["states"].split(",")
@@ -633,10 +638,15 @@ class Simulator:
         self.port_from, self.to_mark = self._parse_bridge(ruleset)
 
     def _parse_base_chain(self, c: Chain, regular: set[str]) -> list[tuple[str, int, str]]:
-        if not re.fullmatch(r"type filter hook (forward|input) priority -?\d+; policy accept;", c.hook):
+        if not re.fullmatch(r"type filter hook (forward|input|output) priority -?\d+; policy accept;", c.hook):
             raise UnknownRule(f"unknown base chain {c.name}: {c.hook!r}")
         out = []
         for r in c.rules:
+            u = re.fullmatch(r'(?P<key>iifname|oifname) "(?P<pat>[^"*]+\*?)"(?: (?P=key) != @instance_ports)? '
+                             r'counter drop', r)
+            if u:                                   # an unknown instance interface: dropped
+                out.append((u["key"], -1, u["pat"]))
+                continue
             m = re.fullmatch(rf"(?P<key>iifname|oifname|ip daddr|ip6 daddr|meta mark & (?P<mask>{_HEX})) "
                              rf"vmap @(?P<map>{_CHAIN})", r)
             if not m or m["map"] not in self.vmaps:
@@ -657,6 +667,8 @@ class Simulator:
         sets = {s.name: s for s in bt.sets}
         chains = {c.name: c for c in bt.chains}
         port_from, to_mark = {}, {}
+        if "port_from" not in sets:                 # no bridged port: only the unknown-port drops
+            return port_from, to_mark
         for el in sets["port_from"].elements:
             m = re.fullmatch(rf'"(?P<name>[^"]+)" : (?P<mark>{_HEX})', el)
             if not m:
@@ -695,6 +707,11 @@ class Simulator:
         ctx = self._context(iface, direction, via)
         base = "forward_egress" if direction == EGRESS else "forward_ingress"
         for key, mask, mapname in self.base[base]:
+            if mask == -1:                          # (key, -1, pattern): fail closed
+                value = ctx.iifname if key == "iifname" else ctx.oifname
+                if value == mapname or (mapname.endswith("*") and value.startswith(mapname[:-1])):
+                    return ("verdict", "drop", f"{base}: {key} {mapname!r} -> drop (unknown interface)")
+                continue
             if key == "iifname":
                 value = ctx.iifname
             elif key == "oifname":

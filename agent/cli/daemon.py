@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Callable
 
+from agent.cli.kernel import add_instance_interfaces
 from agent.service.status import DEFAULT_SOCKET
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def build_daemon(args: argparse.Namespace):
     if not args.no_drift_monitor:
         ports.table_watch = lambda drift, lost: _started(nftmon.TableWatch(set(OWNED_TABLES), drift, lost))
     config = DaemonConfig(host=args.host, verify_interval=args.verify_interval,
+                          instance_interfaces=args.instance_interfaces,
                           watchdog_interval=sdnotify.watchdog_interval())
     kernel = RealKernel()
     keeper = Keeper(kernel, store=StateStore(state_dir()))
@@ -123,6 +125,7 @@ def add_commands(command: Callable) -> None:
                    help="address of the metrics endpoint (default 127.0.0.1)")
     p.add_argument("--verify-interval", type=float, default=30.0, metavar="SECONDS",
                    help="how often to check the tables against what was applied (default 30)")
+    add_instance_interfaces(p)
     p.add_argument("--no-drift-monitor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-link-monitor", action="store_true", help=argparse.SUPPRESS)
     p = command("status", cmd_status, "a running daemon's state: source, revision, last apply, errors, "

@@ -22,6 +22,7 @@ from typing import Optional
 from agent.compiler.builder import safe_name
 from agent.compiler.guard import port_guard_objects
 from agent.compiler.ruleset import TABLE, Chain, NftSet, Table
+from agent.compiler.unknown import BRIDGE_PORTS, bridge_output, build_unknown_rules, inet_output, ports_set
 from agent.model.objects import BRIDGED, EGRESS, INGRESS, DesiredState
 
 FORWARD_PRIORITY = 0          # filter
@@ -76,7 +77,8 @@ def dispatch_objects(state: DesiredState, dispatch: dict[str, list[tuple[str, st
             for a, chains in sorted(owners.items())), interval=False, map_to="verdict"))
         addrs = sorted({str(a) for nic in nics for a in nic.addresses if a.version == v})
         maps.append(NftSet(f"local_addr{v}", typ, tuple(addrs), interval=False))
-    return maps, _base_chains(bool(ids))
+    out_sets, out_chains = inet_output(state.instance_interfaces, routed, _quote)
+    return maps + out_sets, _base_chains(bool(ids), state.instance_interfaces) + out_chains
 
 
 def _address_owners(state: DesiredState, nics: list, version: int, chains: dict[str, str]) -> dict:
@@ -99,13 +101,13 @@ def _shared_vip(chains: dict) -> bool:
     return not any(own for own, _ in chains.values()) and len({p for _, p in chains.values()}) == 1
 
 
-def _base_chains(bridged: bool) -> list[Chain]:
+def _base_chains(bridged: bool, patterns: tuple[str, ...] = ()) -> list[Chain]:
     egress = ["iifname vmap @egress_ports"] + \
-        [f"meta mark & 0x{FROM_MASK:08x} vmap @egress_marks"] * bridged
+        [f"meta mark & 0x{FROM_MASK:08x} vmap @egress_marks"] * bridged + build_unknown_rules("iifname", patterns)
     ingress = ["oifname vmap @ingress_ports"] + [
         f"meta mark & 0x{TO_MASK:08x} vmap @ingress_marks",
         "ip daddr vmap @ingress_addr4",
-        "ip6 daddr vmap @ingress_addr6"] * bridged
+        "ip6 daddr vmap @ingress_addr6"] * bridged + build_unknown_rules("oifname", patterns)
     return [
         Chain("forward_egress", tuple(egress),
               f"type filter hook forward priority {FORWARD_PRIORITY}; policy accept;"),
@@ -117,10 +119,13 @@ def _base_chains(bridged: bool) -> list[Chain]:
 
 
 def bridge_table(state: DesiredState) -> Optional[Table]:
-    """The `bridge` table that stamps bridged frames with port ids (None: no bridged port)."""
-    ids = bridged_port_ids(state)
-    if not ids:
+    """The `bridge` table that stamps bridged frames with port ids and drops the frames of
+    unknown instance interfaces (None: no bridged port and no `instance_interfaces`)."""
+    ids, patterns = bridged_port_ids(state), state.instance_interfaces
+    if not ids and not patterns:
         return None
+    if not ids:
+        return unknown_bridge_table(state, patterns)
     overflow = sorted(n for n, nic in state.local_interfaces.items()
                       if nic.attachment == BRIDGED and n not in ids)
     port_from = NftSet("port_from", "ifname", tuple(f"{_quote(n)} : 0x{from_mark(i):08x}" for n, i in ids.items()),
@@ -128,14 +133,27 @@ def bridge_table(state: DesiredState) -> Optional[Table]:
     to_chains = {n: f"to_{safe_name(n)}" for n in ids}
     port_to = NftSet("port_to", "ifname", tuple(f"{_quote(n)} : goto {to_chains[n]}" for n in ids),
                      interval=False, map_to="verdict")
-    pre = [f"iifname {{ {', '.join(_quote(n) for n in overflow)} }} drop"] if overflow else []
+    pre = build_unknown_rules("iifname", patterns, BRIDGE_PORTS)
+    pre += [f"iifname {{ {', '.join(_quote(n) for n in overflow)} }} drop"] if overflow else []
     pre.append("meta mark set iifname map @port_from")
     guard_maps, guard_chains = port_guard_objects({n: state.local_interfaces[n] for n in ids}, state.anti_spoofing,
                                                   _quote, safe_name)
     pre += ["iifname vmap @port_guard"] * bool(guard_maps)      # first-hop guard (compile_guard)
     chains = [
         Chain("prerouting", tuple(pre), f"type filter hook prerouting priority {BRIDGE_PRIORITY}; policy accept;"),
-        Chain("forward", ("oifname vmap @port_to",),
+        Chain("forward", tuple(build_unknown_rules("oifname", patterns, BRIDGE_PORTS)) + ("oifname vmap @port_to",),
               f"type filter hook forward priority {BRIDGE_PRIORITY}; policy accept;"),
-    ] + [Chain(to_chains[n], (f"meta mark set meta mark | 0x{to_mark(i):08x}",)) for n, i in ids.items()]
-    return Table("bridge", TABLE, (port_from, port_to, *guard_maps), tuple(chains + guard_chains))
+    ] + bridge_output(patterns, BRIDGE_PRIORITY) + \
+        [Chain(to_chains[n], (f"meta mark set meta mark | 0x{to_mark(i):08x}",)) for n, i in ids.items()]
+    known = [ports_set(BRIDGE_PORTS, [n for n, nic in state.local_interfaces.items() if nic.attachment == BRIDGED],
+                       _quote)] if patterns else []
+    return Table("bridge", TABLE, (*known, port_from, port_to, *guard_maps), tuple(chains + guard_chains))
+
+
+def unknown_bridge_table(state: DesiredState, patterns: tuple[str, ...]) -> Table:
+    """The bridge table of a host with no bridged port: only the unknown-port drops."""
+    chains = [Chain(name, tuple(build_unknown_rules(key, patterns, BRIDGE_PORTS)),
+                    f"type filter hook {name} priority {BRIDGE_PRIORITY}; policy accept;")
+              for name, key in (("prerouting", "iifname"), ("forward", "oifname"))]
+    chains += bridge_output(patterns, BRIDGE_PRIORITY)
+    return Table("bridge", TABLE, (ports_set(BRIDGE_PORTS, [], _quote),), tuple(chains))

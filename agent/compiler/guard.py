@@ -57,6 +57,8 @@ def build_interface_rules(nic: Interface, essentials: list[Entry]) -> list[str]:
              "tcp flags & (fin | syn | rst | ack) != syn drop"]
     for e in essentials:
         rules += _entry_rules(nic, e.kind)
+    if nic.max_connections:     # the conntrack quota: new connections past it (docs/fail-closed.md)
+        rules.append(f"ct count over {nic.max_connections} counter drop")
     return rules
 
 

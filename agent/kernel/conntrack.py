@@ -1,69 +1,74 @@
-"""The conntrack boundary: the only module that imports pyroute2's Conntrack.
+"""The conntrack boundary: what the agent reads from and deletes in the connection table.
 
-ctnetlink works per address family: a dump or a delete is one request whose
-`nfgen_family` says which table (IPv4 or IPv6) it reads, so each family needs its own
-socket. An ICMP/ICMPv6 entry is addressed by id, type and code (all three required).
+The netlink work is agent.kernel.ctnetlink's (one dump of both families, parsed only as
+far as each entry's original tuple; deletions many to a write): listing 100,000 flows
+takes about what `conntrack -L` takes (docs/fail-closed.md, bench/conntrack.py), where
+pyroute2's decoder took 4.5 s per 10,000. An ICMP/ICMPv6 entry is addressed by id,
+type and code (code 0: the agent tracks echo).
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
-from typing import Any, Iterable
+from typing import Iterable, Optional
 
 from agent.errors import KernelError
+from agent.kernel.ctnetlink import CtSocket, RawTuple
 from agent.policy.revocation import Flow
 
 log = logging.getLogger(__name__)
-FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
-ICMP_PROTOCOLS = (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6)
+ICMP_PROTOCOLS = (1, 58)
+KERNEL_FILTER_MAX = 64          # addresses filtered by the kernel (bench/conntrack.py)
 
 
-def list_flows() -> list[Flow]:
-    """Original-direction tuples of every tracked connection (IPv4 and IPv6)."""
+def list_flows(addresses: Optional[Iterable] = None) -> list[Flow]:
+    """Original-direction tuples of every tracked connection, IPv4 and IPv6, in the
+    kernel's order (not sorted: at 100,000 flows sorting cost more than the dump).
+    With `addresses`, only the connections from or to one of them: up to
+    KERNEL_FILTER_MAX addresses the kernel filters (two dumps an address, each a
+    walk of the table in the kernel, no copy of what does not match); more, and one
+    dump is filtered here before anything is built."""
+    wanted = None if addresses is None else {ipaddress.ip_address(a).packed for a in addresses}
     try:
-        from pyroute2 import Conntrack
-        flows = []
-        for family in FAMILIES.values():
-            with Conntrack(nfgen_family=family) as ct:
-                for entry in ct.dump_entries():
-                    flows.append(_flow(entry.tuple_orig))
-        return sorted(set(flows), key=lambda f: (f.src.version, f))   # IPv4 then IPv6
-    except (OSError, ImportError) as exc:
+        with CtSocket() as ct:
+            if wanted is not None and len(wanted) <= KERNEL_FILTER_MAX:
+                raw = [t for a in sorted(wanted) for which in ("src", "dst") for t in ct.dump((which, a))]
+            else:
+                raw = ct.dump()
+    except OSError as exc:
         raise KernelError(f"cannot read conntrack: {exc}") from exc
+    if wanted is not None and len(wanted) > KERNEL_FILTER_MAX:
+        raw = [t for t in raw if t[0] in wanted or t[1] in wanted]
+    return build_flows(dict.fromkeys(raw))       # once each, in the order listed
 
 
-def _flow(t: Any) -> Flow:
-    """A pyroute2 conntrack tuple (typed Any: pyroute2 publishes no types) as a Flow."""
-    icmp = t.proto in ICMP_PROTOCOLS
-    return Flow(ipaddress.ip_address(t.saddr), ipaddress.ip_address(t.daddr), t.proto,
-                None if icmp else t.sport, None if icmp else t.dport,
-                t.icmp_type if icmp else None, t.icmp_id if icmp else None)
+def build_flows(raw: Iterable[tuple]) -> list[Flow]:
+    """Flows of raw tuples (as CtSocket.dump gives them); each distinct address built once."""
+    addrs: dict[bytes, object] = {}
+
+    def addr(packed: bytes):
+        a = addrs.get(packed)
+        if a is None:
+            a = addrs[packed] = ipaddress.ip_address(packed)
+        return a
+
+    return [Flow(addr(src), addr(dst), proto, sport, dport, itype, iid)
+            for src, dst, proto, sport, dport, itype, iid, _code in raw]
 
 
-def _tuple(f: Flow) -> Any:
-    from pyroute2.conntrack import NFCTAttrTuple
-    kw = dict(family=FAMILIES[f.src.version], saddr=str(f.src), daddr=str(f.dst), proto=f.protocol)
+def build_raw(f: Flow) -> RawTuple:
     if f.protocol in ICMP_PROTOCOLS:
-        kw.update(icmp_id=f.icmp_id, icmp_type=f.icmp_type, icmp_code=0)
-    elif f.sport is not None and f.dport is not None:
-        kw.update(sport=f.sport, dport=f.dport)
-    return NFCTAttrTuple(**kw)
+        return RawTuple(f.src.packed, f.dst.packed, f.protocol, None, None, f.icmp_type, f.icmp_id)
+    return RawTuple(f.src.packed, f.dst.packed, f.protocol, f.sport, f.dport, None, None)
 
 
 def delete_flows(flows: Iterable[Flow]) -> int:
     """Delete each flow's entry; returns how many were deleted (gone ones are skipped)."""
-    from pyroute2 import Conntrack
-    by_family: dict[int, list[Flow]] = {}
-    for f in flows:
-        by_family.setdefault(f.src.version, []).append(f)
-    deleted = 0
-    for version, group in sorted(by_family.items()):
-        with Conntrack(nfgen_family=FAMILIES[version]) as ct:
-            for f in group:
-                try:
-                    ct.entry("del", tuple_orig=_tuple(f))
-                    deleted += 1
-                except Exception as exc:  # noqa: BLE001 - netlink errors: the entry may be gone
-                    log.debug("conntrack: could not delete %s: %s", f, exc)
-    return deleted
+    raw = [build_raw(f) for f in flows]
+    if not raw:
+        return 0
+    try:
+        with CtSocket() as ct:
+            return ct.delete(raw)
+    except OSError as exc:
+        raise KernelError(f"cannot delete conntrack entries: {exc}") from exc

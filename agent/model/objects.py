@@ -8,11 +8,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Iterable, Optional, Union
 
-from agent.model.schema import (DocumentDoc, InstanceDoc, PrefixListDoc, RuleDoc, SecurityGroupDoc,
+from agent.model.schema import (DEFAULT_INSTANCE_INTERFACES, DocumentDoc, InstanceDoc, PrefixListDoc, RuleDoc,
+                                SecurityGroupDoc,
                           parse_address, parse_network, parse_port_range)
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -95,6 +96,7 @@ class Interface:
     attachment: str
     allowed: tuple[AllowedAddress, ...] = ()
     spoofing_guard: bool = True          # False: no first-hop guard, no anti-spoofing here
+    max_connections: Optional[int] = None    # conntrack quota per direction (None: none)
 
     def source_networks(self, version: int) -> tuple[IPNetwork, ...]:
         """The interface's own addresses and allowed networks of one IP version, merged."""
@@ -127,6 +129,8 @@ class DesiredState:
     prefix_lists: tuple[tuple[str, tuple[IPNetwork, ...]], ...]
     anti_spoofing: bool = True
     revoke_connections: bool = True
+    instance_interfaces: tuple[str, ...] = DEFAULT_INSTANCE_INTERFACES   # unknown ones: dropped
+    max_connections: Optional[int] = None     # the document's default quota (0/None: none)
 
     @cached_property
     def group_by_id(self) -> dict[str, Group]:
@@ -237,16 +241,23 @@ def build_group(g: SecurityGroupDoc) -> Group:
                  tuple(rules))
 
 
-def build_instance(i: InstanceDoc, attachment: str) -> Instance:
-    """One instance of a valid document; `attachment` is the document's default."""
+def build_instance(i: InstanceDoc, attachment: str, max_connections: Optional[int] = None) -> Instance:
+    """One instance of a valid document; `attachment` and `max_connections` are the
+    document's defaults (an interface's own quota wins; 0 means none)."""
     nics = tuple(Interface(n.name, i.id, n.nic_type, n.mac,
                            tuple(parse_address(a) for a in n.addresses),
                            n.attachment or attachment,
                            tuple(sorted({AllowedAddress(parse_network(p.address), p.mac)
                                          for p in n.allowed_addresses},
                                         key=lambda p: (_net_key(p.network), p.mac or ""))),
-                           n.spoofing_guard) for n in i.interfaces)
+                           n.spoofing_guard,
+                           _quota(n.max_connections, max_connections)) for n in i.interfaces)
     return Instance(i.id, i.host, i.network, tuple(dict.fromkeys(i.security_groups)), nics)
+
+
+def _quota(own: Optional[int], default: Optional[int]) -> Optional[int]:
+    quota = own if own is not None else default
+    return quota or None
 
 
 def build_prefix_list(p: PrefixListDoc) -> tuple[str, tuple[IPNetwork, ...]]:
@@ -255,12 +266,16 @@ def build_prefix_list(p: PrefixListDoc) -> tuple[str, tuple[IPNetwork, ...]]:
 
 def assemble_state(host: str, groups: Iterable[Group], instances: Iterable[Instance],
                    prefix_lists: Iterable[tuple[str, tuple[IPNetwork, ...]]],
-                   anti_spoofing: bool, revoke_connections: bool) -> DesiredState:
+                   anti_spoofing: bool, revoke_connections: bool,
+                   instance_interfaces: tuple[str, ...] = DEFAULT_INSTANCE_INTERFACES,
+                   max_connections: Optional[int] = None) -> DesiredState:
     """The state from built objects, in the canonical order (each kind sorted by id)."""
     return DesiredState(host=host, groups=tuple(sorted(groups, key=lambda g: g.id)),
                         instances=tuple(sorted(instances, key=lambda i: i.id)),
                         prefix_lists=tuple(sorted(prefix_lists)), anti_spoofing=anti_spoofing,
-                        revoke_connections=revoke_connections)
+                        revoke_connections=revoke_connections,
+                        instance_interfaces=tuple(dict.fromkeys(instance_interfaces)),
+                        max_connections=max_connections)
 
 
 MEMBERSHIP_TABLES = ("members", "group_addresses", "group_networks", "instance_by_id")
@@ -284,10 +299,24 @@ def build_state(doc: DocumentDoc, host: str) -> DesiredState:
     """Domain objects from a document that `agent.model.validate` found valid. `host` is the
     agent's name as resolved by `agent.model.validate.agent_host` (--host over the document's)."""
     return assemble_state(host, [build_group(g) for g in doc.security_groups],
-                          [build_instance(i, doc.attachment) for i in doc.instances],
+                          [build_instance(i, doc.attachment, doc.max_connections) for i in doc.instances],
                           [build_prefix_list(p) for p in doc.prefix_lists],
-                          doc.anti_spoofing, doc.revoke_connections)
+                          doc.anti_spoofing, doc.revoke_connections, tuple(doc.instance_interfaces),
+                          doc.max_connections)
 
 
 def _net_key(net: IPNetwork) -> tuple:
     return (net.version, net.network_address, net.prefixlen)
+
+
+def with_instance_interfaces(state: DesiredState, patterns: Optional[tuple[str, ...]]) -> DesiredState:
+    """`state` with the `instance_interfaces` of an option (run/apply
+    --instance-interfaces) instead of the document's; `state` itself when None. The
+    derived membership tables are carried over (they do not depend on it)."""
+    if patterns is None or tuple(patterns) == state.instance_interfaces:
+        return state
+    new = replace(state, instance_interfaces=tuple(dict.fromkeys(patterns)))
+    for name in MEMBERSHIP_TABLES:
+        if name in state.__dict__:
+            new.__dict__[name] = state.__dict__[name]
+    return new

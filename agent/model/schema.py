@@ -22,6 +22,9 @@ PORTED = ("tcp", "udp")
 IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")      # within the kernel's dev_valid_name
 MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 PORT = re.compile(r"-?[0-9]{1,5}")                    # ASCII digits only: int() takes '8_0', '٨٠'
+IFPATTERN = re.compile(r"[A-Za-z0-9_.@+-]{1,15}\*?")   # a name, or a name prefix and '*'
+DEFAULT_INSTANCE_INTERFACES = ("tap*", "vnet*")        # docs/fail-closed.md
+MAX_CONNECTIONS = 2**32 - 1                             # nft `ct count over N` takes a u32
 NOT_INSTANCE_NAMES = {".": "not a valid interface name", "..": "not a valid interface name",
                       "lo": "the loopback device is no instance interface"}
 
@@ -115,7 +118,33 @@ def check_cidr(text: str) -> str:
     return text
 
 
+def check_interface_pattern(text: str) -> str:
+    """An `instance_interfaces` pattern: an interface name, or a name prefix followed by
+    '*' (nft's wildcard); never one that matches the loopback device."""
+    if not IFPATTERN.fullmatch(text):
+        raise ValueError("not an interface name pattern (1-15 characters of A-Z a-z 0-9 _ . @ + -, "
+                         "optionally followed by '*')")
+    prefix, wild = text.rstrip("*"), text.endswith("*")
+    if prefix == "lo" or (wild and "lo".startswith(prefix)):
+        raise ValueError("the pattern matches the loopback device")
+    return text
+
+
+def parse_interface_patterns(text: str) -> tuple[str, ...]:
+    """The value of the --instance-interfaces option: patterns separated by commas or
+    spaces ('' turns the unknown-interface drops off). ValueError names the bad one."""
+    patterns = tuple(p for p in re.split(r"[,\s]+", text.strip()) if p)
+    for p in patterns:
+        try:
+            check_interface_pattern(p)
+        except ValueError as exc:
+            raise ValueError(f"{p!r}: {exc}") from None
+    return tuple(dict.fromkeys(patterns))
+
+
 Address = Annotated[str, AfterValidator(check_address)]
+InterfacePattern = Annotated[str, AfterValidator(check_interface_pattern)]
+Quota = Optional[Annotated[int, Field(ge=0, le=MAX_CONNECTIONS, strict=True)]]
 Cidr = Annotated[str, AfterValidator(check_cidr)]
 
 
@@ -206,7 +235,7 @@ class InterfaceDoc(_Doc):
     attachment: Optional[Attachment] = None
     allowed_addresses: list[AllowedAddress] = Field(default_factory=list)
     spoofing_guard: bool = True
-
+    max_connections: Quota = None       # conntrack quota per direction; 0: none (docs/fail-closed.md)
 
     @field_validator("name", mode="after")
     @classmethod
@@ -238,6 +267,8 @@ class DocumentDoc(_Doc):
     attachment: Attachment = "routed"
     anti_spoofing: bool = True
     revoke_connections: bool = True
+    instance_interfaces: list[InterfacePattern] = Field(default=list(DEFAULT_INSTANCE_INTERFACES))
+    max_connections: Quota = None       # the interfaces' default quota
     prefix_lists: list[PrefixListDoc] = Field(default_factory=list)
     security_groups: list[SecurityGroupDoc] = Field(default_factory=list)
     instances: list[InstanceDoc] = Field(default_factory=list)
@@ -248,6 +279,7 @@ class DocumentDoc(_Doc):
     def _none_lists(cls, data: Any) -> Any:
         # `instances:` with nothing after it is null in YAML; treat as empty.
         if isinstance(data, dict):
-            return {k: ([] if v is None and k in ("prefix_lists", "security_groups", "instances")
+            return {k: ([] if v is None and k in ("prefix_lists", "security_groups", "instances",
+                                                          "instance_interfaces")
                         else v) for k, v in data.items()}
         return data

@@ -186,7 +186,8 @@ def _assemble(local: str, groups: dict[str, Group], insts: dict[str, Instance],
     changed = {iid: insts[iid] for _, iid, _ in diff.changed}
     ordered = None if diff.removed else ordered_instances(before, changed)
     state = assemble_state(local, groups.values(), insts.values() if ordered is None else (),
-                           plists.items(), before.anti_spoofing, before.revoke_connections)
+                           plists.items(), before.anti_spoofing, before.revoke_connections,
+                           before.instance_interfaces, before.max_connections)
     if ordered is not None:
         state = replace(state, instances=ordered)           # already in the canonical order
     if state.instances is before.instances:
@@ -337,7 +338,7 @@ def _build_instances(diff: _Diff, prev: Validated, types: dict[str, str], nets: 
         path = f"instances[{index}]"
         doc = _parse(InstanceDoc, raw, path)
         _no_errors(instance_errors(path, raw, types, nets))
-        built[iid] = inst = build_instance(doc, prev.attachment)
+        built[iid] = inst = build_instance(doc, prev.attachment, prev.state.max_connections)
         _same_id(doc.id, iid, path)
         if not _plain_host(doc.host):
             raise _Fallback(f"{path}: host {doc.host!r} reads differently in the checks")

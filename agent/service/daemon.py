@@ -32,6 +32,7 @@ from agent.reconciler.result import UNCHANGED, ApplyResult
 from agent.service.records import LastApply, merge_drift, settle_garbage_collector, state_hash
 from agent.service.status_doc import Status
 from agent.sources import Source, SourceError
+from agent.model.objects import with_instance_interfaces
 from agent.model.validate_incremental import Validated, validate_update
 from agent.model.validate_warnings import document_warnings
 
@@ -51,6 +52,7 @@ class DaemonConfig:
     repair_retry: float = 1.0
     save_delay: float = 1.0                       # seconds after a commit before it is saved
     settle_delay: float = 0.3                     # seconds after an apply before the collector runs
+    instance_interfaces: Optional[tuple[str, ...]] = None   # --instance-interfaces (None: the document's)
 
 
 @dataclass
@@ -253,7 +255,8 @@ class Daemon:
         except InvalidInput as exc:
             return self.rejected(revision, [str(e) for e in exc.errors])
         self._validated = validated      # validation cache only: kept whether or not the apply succeeds
-        self.apply(validated.state, revision, lambda: state_hash(data))
+        state = with_instance_interfaces(validated.state, self.config.instance_interfaces)
+        self.apply(state, revision, lambda: state_hash(data))
         if self.last_apply is not None and self.last_apply.result == "ok" and self.last_apply.revision == revision:
             self.keeper.context = validated      # saved with the applied ruleset for the next start
         self.note_warnings(revision, data)      # after the apply: ~15 ms on a 1,000-host fleet

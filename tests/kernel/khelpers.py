@@ -171,8 +171,11 @@ class Topology:
         for rid, groups_of in (remote or {}).items():
             instances.append({"id": rid, "host": "hv-elsewhere", "security_groups": list(groups_of),
                               "interfaces": [{"name": f"tap-{rid}", "addresses": [REMOTE4, REMOTE6]}]})
+        # instance_interfaces [] unless given: the instances a document leaves out play
+        # other hosts here (with the default patterns their taps would be dropped,
+        # docs/fail-closed.md; tests/kernel/test_fail_closed.py tests that)
         out = {"host": HOST, "attachment": self.attachment, "security_groups": groups,
-               "instances": instances, **top}
+               "instances": instances, "instance_interfaces": [], **top}
         if prefix_lists:
             out["prefix_lists"] = list(prefix_lists)
         return out

@@ -158,6 +158,10 @@ def test_bridge_guard_arp():
 
 def test_routed_ports_have_no_bridge_guard():
     state = validate_document(document(attachment="routed"), HOST)
+    tables = build_ruleset(state).tables
+    assert [t.family for t in tables] == ["inet", "bridge"]       # unknown ports only (docs/fail-closed.md)
+    assert not any(c.name.startswith("guard_") for c in tables[1].chains)
+    state = validate_document({**document(attachment="routed"), "instance_interfaces": []}, HOST)
     assert [t.family for t in build_ruleset(state).tables] == ["inet"]
 
 
