@@ -219,11 +219,11 @@ def build_lines(b: Builder, entries: list[Entry], v: int, with_sport: bool, with
     for order, e in enumerate(entries):
         accept = e.verdict == ACCEPT
         if e.peer is not None and e.peer.kind != "cidr":
-            tail = match_tail(e.match, v, with_sport, with_dport)
+            tail = match_tail(e.match, v, with_sport, with_dport)  # type: ignore[arg-type]  # entries here are match lines
             if tail is not None:
                 lines.append(Line(order, accept, b.shared_name(e.peer.kind, e.peer.value, v), (tail,)))
         else:
-            boxes = match_boxes(e.match, v, with_sport, with_dport)
+            boxes = match_boxes(e.match, v, with_sport, with_dport)  # type: ignore[arg-type]
             if boxes:
                 lines.append(Line(order, accept, None, tuple(boxes)))
     return lines

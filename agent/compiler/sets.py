@@ -177,7 +177,9 @@ def splice_union(union: list[Interval], old_parts: Sequence[list[Interval]], new
 def _spliced(version: int, merged: list[Interval], elements: tuple[str, ...],
              splices: list[tuple[int, int, list[Interval]]]) -> tuple[list[Interval], tuple[str, ...]]:
     """`merged` and its rendered `elements` with the slices replaced."""
-    out, texts, at = [], [], 0
+    out: list[Interval] = []
+    texts: list[str] = []
+    at = 0
     for start, end, pieces in splices:
         out += merged[at:start] + pieces
         texts += elements[at:start] + tuple(render_interval(version, iv) for iv in pieces)

@@ -14,6 +14,7 @@ from typing import Iterable, Optional
 
 from agent.errors import KernelError
 from agent.kernel.ctnetlink import CtSocket, RawTuple
+from agent.model.objects import IPAddress
 from agent.policy.revocation import Flow
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,9 @@ def list_flows(addresses: Optional[Iterable] = None) -> list[Flow]:
 
 def build_flows(raw: Iterable[tuple]) -> list[Flow]:
     """Flows of raw tuples (as CtSocket.dump gives them); each distinct address built once."""
-    addrs: dict[bytes, object] = {}
+    addrs: dict[bytes, IPAddress] = {}
 
-    def addr(packed: bytes):
+    def addr(packed: bytes) -> IPAddress:
         a = addrs.get(packed)
         if a is None:
             a = addrs[packed] = ipaddress.ip_address(packed)

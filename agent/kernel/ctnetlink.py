@@ -93,7 +93,7 @@ class CtSocket:
     def __enter__(self) -> "CtSocket":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.sock.close()
 
     def _header(self, msg: int, flags: int, length: int, family: int) -> bytes:

@@ -109,12 +109,12 @@ class TableWatch:
         table = netlink.string(attrs.get(NFTA_TABLE_NAME, b""))
         if (family, table) not in self.tables:
             return
-        kind, name_attr = _OBJECTS.get(msg, (None, 0))
-        name = netlink.string(attrs.get(name_attr, b"")) if kind else ""
-        if kind is None or not name:
+        obj_kind, name_attr = _OBJECTS.get(msg, (None, 0))
+        name = netlink.string(attrs.get(name_attr, b"")) if obj_kind else ""
+        if obj_kind is None or not name:
             self._objects = None
         elif self._objects is not None:
-            self._objects.add((family, table, kind, name))
+            self._objects.add((family, table, obj_kind, name))
         if len(self._touched) < 64:
             self._touched.append(f"{_NAMES.get(msg, f'msg {msg}')} {family} {table}" + (f" {name}" if name else ""))
 

@@ -242,7 +242,7 @@ def _diff_in_place(items: list, key: str, prev: Validated) -> Optional[_Diff]:
         return None
     raw, reused = dict(prev.raw[key]), dict(prev.built[key])
     changed = []
-    for i, ident in zip(at, ids):
+    for i, ident in zip(at, [x for x in ids if x is not None]):   # none is None (checked above)
         raw[ident] = items[i]
         reused.pop(ident, None)
         changed.append((i, ident, items[i]))

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compile_sim import Simulator  # noqa: E402
+from compile_sim import NotDispatched, Simulator  # noqa: E402
 
 from agent.compiler.compile import build_ruleset  # noqa: E402
 from agent.compiler.render import render_ruleset  # noqa: E402
@@ -106,7 +106,7 @@ def test_simulator_drops_unknown_interfaces_only():
         kind, verdict, how = sim.dispatch("tap-unknown", direction, p)
         assert (kind, verdict) == ("verdict", "drop"), how
         assert sim.judge("tap-a", direction, p).verdict in ("accept", "drop")   # dispatched as before
-    with pytest.raises(Exception):
+    with pytest.raises(NotDispatched):
         sim.dispatch("eth9", EGRESS, p)                  # no pattern: not dispatched, not dropped
 
 
