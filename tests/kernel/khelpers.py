@@ -173,7 +173,7 @@ class Topology:
                               "interfaces": [{"name": f"tap-{rid}", "addresses": [REMOTE4, REMOTE6]}]})
         # instance_interfaces [] unless given: the instances a document leaves out play
         # other hosts here (with the default patterns their taps would be dropped,
-        # docs/fail-closed.md; tests/kernel/test_fail_closed.py tests that)
+        # docs/fail-closed.md; tests/kernel/test_kernel_fail_closed.py tests that)
         out = {"host": HOST, "attachment": self.attachment, "security_groups": groups,
                "instances": instances, "instance_interfaces": [], **top}
         if prefix_lists:
