@@ -5,9 +5,7 @@ kernel either holds the new tables or keeps the old ones; never an empty moment.
 """
 from __future__ import annotations
 
-from agent.compiler.ruleset import TABLE, Chain, NftSet, Ruleset, Table
-
-STAMP_SET = "agent_stamp"      # an empty set whose comment names the script applied
+from agent.compiler.ruleset import Chain, NftSet, Ruleset, Table
 
 
 def render_set(s: NftSet) -> list[str]:
@@ -53,14 +51,6 @@ def render_ruleset(rs: Ruleset) -> str:
         if (family, name) in present:
             lines += render_table(present[(family, name)])
     return "\n".join(lines) + "\n"
-
-
-def add_stamp(script: str, stamp: str) -> str:
-    """`script` with `stamp` (the digest of `script`, see agent.reconciler.oneshot) as the comment
-    of the empty set `agent_stamp`, first in the inet table."""
-    head = f"table inet {TABLE} {{\n"
-    block = f'\tset {STAMP_SET} {{\n\t\ttype mark\n\t\tcomment "{stamp}"\n\t}}\n'
-    return script.replace(head, head + block, 1)
 
 
 def render_flush(rs_owned: tuple[tuple[str, str], ...]) -> str:
