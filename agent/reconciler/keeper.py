@@ -28,6 +28,7 @@ from agent.compiler.ruleset import TABLE, Ruleset
 from agent.compiler.transaction import ElementChange, plan_element_changes, plan_update
 from agent.errors import KernelError
 from agent.model.objects import DesiredState
+from agent.reconciler.boot import render_failclosed
 from agent.reconciler.drift import Object, build_differing, build_repair
 from agent.reconciler.port import OWNED_TABLES, Kernel
 from agent.reconciler.result import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, ApplyResult
@@ -69,7 +70,7 @@ def normalize_listing(text: Optional[str]) -> Optional[str]:
 class Keeper:
     kernel: Kernel
     store: Optional[StateStore] = None
-    revoke_later: Optional[Callable[[DesiredState, frozenset], None]] = None   # None: at once
+    revoke_later: Optional[Callable[[DesiredState, frozenset, Optional[DesiredState]], None]] = None  # None: at once
     applied: Optional[Ruleset] = None         # None: the kernel's content is not known
     state: Optional[DesiredState] = None
     token: Optional[str] = None               # the stamp of `applied` in the kernel
@@ -115,7 +116,8 @@ class Keeper:
         if self.store is None or self.applied is None or self.token is None:
             return
         script = render_stamped(render_ruleset(self.applied), self.token)
-        self.store.save(Saved(self.token, self.applied, self.memo, self.addresses, self.context), script)
+        boot = render_failclosed(self.state.instance_interfaces) if self.state is not None else None
+        self.store.save(Saved(self.token, self.applied, self.memo, self.addresses, self.context), script, boot)
 
     # -- apply ------------------------------------------------------------------------
     def apply(self, state: DesiredState, revision: str = "?", force: bool = False) -> ApplyResult:
@@ -131,8 +133,9 @@ class Keeper:
         if prior is not None and self.our_generation is not None and prior != self.our_generation:
             self.unaccounted = True               # a commit not ours since our last one
         mode, nft_seconds, size = self._commit_change(ruleset, revision)
+        old = self.state
         self._applied(ruleset, state)
-        revoked = self._revoke(state, previous) if state.revoke_connections else 0
+        revoked = self._revoke(state, previous, old) if state.revoke_connections else 0
         for err in ruleset.errors:
             log.error("revision %s: %s", revision, err)
         return self._result(mode, start, nft_seconds, size, revoked, ruleset, state)
@@ -225,12 +228,12 @@ class Keeper:
             return None
 
     # -- revocation ----------------------------------------------------------------
-    def _revoke(self, state: DesiredState, previous: frozenset) -> int:
+    def _revoke(self, state: DesiredState, previous: frozenset, old: Optional[DesiredState]) -> int:
         if self.revoke_later is not None:
-            self.revoke_later(state, previous)
+            self.revoke_later(state, previous, old)
             return 0
         try:
-            deleted = apply_revocations(state, previous, self.kernel)
+            deleted = apply_revocations(state, previous, self.kernel, old)
         except KernelError as exc:
             log.error("host %s: revocation failed: %s", state.host, exc)
             return 0
@@ -247,7 +250,7 @@ class Keeper:
             return 0
         addresses = set(self.state.local_interfaces[name].addresses)
         try:
-            flows = [f for f in self.kernel.list_flows() if f.src in addresses or f.dst in addresses]
+            flows = self.kernel.list_flows(addresses)          # kernel-filtered
             deleted = self.kernel.delete_flows(flows) if flows else 0
         except KernelError as exc:
             log.error("interface %s: cannot delete its connections: %s", name, exc)

@@ -28,7 +28,7 @@ class Kernel(Protocol):
     def tables_present(self, tables: tuple[tuple[str, str], ...]) -> bool: ...
     def read_stamp(self) -> Optional[str]: ...
     def local_addresses(self) -> frozenset: ...
-    def list_flows(self) -> list[Flow]: ...
+    def list_flows(self, addresses: Optional[Iterable] = None) -> list[Flow]: ...
     def delete_flows(self, flows: Iterable[Flow]) -> int: ...
 
 
@@ -83,9 +83,10 @@ class RealKernel:
                     log.debug("local_addr%d: skipping element %s", v, text)
         return frozenset(out)
 
-    def list_flows(self) -> list[Flow]:
+    def list_flows(self, addresses: Optional[Iterable] = None) -> list[Flow]:
+        """Every tracked connection, or those from or to `addresses` (kernel-filtered)."""
         from agent.kernel import conntrack
-        return conntrack.list_flows()
+        return conntrack.list_flows(addresses)
 
     def delete_flows(self, flows: Iterable[Flow]) -> int:
         from agent.kernel import conntrack

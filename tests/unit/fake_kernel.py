@@ -17,6 +17,7 @@ class FakeKernel:
         self.table: str | None = None
         self.refuse: set[str] = set()
         self.flows: list = []
+        self.listed: list = []          # the addresses each list_flows call asked for
         self.deleted: list = []
 
     def commit(self, script: str, what: str) -> float:
@@ -57,8 +58,11 @@ class FakeKernel:
     def local_addresses(self) -> frozenset:
         return frozenset()
 
-    def list_flows(self) -> list:
-        return list(self.flows)
+    def list_flows(self, addresses=None) -> list:
+        self.listed.append(None if addresses is None else frozenset(addresses))
+        if addresses is None:
+            return list(self.flows)
+        return [f for f in self.flows if f.src in addresses or f.dst in addresses]
 
     def delete_flows(self, flows) -> int:
         flows = list(flows)

@@ -16,7 +16,7 @@ from agent.policy.revocation import Flow
 from agent.reconciler.drift import build_differing, build_repair
 from agent.reconciler.keeper import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, Drift, Keeper
 from agent.reconciler.oneshot import apply_once
-from agent.reconciler.revoke import RevocationWorker
+from agent.reconciler.revoke import RevocationWorker, apply_revocations, touched_addresses
 from agent.reconciler.stamp import STAMP_SET, build_token
 from agent.reconciler.store import PICKLE_FILE, RESTORE_FILE, StateStore
 from fake_kernel import FakeKernel
@@ -140,7 +140,7 @@ def test_revocation_worker_coalesces_and_counts():
     st = state()
     k.flows = [Flow(ipaddress.ip_address("198.51.100.7"), web1, 6, 40000, 9999)]
     counted = []
-    worker = RevocationWorker(k, counted.append)
+    worker = RevocationWorker(k, counted.append, delay=0.0)
     worker.submit(st, frozenset())
     worker.submit(st, frozenset())
     assert worker.idle(5)
@@ -150,7 +150,7 @@ def test_revocation_worker_coalesces_and_counts():
 def test_revocation_after_the_commit_through_the_hook():
     k = FakeKernel()
     later = []
-    keeper = Keeper(k, revoke_later=lambda s, prev: later.append(prev))
+    keeper = Keeper(k, revoke_later=lambda s, prev, old: later.append(prev))
     result = keeper.apply(state())
     assert result.revoked == 0 and len(later) == 1
 
@@ -160,3 +160,42 @@ def test_result_summary_names_the_mode(mode):
     from agent.reconciler.result import ApplyResult
     text = ApplyResult(mode, 0.1, 0.05, 10, 0, (), 3, 21, 18).summary()
     assert text.startswith("applied:" if mode == FULL else "unchanged:")
+
+
+def without_rule(rule_id: str, doc=WEBSHOP) -> dict:
+    doc = copy.deepcopy(doc)
+    for g in doc["security_groups"]:
+        g["rules"] = [r for r in g.get("rules", []) if r["id"] != rule_id]
+    return doc
+
+
+def addrs(*texts: str) -> frozenset:
+    return frozenset(ipaddress.ip_address(t) for t in texts)
+
+
+def test_revocation_looks_only_at_the_interfaces_a_change_touches():
+    old = state()
+    # a rule of sg-web: its local members (web-1, web-2); db-1 names sg-web as a peer,
+    # but sg-web's members did not change, so its lists did not
+    assert touched_addresses(old, state(without_rule("web-https")), frozenset()) == \
+        addrs("10.0.1.11", "fd00:1::11", "10.0.1.12")
+    # a member joins sg-web (remotely): every list naming sg-web, db-1's included
+    assert touched_addresses(old, state(member_joins()), frozenset()) == \
+        addrs("10.0.1.11", "fd00:1::11", "10.0.1.12", "10.0.2.21")
+    assert touched_addresses(old, state(), frozenset()) == frozenset()
+    assert touched_addresses(None, old, frozenset()) is None                  # not known: everything
+    assert touched_addresses(old, state(no_anti_spoofing()), frozenset()) is None
+    gone = addrs("10.0.9.9")                                                  # left the host
+    assert touched_addresses(old, state(), gone | addrs("10.0.1.11")) == gone
+
+
+def test_revocation_lists_and_judges_only_touched_addresses():
+    k = FakeKernel()
+    web1, db1, out = (ipaddress.ip_address(a) for a in ("10.0.1.11", "10.0.2.21", "198.51.100.7"))
+    k.flows = [Flow(out, web1, 6, 40000, 443), Flow(out, db1, 6, 40001, 9999)]   # db1's: not allowed anyway
+    old = state()
+    assert apply_revocations(state(without_rule("web-https")), frozenset(), k, old) == 1
+    assert k.listed[-1] == addrs("10.0.1.11", "fd00:1::11", "10.0.1.12")
+    assert k.deleted == [k.flows[0]]                                          # db1's flow was never judged
+    assert apply_revocations(old, frozenset(), k, old) == 0 and len(k.listed) == 1   # nothing touched: no listing
+    assert apply_revocations(old, frozenset(), k) == 1 and k.listed[-1] is None      # no old state: everything

@@ -61,8 +61,8 @@ class FakeKernel:
     def read_stamp(self):
         return None
 
-    def list_flows(self):
-        return list(self.flows)
+    def list_flows(self, addresses=None):
+        return [f for f in self.flows if addresses is None or f.src in addresses or f.dst in addresses]
 
     def delete_flows(self, flows):
         flows = list(flows)
