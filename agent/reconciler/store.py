@@ -1,8 +1,11 @@
 """What the reconciler keeps on disk between runs, in the state directory
 (/var/lib/secgroup-agent, root only):
 
+    failclosed.nft   the fail-closed boot table (agent.reconciler.boot, a few hundred
+                     bytes): the boot step loads it first, so every instance interface
+                     is dropped within milliseconds, not after the full restore
     ruleset.nft      the last applied ruleset as ONE `nft -f` script, stamped: the boot
-                     step (systemd ExecStartPre) restores it before Python runs
+                     step (systemd ExecStartPre) restores it next, before Python runs
     applied.pickle   (stamp, ruleset, compiler memo, local addresses, the caller's
                      validated document): the next start adopts a kernel holding this
                      stamp without validating or compiling from scratch
@@ -27,7 +30,7 @@ from agent.compiler.ruleset import Ruleset
 
 log = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = "/var/lib/secgroup-agent"
-RESTORE_FILE, PICKLE_FILE = "ruleset.nft", "applied.pickle"
+RESTORE_FILE, PICKLE_FILE, FAILCLOSED_FILE = "ruleset.nft", "applied.pickle", "failclosed.nft"
 FORMAT = 2
 
 
@@ -70,10 +73,15 @@ def _trusted(path: Path) -> bool:
 class StateStore:
     directory: Path
 
-    def save(self, saved: Saved, script: str) -> None:
-        """Both files; OSError (a read-only or missing directory) is logged, not raised."""
+    def save(self, saved: Saved, script: str, failclosed: Optional[str] = None) -> None:
+        """The files; OSError (a read-only or missing directory) is logged, not raised.
+        `failclosed`: "" (no instance_interfaces) removes the boot table, None keeps it."""
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if failclosed:
+                _write_atomic(self.directory / FAILCLOSED_FILE, failclosed.encode())
+            elif failclosed is not None:
+                (self.directory / FAILCLOSED_FILE).unlink(missing_ok=True)
             _write_atomic(self.directory / RESTORE_FILE, script.encode())
             _write_atomic(self.directory / PICKLE_FILE,
                           pickle.dumps((FORMAT, saved), protocol=pickle.HIGHEST_PROTOCOL))
@@ -82,7 +90,7 @@ class StateStore:
 
     def clear(self) -> None:
         """Forget the applied ruleset (after `flush`: the boot must not restore it)."""
-        for name in (RESTORE_FILE, PICKLE_FILE):
+        for name in (FAILCLOSED_FILE, RESTORE_FILE, PICKLE_FILE):
             try:
                 (self.directory / name).unlink(missing_ok=True)
             except OSError as exc:

@@ -1,6 +1,7 @@
 """The host life cycle in network namespaces with real traffic (issue 14): `apply` then
 `run` adopts the table with no kernel work, a chain flushed by another tool is rewritten
-alone, the boot step restores the last applied ruleset with one `nft -f`, and `wait`
+alone, the boot step loads the fail-closed table then restores the last applied
+ruleset with one `nft -f`, and `wait`
 returns once an interface is enforced. The sandbox and the daemon are removed
 afterwards, also on failure; the state directory is the test's own."""
 from __future__ import annotations
@@ -103,13 +104,21 @@ def test_boot_restore_brings_the_filtering_back_before_python(sandbox):
     a, state = sandbox
     assert a.stop(signal.SIGTERM) == 0
     saved = (state / "ruleset.nft").read_text()
+    failclosed = (state / "failclosed.nft").read_text()
+    assert len(failclosed) < 4096 and '"tap*"' in failclosed and "agent_stamp" not in failclosed
     a.nft("delete", "table", "inet", "secgroup_agent")           # a boot: no table
     assert reachable(a, 8080) and reachable(a, 9999)              # unfiltered
-    start = time.monotonic()
+    start = time.monotonic()                                      # the boot step's first half alone
+    a.sb.exec(a.sb.hv, "nft", "-f", str(state / "failclosed.nft"))
+    took_closed = time.monotonic() - start
+    assert not reachable(a, 8080, 0.4), "the fail-closed boot table lets the tap's traffic through"
+    start = time.monotonic()                                      # the whole step: no stamp, so both files
     a.sb.exec(a.sb.hv, "/bin/sh", "-c", restore_command(state))
     took = time.monotonic() - start
-    print(f"\nboot restore (one nft -f of {len(saved)} bytes): {took * 1000:.0f} ms")
+    print(f"\nboot step: fail-closed table ({len(failclosed)} bytes) {took_closed * 1000:.0f} ms; "
+          f"the whole step (it, then one nft -f of {len(saved)} bytes) {took * 1000:.0f} ms")
     assert not reachable(a, 9999, 0.4) and reachable(a, 8080)
+    assert "boot_forward" not in a.nft("list", "table", "inet", "secgroup_agent").stdout
     stamp = a.nft("list", "set", "inet", "secgroup_agent", "agent_stamp").stdout
     assert re.search(r"elements = \{ ([0-9a-f:]+) \}", stamp).group(1) in saved
     a.sb.exec(a.sb.hv, "/bin/sh", "-c", restore_command(state))  # the table is there: not loaded again
