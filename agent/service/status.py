@@ -4,7 +4,9 @@ The daemon listens on a stream socket (default /run/secgroup-agent/agent.sock, m
 0600, root only: the peer's uid is checked too); a client connects, may send one
 request line, and reads one JSON document: `status` (or nothing, answered after 20 ms)
 answers at once; `wait IFACE REVISION|- SECONDS` answers as soon as the interface is
-programmed (at that revision), or when the seconds run out (`secgroup-agent wait`).
+programmed (at that revision), or when the seconds run out (`secgroup-agent wait`), with
+the document cut to what `wait` reads; the daemon's publish lets such clients answer
+before its loop goes on (StatusServer.notify).
 `format_status` is the human form.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import socket
 import struct
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -26,6 +29,7 @@ from agent.service.status_doc import Interfaces, LastApply, RulesetFacts, Status
 log = logging.getLogger(__name__)
 DEFAULT_SOCKET = "/run/secgroup-agent/agent.sock"
 MAX_LISTED = 50
+YIELD_SECONDS = 0.05     # how long a publish waits for `wait` clients to look (notify)
 
 
 def build_status(d: Any) -> Status:
@@ -97,6 +101,8 @@ class StatusServer:
         self._thread = threading.Thread(target=self._serve, name="status", daemon=True)
         self._cache: Optional[tuple[Status, bytes]] = None
         self._published = threading.Condition()
+        self._waiters: set[object] = set()       # `wait` clients blocked in _wait
+        self._owing: set[object] = set()         # ... that have not looked at the newest snapshot
 
     def _bind(self) -> socket.socket:
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -129,9 +135,23 @@ class StatusServer:
             threading.Thread(target=self._answer, args=(conn,), name="status-client", daemon=True).start()
 
     def notify(self) -> None:
-        """A new snapshot was published: waiting clients look again."""
+        """A new snapshot was published: waiting clients look again. The caller (the
+        daemon's main loop) gives them the interpreter first: it returns once every
+        waiting client has looked, and those it satisfied have their answer sent, or
+        after YIELD_SECONDS; otherwise the loop's post-commit work would share the GIL
+        with them in 5 ms slices and `wait` would return tens of ms late."""
         with self._published:
+            self._owing = set(self._waiters)
             self._published.notify_all()
+            end = time.monotonic() + YIELD_SECONDS
+            while self._owing and (left := end - time.monotonic()) > 0:
+                self._published.wait(left)
+
+    def _looked(self, token: object) -> None:
+        with self._published:
+            if token in self._owing:
+                self._owing.discard(token)
+                self._published.notify_all()
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
@@ -141,21 +161,36 @@ class StatusServer:
                     conn.sendall(b'{"error": "permission denied"}\n')
                     return
                 request = _request(conn)
-                if request[:1] == ["wait"] and len(request) == 4:
-                    self._wait(request[1], None if request[2] == "-" else request[2], float(request[3]))
                 conn.settimeout(2.0)
+                if request[:1] == ["wait"] and len(request) == 4:
+                    token = object()
+                    try:
+                        got = self._wait(token, request[1], None if request[2] == "-" else request[2],
+                                         float(request[3]))
+                        conn.sendall(_wait_answer(got, request[1]))
+                    finally:
+                        self._looked(token)
+                    return
                 conn.sendall(self._encoded())
             except (OSError, ValueError) as exc:
                 log.debug("status client: %s", exc)
 
-    def _wait(self, iface: str, revision: Optional[str], seconds: float) -> None:
+    def _wait(self, token: object, iface: str, revision: Optional[str], seconds: float) -> Status:
+        """The snapshot once `iface` is programmed (at `revision`), or the last one at the
+        deadline. `token` stays owing (see notify) until the caller has answered."""
         deadline = time.monotonic() + min(seconds, 300.0)
         with self._published:
-            while time.monotonic() < deadline:
-                got = self.snapshot().interfaces.programmed.get(iface)
-                if got is not None and (revision is None or got == revision):
-                    return
-                self._published.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._waiters.add(token)
+            try:
+                while True:
+                    snap = self.snapshot()
+                    got = snap.interfaces.programmed.get(iface)
+                    if (got is not None and (revision is None or got == revision)) or time.monotonic() >= deadline:
+                        return snap
+                    self._looked(token)
+                    self._published.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            finally:
+                self._waiters.discard(token)
 
     def _encoded(self) -> bytes:
         """The snapshot as JSON, encoded once per snapshot (`wait` polls every 10 ms)."""
@@ -171,6 +206,15 @@ class StatusServer:
             self.path.unlink()
         except OSError:
             pass
+
+
+def _wait_answer(snap: Status, iface: str) -> bytes:
+    """The answer to `wait`: the status document with only what `wait` reads (the
+    revision and this interface's), a few hundred bytes instead of every interface."""
+    got = snap.interfaces.programmed.get(iface)
+    nics = replace(snap.interfaces, missing=(), programmed={iface: got} if got is not None else {})
+    small = replace(snap, interfaces=nics, warnings=(), errors=snap.errors[:MAX_LISTED])
+    return json.dumps(small.to_dict(), default=str).encode() + b"\n"
 
 
 def _request(conn: socket.socket) -> list[str]:
