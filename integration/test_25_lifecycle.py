@@ -135,7 +135,9 @@ def test_the_libvirt_hook_waits_until_the_tap_is_enforced(topo, hv):
     hook.stdin.write(DOMAIN.format(guest="web2", dev="tap-i2"))
     hook.stdin.close()
     time.sleep(2.0)
-    assert hook.poll() is None, f"the hook returned before tap-i2 was in the desired state: {hook.communicate()}"
+    if hook.poll() is not None:
+        raise AssertionError(f"the hook returned (exit {hook.returncode}) before tap-i2 was in the desired "
+                             f"state: {hook.stdout.read()}{hook.stderr.read()}")
     revision = hv.write_config(BASE)
     out, err = hook.communicate(timeout=30)
     assert hook.returncode == 0, f"hook exit {hook.returncode}: {out}{err}"
