@@ -154,12 +154,14 @@ def main() -> int:
             print(f"hv tracks {tracked} flows ({others} to o1..o4); load {os.getloadavg()[0]:.1f}", flush=True)
             for old, new in zip(ports, ports[1:]):
                 victims = int(talk(helper, f"count {VICTIM}").split()[1])
-                recv.stdin.write(f"{new}\n"); recv.stdin.flush()
+                recv.stdin.write(f"{new}\n")
+                recv.stdin.flush()
                 assert recv.stdout.readline().strip() == "READY"
                 assert talk(send, str(new)) == "OK"
                 time.sleep(0.05)
                 tw = L.write(config, document(new))
-                helper.stdin.write(f"gone {VICTIM} {old} {tw}\n"); helper.stdin.flush()
+                helper.stdin.write(f"gone {VICTIM} {old} {tw}\n")
+                helper.stdin.flush()
                 t1 = float(recv.stdout.readline().split()[1])
                 gone = helper.stdout.readline().split()
                 left_others = int(talk(helper, "count " + " ".join(OTHERS)).split()[1])
