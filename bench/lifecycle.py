@@ -15,6 +15,13 @@ hypervisor (network namespaces), one run:
    within 1 s), and the daemon's journal line saying what was rewritten.
 5. `wait --iface` against traffic: a change written, `wait --revision R` polled; the
    difference between wait's return and the first admitted packet (target 50 ms).
+6. Boot restore: the daemon stopped, the agent's tables deleted (a boot), traffic to an
+   admitted port flowing; the unit's boot step in its two halves, each timed: `nft -f
+   failclosed.nft` (after it, no packet may arrive: every instance interface dropped),
+   then `nft -f ruleset.nft` (after it, the admitted port passes again).
+7. The first change after the daemon's own initial apply: tables deleted, a fresh state
+   directory, `run -c F` (the cold full replace), then `--changes` one-rule changes,
+   each timed by traffic: the first must be as fast as the later ones.
 """
 from __future__ import annotations
 
@@ -71,16 +78,51 @@ def stop(p) -> None:
     p.wait(timeout=120)
 
 
+def drop_tables(sb) -> None:
+    for family in ("inet", "bridge"):
+        sb.exec(sb.hv, "nft", "delete", "table", family, "secgroup_agent", check=False)
+
+
+def boot_restore(sb, state: Path, ns: str, send, recv, port: int) -> dict:
+    """Step 6: the boot step's two halves timed against traffic to an admitted port."""
+    out: dict = {}
+    logger = sb.popen(ns, L.PY, "-c", LOGGER, str(port), "3", stdout=subprocess.PIPE, text=True)
+    assert logger.stdout.readline().strip() == "READY"
+    send.stdin.write(f"{port}\n"); send.stdin.flush()
+    send.stdout.readline()
+    drop_tables(sb)                                       # a boot: no table, traffic unfiltered
+    time.sleep(0.3)
+    t = time.monotonic()
+    sb.exec(sb.hv, "nft", "-f", str(state / "failclosed.nft"))
+    t_closed = time.monotonic()
+    n, first, last = logger.stdout.readline().split()[1:]
+    logger.wait()
+    out["boot_failclosed_bytes"] = (state / "failclosed.nft").stat().st_size
+    out["boot_failclosed_ms"] = (t_closed - t) * 1000
+    out["boot_packets_before_closed"] = int(n)
+    out["boot_last_packet_after_closed_ms"] = (float(last) - t_closed) * 1000 if int(n) else None
+    recv.stdin.write(f"{port}\n"); recv.stdin.flush()
+    assert recv.stdout.readline().strip() == "READY"
+    t = time.monotonic()
+    sb.exec(sb.hv, "nft", "-f", str(state / "ruleset.nft"), timeout=1800)
+    t_full = time.monotonic()
+    out["boot_full_restore_bytes"] = (state / "ruleset.nft").stat().st_size
+    out["boot_full_restore_s"] = t_full - t
+    out["boot_admitted_again_after_full_ms"] = (arrival(recv) - t_full) * 1000
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--interfaces", type=int, default=1000)
     ap.add_argument("--rules", type=int, default=50)
-    ap.add_argument("--skip-restart", action="store_true", help="only the drift and wait measurements")
+    ap.add_argument("--changes", type=int, default=5, help="changes after the daemon's initial apply (step 7)")
     a = ap.parse_args()
     doc = json.loads(subprocess.run([str(L.GEN), "--interfaces", str(a.interfaces), "--rules", str(a.rules)],
                                     capture_output=True, text=True, check=True).stdout)
+    doc["instance_interfaces"] = ["t0*"]        # gen-config's interface names: the boot table covers them
     gid, nic, addr = L.pick_interface(doc)
-    ports = L.usable_ports(doc, gid, nic, addr, 4)
+    ports = L.usable_ports(doc, gid, nic, addr, 4 + a.changes)
     out: dict = {"size": f"{a.interfaces} x {a.rules}", "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="sglife") as t, L.Sandbox(f"sgl{os.getpid() % 10000}") as sb:
         tmp = Path(t)
@@ -154,6 +196,19 @@ def main() -> int:
             for log in ("run1.log", "run2.log"):
                 out[log] = [ln for ln in (tmp / log).read_text().splitlines()
                             if "start:" in ln or "ready" in ln or "applied (" in ln][:4]
+            stop(d)
+            out.update(boot_restore(sb, tmp / "state", ns, send, recv, ports[3]))
+            # 7. the daemon's own initial apply, then changes
+            os.environ["SECGROUP_AGENT_STATE_DIR"] = str(tmp / "state2")
+            drop_tables(sb)
+            t0 = time.monotonic()
+            d = agent(sb, tmp, config, "run3.log")
+            procs.append(d)
+            out["cold_run_ready_s"] = L.wait_ready(str(tmp / "agent.sock"), d, t0)
+            lat = [L.one_change(config, doc, gid, p, recv, send) for p in ports[4:]]
+            out["changes_after_initial_apply_ms"] = [round(x, 1) for x in lat]
+            out["run3.log"] = [ln for ln in (tmp / "run3.log").read_text().splitlines()
+                               if "applied (" in ln or "drift" in ln or "lost" in ln][:8]
         finally:
             for p in procs:
                 if p.poll() is None:

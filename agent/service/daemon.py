@@ -95,6 +95,7 @@ class Daemon:
     _repair_due: Optional[Drift] = None
     _save_due: Optional[float] = None
     _settle_due: Optional[float] = None
+    _links_due: Optional[float] = None        # when the link watch starts (in the background)
     _digest: Optional[Callable[[], str]] = None
     _checks: int = 0
     _listing: bool = False                   # a background listing is under way
@@ -121,9 +122,9 @@ class Daemon:
             self.refresh(force=True)
         finally:
             gc.enable()
-        self.start_link_watch()
-        self.publish()
         now = time.monotonic()
+        self._links_due = now + self.config.settle_delay     # pyroute2's first dump: 0.2-0.6 s, off the loop
+        self.publish()
         self._next_verify = now + self.config.verify_interval
         self._next_ping = now
         try:
@@ -162,7 +163,7 @@ class Daemon:
         deadline = min(self._next_verify, self._next_ping if self.config.watchdog_interval else float("inf"))
         if self._repair_due:
             deadline = min(deadline, time.monotonic() + self.config.repair_retry)
-        for due in (self._save_due, self._settle_due):
+        for due in (self._save_due, self._settle_due, self._links_due):
             if due is not None:
                 deadline = min(deadline, due)
         timeout = max(0.0, deadline - time.monotonic())
@@ -218,6 +219,9 @@ class Daemon:
             settle_garbage_collector()
         if self._save_due is not None and now >= self._save_due and self.events.empty():
             self.save()
+        if self._links_due is not None and now >= self._links_due and self.events.empty():
+            self._links_due = None                # a thread: a change arriving meanwhile is not held up
+            self.ports.background(self.start_link_watch)
 
     def adopt(self) -> None:
         """Take over the kernel's tables when they hold the saved ruleset, and the
