@@ -12,6 +12,7 @@
 import copy
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,18 +123,20 @@ def install_hook(hv) -> None:
 
 
 def start_hook(hv, guest: str, dev: str, timeout: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        ["docker", "exec", "-i", "-e", f"SECGROUP_AGENT_WAIT_TIMEOUT={timeout}", hv.c.cid,
-         HOOK_PATH, guest, "prepare", "begin", "-"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """libvirt's call at `prepare`, the domain XML on stdin."""
+    with tempfile.TemporaryFile("w+") as xml:
+        xml.write(DOMAIN.format(guest=guest, dev=dev))
+        xml.seek(0)
+        return subprocess.Popen(
+            ["docker", "exec", "-i", "-e", f"SECGROUP_AGENT_WAIT_TIMEOUT={timeout}", hv.c.cid,
+             HOOK_PATH, guest, "prepare", "begin", "-"],
+            stdin=xml, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_the_libvirt_hook_waits_until_the_tap_is_enforced(topo, hv):
     install_hook(hv)
     hv.apply(without_instance("i2"))
     hook = start_hook(hv, "web2", "tap-i2", 30)
-    hook.stdin.write(DOMAIN.format(guest="web2", dev="tap-i2"))
-    hook.stdin.close()
     time.sleep(2.0)
     if hook.poll() is not None:
         raise AssertionError(f"the hook returned (exit {hook.returncode}) before tap-i2 was in the desired "
@@ -150,7 +153,7 @@ def test_the_libvirt_hook_waits_until_the_tap_is_enforced(topo, hv):
 def test_the_libvirt_hook_refuses_a_tap_that_is_not_enforced(hv):
     install_hook(hv)
     hook = start_hook(hv, "ghost", "tap-nobody", 1)
-    out, err = hook.communicate(DOMAIN.format(guest="ghost", dev="tap-nobody"), timeout=30)
+    out, err = hook.communicate(timeout=30)
     assert hook.returncode == 1, f"hook exit {hook.returncode}: {out}{err}"
     assert "tap-nobody not enforced" in err, err
     other = subprocess.run(["docker", "exec", "-i", hv.c.cid, HOOK_PATH, "ghost", "release", "end", "-"],

@@ -130,3 +130,27 @@ def test_a_lost_notification_never_delays_the_next_change():
     d.step([("overflow",), ("source",)])
     assert len(pending) == 1 and d._listing                    # listing under way
     assert d.revision == "r2" and len(kernel.commits) == 2     # the change did not wait for it
+
+
+def test_a_publish_answers_waiting_clients_before_the_loop_goes_on(tmp_path):
+    """`wait` gets a cut document (only its interface), sent before the publish returns."""
+    from agent.service.status import query
+    d, _ = daemon(FakeKernel())
+    path = tmp_path / "agent.sock"
+    server = StatusServer(str(path), d.snapshot).start()
+    d.ports.published = server.notify
+    got: list = []
+    client = threading.Thread(target=lambda: got.append(query(str(path), request="wait tap-web1 r1 5")))
+    try:
+        client.start()
+        deadline = time.monotonic() + 5
+        while not server._waiters and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert server._waiters, "the wait request never reached the server"
+        d.refresh(force=True)
+        assert not server._owing and not server._waiters      # the answer was sent before publish returned
+        client.join(0.5)
+        assert got and got[0].interfaces.programmed == {"tap-web1": "r1"} and got[0].revision == "r1"
+        assert len(query(str(path)).interfaces.programmed) == 3        # a plain status: every interface
+    finally:
+        server.close()
