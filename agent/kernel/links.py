@@ -12,6 +12,7 @@ thread that created them, so the monitor opens its socket inside its own thread.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Callable, Optional
 
@@ -19,9 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def present_links() -> set[str]:
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        return {str(link.get("ifname")) for link in ipr.get_links() if link.get("ifname")}
+    """The names of this network namespace's links: if_nameindex(3) (one netlink dump in
+    libc, ~1 ms), not pyroute2, whose first use costs 0.2-0.6 s of imports."""
+    return {name for _, name in socket.if_nameindex()}
 
 
 class LinkMonitor:

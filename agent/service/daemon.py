@@ -123,7 +123,8 @@ class Daemon:
         finally:
             gc.enable()
         now = time.monotonic()
-        self._links_due = now + self.config.settle_delay     # pyroute2's first dump: 0.2-0.6 s, off the loop
+        self.present = self.ports.present_links()          # ~1 ms; the monitor (pyroute2: 0.2-0.6 s) later
+        self._links_due = now + self.config.settle_delay
         self.publish()
         self._next_verify = now + self.config.verify_interval
         self._next_ping = now
@@ -147,9 +148,9 @@ class Daemon:
         self.publish()
 
     def start_link_watch(self) -> None:
-        self.present = self.ports.present_links()
         if self.ports.link_monitor:
             self._closers.append(self.ports.link_monitor(lambda name, up: self.request("link", name, up)))
+        self.present = self.ports.present_links()          # after the monitor: nothing appears unseen
 
     def close(self) -> None:
         for closer in reversed(self._closers):

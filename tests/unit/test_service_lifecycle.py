@@ -154,3 +154,28 @@ def test_a_publish_answers_waiting_clients_before_the_loop_goes_on(tmp_path):
         assert len(query(str(path)).interfaces.programmed) == 3        # a plain status: every interface
     finally:
         server.close()
+
+
+def test_present_interfaces_are_known_at_ready_before_the_link_watch_starts():
+    """The link monitor (pyroute2) starts in the background when the loop is idle; the
+    interfaces present are read at once (if_nameindex), so the first status is right."""
+    started = []
+    ports = Ports(present_links=lambda: {"tap-web1", "tap-db1"},
+                  link_monitor=lambda cb: started.append(cb) or Source(None),
+                  background=lambda work: threading.Thread(target=work).start())
+    d = Daemon(Source(WEBSHOP), Keeper(FakeKernel()), DaemonConfig(host="hv-01", settle_delay=1.0), ports)
+    runner = threading.Thread(target=d.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not d.ready and time.monotonic() < deadline:
+            time.sleep(0.005)
+        nics = d.snapshot().interfaces
+        assert d.ready and not started, "the link monitor must not hold up the first apply"
+        assert nics.present == 2 and nics.missing == ("tap-web2",), nics
+        while not started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started, "the link monitor never started"
+    finally:
+        d.request("stop")
+        runner.join(5)
