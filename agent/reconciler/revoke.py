@@ -24,7 +24,7 @@ import time
 from typing import Callable, Iterable, Optional, Protocol
 
 from agent.errors import KernelError
-from agent.model.objects import DesiredState, Interface, Peer
+from agent.model.objects import DesiredState, Peer
 from agent.policy.effective import peer_networks
 from agent.policy.revocation import Flow, plan_revocations
 
@@ -44,25 +44,34 @@ def _peers_by_group(state: DesiredState) -> dict[str, frozenset[Peer]]:
             for g in state.groups}
 
 
-def _inputs(state: DesiredState, nic: Interface, peers: dict[str, frozenset[Peer]]) -> tuple:
-    """Everything the effective lists of `nic` are built from (agent.policy.effective)."""
-    inst = state.instance_by_id[nic.instance_id]
-    groups = tuple(state.group_by_id[g] for g in inst.groups)
-    used = sorted({p for g in inst.groups for p in peers.get(g, ())}, key=lambda p: (p.kind, p.value))
-    return nic, inst.network, groups, tuple((p.kind, p.value, peer_networks(state, p)) for p in used)
+def _changed(old: DesiredState, new: DesiredState) -> tuple[set[str], set[Peer]]:
+    """The groups whose definition differs, and the peers (groups, prefix lists) whose
+    members differ: each compared once, not once per interface (a group can have
+    10,000 remote members)."""
+    groups = {g for g in old.group_by_id.keys() | new.group_by_id.keys()
+              if old.group_by_id.get(g) != new.group_by_id.get(g)}
+    peers = {p for ps in (*_peers_by_group(old).values(), *_peers_by_group(new).values()) for p in ps}
+    return groups, {p for p in peers if peer_networks(old, p) != peer_networks(new, p)}
 
 
 def touched_addresses(old: Optional[DesiredState], new: DesiredState,
                       previous: frozenset) -> Optional[frozenset]:
-    """The addresses whose connections may have changed verdict from `old` to `new`;
-    None when that is not known (no previous state, or a host-wide setting changed)."""
+    """The addresses whose connections may have changed verdict from `old` to `new`:
+    those of the interfaces whose effective lists' inputs differ (the interface, its
+    instance's network and groups, those groups' rules, the members of every peer
+    those rules and the intra-group stage name), and those that left. None when that
+    is not known (no previous state, or a host-wide setting changed)."""
     if old is None or (old.host, old.anti_spoofing) != (new.host, new.anti_spoofing):
         return None
-    old_peers, new_peers = _peers_by_group(old), _peers_by_group(new)
+    groups, peers = _changed(old, new)
+    uses = _peers_by_group(new)
     out = set(previous - frozenset(a for n in new.local_interfaces.values() for a in n.addresses))
     for name, nic in new.local_interfaces.items():
         was = old.local_interfaces.get(name)
-        if was is None or _inputs(old, was, old_peers) != _inputs(new, nic, new_peers):
+        inst = new.instance_by_id[nic.instance_id]
+        before = old.instance_by_id.get(was.instance_id) if was is not None else None
+        if (was is None or before is None or was != nic or (before.network, before.groups) != (inst.network, inst.groups)
+                or any(g in groups or uses.get(g, frozenset()) & peers for g in inst.groups)):
             out.update(nic.addresses)
             if was is not None:
                 out.update(was.addresses)
