@@ -251,7 +251,8 @@ class Daemon:
             self.errors = []          # back to what is applied (e.g. a bad edit reverted)
             return None
         try:
-            validated = validate_update(data, self.config.host, self._validated)
+            validated = validate_update(data, self.config.host, self._validated,
+                                        getattr(self.source, "shares_items", False))
         except InvalidInput as exc:
             return self.rejected(revision, [str(e) for e in exc.errors])
         self._validated = validated      # validation cache only: kept whether or not the apply succeeds
