@@ -90,13 +90,20 @@ def plan_element_changes(old: Ruleset, new: Ruleset) -> Optional[tuple[ElementCh
     for o, n in zip(old.tables, new.tables):
         if o is n:
             continue
-        if not _same(o.chains, n.chains) or [(s.name, _decl(s)) for s in o.sets] != [(s.name, _decl(s)) for s in n.sets]:
+        if not _same(o.chains, n.chains) or not _same_declarations(o.sets, n.sets):
             return None
         for os_, ns in zip(o.sets, n.sets):
             if os_ is not ns and not _same(os_.elements, ns.elements):
                 removed, added = element_diff(os_, ns)
                 out.append(ElementChange(n.family, n.name, ns, removed, added))
     return tuple(out)
+
+
+def _same_declarations(old: tuple[NftSet, ...], new: tuple[NftSet, ...]) -> bool:
+    """The same sets (names, types, flags) in the same order; an unchanged set is the
+    very object of the previous build, so most are not looked into."""
+    return len(old) == len(new) and all(
+        a is b or (a.name == b.name and _decl(a) == _decl(b)) for a, b in zip(old, new))
 
 
 def plan_update(old: Ruleset, new: Ruleset, replace_sets: bool = False) -> str:

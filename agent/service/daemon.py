@@ -241,6 +241,7 @@ class Daemon:
     # -- desired state -----------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
         """Read the source; apply a new valid revision, keep the last one otherwise."""
+        start = time.monotonic()
         try:
             data, revision = self.source.fetch()
         except InvalidInput as exc:
@@ -256,6 +257,8 @@ class Daemon:
         except InvalidInput as exc:
             return self.rejected(revision, [str(e) for e in exc.errors])
         self._validated = validated      # validation cache only: kept whether or not the apply succeeds
+        log.debug("revision %s: read and %s validation in %.1f ms", revision, validated.mode,
+                  (time.monotonic() - start) * 1000)
         state = with_instance_interfaces(validated.state, self.config.instance_interfaces)
         self.apply(state, revision, lambda: state_hash(data))
         if self.last_apply is not None and self.last_apply.result == "ok" and self.last_apply.revision == revision:
