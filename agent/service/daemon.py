@@ -215,7 +215,10 @@ class Daemon:
             self._settle_due = None               # after `wait` and status readers had their answer
             if self._digest is not None:
                 self.hash, self._digest = self._digest(), None
+            hashed = time.monotonic()
             settle_garbage_collector()
+            log.debug("revision %s: settled (state hash %.0f ms, collector %.0f ms)", self.revision,
+                      (hashed - now) * 1000, (time.monotonic() - hashed) * 1000)
         if self._save_due is not None and now >= self._save_due and self.events.empty():
             self.save()
 
