@@ -69,3 +69,14 @@ def test_shared_documents_validate_incrementally_to_the_full_state():
         validated = validate_update(doc, None, validated, shared=True)
         assert validated.mode == "incremental"
         assert validated.state == validate_document(doc, None)
+
+
+def test_the_incremental_state_hash_is_state_hash():
+    from agent.service.records import StateHasher, state_hash
+    cache, kvs, hasher = DocumentCache(), document_keys(DOC, "/p"), StateHasher()
+    for n, group in ((None, None), (3, "sg-web"), (7, "sg-web"), (3, "sg-db")):
+        if n is not None:
+            kvs = _joined(kvs, n, group)
+        doc = cache.document(kvs, "/p", "s")
+        assert hasher(doc) == state_hash(doc)
+    assert hasher({1: "x"}) == state_hash({1: "x"})
