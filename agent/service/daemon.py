@@ -127,7 +127,9 @@ class Daemon:
         now = time.monotonic()
         self._next_verify = now + self.config.verify_interval
         self._next_ping = now
-        try:
+        if self._settle_due is not None:
+            self._settle_due = now      # the start's millions of objects out of the collector's view
+        try:                            # now, not inside the first change (a full collection: ~0.2 s)
             while self.step(self._wait()):
                 pass
         finally:
