@@ -11,6 +11,11 @@ the part of the end-to-end latency that is Python can be followed without namesp
 
 Each revision is a fresh parse of the JSON text, as the file source gives it; after each
 one the garbage collector is settled as the daemon does (collect, then freeze).
+`--source etcd`: each revision is instead the etcd source's document (etcd_layout:
+the document's keys, one value changed per revision, built by the source's
+DocumentCache) validated with shared=True, as the daemon does for etcd (no etcd needed).
+
+    .venv/bin/python bench/pipeline.py --interfaces 100 --rules 50 --remote 10000 --change member --source etcd
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from agent.compiler.patch import compile_changes  # noqa: E402
 from agent.compiler.transaction import plan_element_changes, plan_update  # noqa: E402
 from agent.model.loader import parse_document  # noqa: E402
 from agent.model.validate_incremental import validate_update  # noqa: E402
+from agent.sources.etcd_layout import DocumentCache, document_keys  # noqa: E402
 from agent.reconciler.keeper import REPLACE_SETS_FROM  # noqa: E402
 from bench.latency import with_member, with_port, pick_interface  # noqa: E402
 
@@ -47,17 +53,30 @@ def revisions(doc: dict, change: str, count: int) -> list[str]:
     return [json.dumps(with_port(doc, gid, 61000 + i)) for i in range(count + 1)]
 
 
-def step(texts: list[str], times: dict[str, list[float]], profile: cProfile.Profile | None) -> str:
+def etcd_keys(texts: list[str]) -> list[dict[str, bytes]]:
+    """The etcd keys of each revision as the source's watch leaves them: a value that
+    did not change is the same bytes object as in the revision before."""
+    out: list[dict[str, bytes]] = []
+    for text in texts:
+        before = out[-1] if out else {}
+        keys = document_keys(json.loads(text), "/bench")
+        out.append({k: before[k] if before.get(k) == v else v for k, v in keys.items()})
+    return out
+
+
+def step(texts: list[str], times: dict[str, list[float]], profile: cProfile.Profile | None,
+         source: str = "file") -> str:
     """Run every revision through the pipeline; the mode of the last plan."""
     validated, memo, applied, how = None, None, None, ""
+    kvs, cache = (etcd_keys(texts), DocumentCache()) if source == "etcd" else (None, None)
     for n, text in enumerate(texts):
         on = profile is not None and n > 0
         if on:
             profile.enable()
         t0 = time.perf_counter()
-        data = parse_document(text, "bench")
+        data = parse_document(text, "bench") if cache is None else cache.document(kvs[n], "/bench", "bench")
         t1 = time.perf_counter()
-        validated = validate_update(data, None, validated)
+        validated = validate_update(data, None, validated, shared=cache is not None)
         t2 = time.perf_counter()
         ruleset, memo = compile_changes(validated.state, memo)
         t3 = time.perf_counter()
@@ -86,6 +105,8 @@ def main() -> int:
     ap.add_argument("--change", choices=["rule", "member"], default="member")
     ap.add_argument("--changes", type=int, default=10)
     ap.add_argument("--profile", type=int, default=0, help="print the top N functions by cumulative time")
+    ap.add_argument("--source", choices=["file", "etcd"], default="file",
+                    help="file: each revision parsed whole; etcd: the etcd source's DocumentCache")
     a = ap.parse_args()
     doc = json.loads(subprocess.run([str(GEN), "--interfaces", str(a.interfaces), "--rules", str(a.rules),
                                      "--remote", str(a.remote)], capture_output=True, text=True,
@@ -93,9 +114,9 @@ def main() -> int:
     texts = revisions(doc, a.change, a.changes)
     times: dict[str, list[float]] = {name: [] for name in STEPS}
     profile = cProfile.Profile() if a.profile else None
-    how = step(texts, times, profile)
+    how = step(texts, times, profile, a.source)
     total = [sum(parts) for parts in zip(*times.values())]
-    print(f"{a.change} change, {a.interfaces} interfaces x {a.rules} rules, {a.remote} remote; "
+    print(f"{a.change} change through {a.source}, {a.interfaces} interfaces x {a.rules} rules, {a.remote} remote; "
           f"{a.changes} changes; last plan: {how}")
     for name, values in list(times.items()) + [("total", total)]:
         print(f"  {name:9s} {statistics.median(values):8.1f} ms  [{min(values):.1f}-{max(values):.1f}]")
