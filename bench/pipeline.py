@@ -97,6 +97,18 @@ def step(texts: list[str], times: dict[str, list[float]], profile: cProfile.Prof
     return how
 
 
+def save_costs(text: str) -> None:
+    """What the daemon's save pickles (agent.reconciler.store.Saved), part by part."""
+    import pickle
+    validated = validate_update(parse_document(text, "bench"), None, None)
+    ruleset, memo = compile_changes(validated.state, None)
+    for name, obj in (("ruleset", ruleset), ("memo", memo), ("validated document", validated),
+                      ("  its state", validated.state), ("  its raw document", validated.data)):
+        t0 = time.perf_counter()
+        size = len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        print(f"  pickle {name:20s} {size / 1e6:6.2f} MB {(time.perf_counter() - t0) * 1000:7.1f} ms")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--interfaces", type=int, default=100)
@@ -105,6 +117,8 @@ def main() -> int:
     ap.add_argument("--change", choices=["rule", "member"], default="member")
     ap.add_argument("--changes", type=int, default=10)
     ap.add_argument("--profile", type=int, default=0, help="print the top N functions by cumulative time")
+    ap.add_argument("--pickle", action="store_true",
+                    help="also time pickling what the daemon saves (ruleset, memo, validated document)")
     ap.add_argument("--source", choices=["file", "etcd"], default="file",
                     help="file: each revision parsed whole; etcd: the etcd source's DocumentCache")
     a = ap.parse_args()
@@ -115,6 +129,8 @@ def main() -> int:
     times: dict[str, list[float]] = {name: [] for name in STEPS}
     profile = cProfile.Profile() if a.profile else None
     how = step(texts, times, profile, a.source)
+    if a.pickle:
+        save_costs(texts[-1])
     total = [sum(parts) for parts in zip(*times.values())]
     print(f"{a.change} change through {a.source}, {a.interfaces} interfaces x {a.rules} rules, {a.remote} remote; "
           f"{a.changes} changes; last plan: {how}")
