@@ -17,6 +17,17 @@ a rule admitting udp/P from the group `sg-probe` (so every local policy chain na
 and each change makes a remote instance holding the `outside` address join `sg-probe`
 (after it left it in a change that is not timed); with `--remote N` the document has N
 more members on other hosts (gen-config --remote).
+
+`--source etcd` (or `file,etcd`) has the daemon follow an etcd instead of the file: etcd
+(Debian's etcd-server) runs in the `outside` namespace, the initial document is
+published there (`secgroup-agent publish`'s layout), and each join is ONE put of the key
+`instances/bench-member`, as a controller would write it (t0 is taken just before the
+request; etcd's commit is in the figure). With several sources the joins are run in
+`--rounds` rounds alternating the sources, each round a fresh sandbox and daemon, so
+the figures of the sources are interleaved in time:
+
+    sudo .venv/bin/python bench/latency.py --remote 10000 --change member --source file,etcd \
+        --changes 30 --rounds 3
 """
 from __future__ import annotations
 
@@ -34,7 +45,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from agent.model.objects import INGRESS  # noqa: E402
 from agent.policy.effective import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate  # noqa: E402
@@ -70,12 +81,90 @@ for line in sys.stdin:
 """
 
 
+WRITER = """
+import json, sys, time
+from agent.distribution.publish import publish
+from agent.sources.client import ClientOptions
+from agent.sources.etcd_gateway import EtcdGateway, b64
+from agent.sources.etcd_layout import parse_etcd_spec
+spec = sys.argv[1]; target = parse_etcd_spec(spec)
+gw = EtcdGateway(list(target.endpoints), ClientOptions.from_kwargs(spec, {}))
+for line in sys.stdin:
+    what, arg = line.split(" ", 1)
+    if what == "publish":
+        publish(arg.strip(), spec, target); print("OK", flush=True)
+    else:
+        key, value = json.loads(arg)
+        t0 = time.monotonic()
+        gw.txn([], [{"request_put": {"key": b64(target.prefix + "/" + key), "value": b64(value)}}])
+        print(f"T0 {t0}", flush=True)
+"""
+
+
+class FilePublisher:
+    """Changes by atomic rename of the watched file."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.config = tmp / "config.json"
+        self.spec = str(self.config)
+
+    def start(self, sb: Sandbox, doc: dict) -> None:
+        write(self.config, doc)
+
+    def put(self, doc: dict) -> float:
+        return write(self.config, doc)
+
+    def close(self) -> None:
+        pass
+
+
+class EtcdPublisher:
+    """Changes as puts of the member's key into an etcd in the outside namespace."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.etcd = None
+        self.writer: subprocess.Popen | None = None
+        self.spec = ""
+
+    def start(self, sb: Sandbox, doc: dict) -> None:
+        from source_helpers import Etcd
+        self.etcd = Etcd(host=OUTSIDE4, netns=sb.outside,
+                         args=("--max-txn-ops", "100000", "--max-request-bytes", str(64 << 20))).start()
+        self.spec = f"etcd://{self.etcd.endpoint}/bench"
+        self.writer = sb.popen(sb.outside, PY, "-c", WRITER, self.spec, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
+        path = self.tmp / "publish.json"
+        path.write_text(json.dumps(doc))
+        self._say(f"publish {path}")
+
+    def _say(self, line: str) -> str:
+        assert self.writer is not None and self.writer.stdin and self.writer.stdout
+        self.writer.stdin.write(line + "\n")
+        self.writer.stdin.flush()
+        return self.writer.stdout.readline().strip()
+
+    def put(self, doc: dict) -> float:
+        from agent.sources.etcd_layout import canonical
+        member = next(i for i in doc["instances"] if i["id"] == "bench-member")
+        answer = self._say("put " + json.dumps(["instances/bench-member", canonical(member).decode()]))
+        return float(answer.split()[1])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.kill()
+            self.writer.wait()
+        if self.etcd is not None:
+            self.etcd.destroy()
+
+
 def bench_rule(port: int) -> dict:
     return {"id": "bench-probe", "direction": "ingress", "policy": "accept", "priority": 1,
             "protocol": "udp", "port_range": f"{port}/{port}", "source_cidr": "192.0.2.0/24"}
 
 
 PROBE_GROUP, IDLE_GROUP, MEMBER_PORT = "sg-probe", "sg-probe-idle", 64999
+WARMUP = 0              # untimed joins after each daemon start (--warmup)
 
 
 def with_member(doc: dict, joined: bool) -> dict:
@@ -137,30 +226,48 @@ def pick_interface(doc: dict) -> tuple[str, str, str]:
     return inst["security_groups"][0], nic["name"], addr
 
 
-def measure(doc: dict, changes: int, tmp: Path, member: bool = False) -> dict:
+def measure(doc: dict, changes: int, tmp: Path, member: bool = False, source: str = "file") -> dict:
     gid, nic, addr = pick_interface(doc)
-    ports = [MEMBER_PORT] * (changes + 1) if member else usable_ports(doc, gid, nic, addr, changes)
-    config, sock = tmp / "config.json", str(tmp / "agent.sock")
-    write(config, with_member(doc, False) if member else with_port(doc, gid, ports[0]))
+    ports = [MEMBER_PORT] * (changes + 1) if member else usable_ports(doc, gid, nic, addr, changes + WARMUP)
+    sock = str(tmp / "agent.sock")
+    pub = EtcdPublisher(tmp) if source == "etcd" else FilePublisher(tmp)
     with Sandbox(f"sgb{os.getpid() % 10000}") as sb:
-        ns = sb.add_instance("inst", nic, [addr])
-        t = time.monotonic()
-        agent = sb.popen(sb.hv, PY, "-m", "agent.cli.main", "run", "-c", str(config), "--socket", sock,
-                         stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT)
-        recv = sb.popen(ns, PY, "-c", RECEIVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        send = sb.popen(sb.outside, PY, "-c", SENDER, addr, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
-            first = wait_ready(sock, agent, t)
-            if member:
-                lat = [one_join(config, doc, sock, recv, send) for _ in ports[1:]]
-            else:
-                lat = [one_change(config, doc, gid, p, recv, send) for p in ports[1:]]
-            return {"first_apply_s": first, "latencies_ms": lat, "rss_mb": rss_mb(agent.pid),
-                    "status": query(sock)}
+            pub.start(sb, with_member(doc, False) if member else with_port(doc, gid, ports[0]))
+            return _measured(sb, pub, doc, gid, nic, addr, ports, sock, tmp, member)
         finally:
-            for p in (send, recv, agent):
-                p.send_signal(signal.SIGKILL)
-                p.wait()
+            pub.close()
+
+
+def _measured(sb: Sandbox, pub, doc: dict, gid: str, nic: str, addr: str, ports: list[int], sock: str,
+              tmp: Path, member: bool) -> dict:
+    ns = sb.add_instance("inst", nic, [addr])
+    t = time.monotonic()
+    verbose = ["-v"] if os.environ.get("BENCH_KEEP") else []
+    agent = sb.popen(sb.hv, PY, "-m", "agent.cli.main", *verbose, "run", "-c", pub.spec, "--socket", sock,
+                     stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT, cwd=str(ROOT))
+    recv = sb.popen(ns, PY, "-c", RECEIVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    send = sb.popen(sb.outside, PY, "-c", SENDER, addr, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = wait_ready(sock, agent, t)
+        if member:
+            for _ in range(WARMUP):          # untimed: the first changes after a start
+                one_join(pub, doc, sock, recv, send)
+            if WARMUP:
+                time.sleep(2.0)                  # and the daemon's first save, done when idle
+            lat = [one_join(pub, doc, sock, recv, send) for _ in ports[1:]]
+        else:
+            for p in ports[1:1 + WARMUP]:       # untimed: the first changes after a start
+                one_change(pub, doc, gid, p, recv, send)
+            if WARMUP:
+                time.sleep(2.0)
+            lat = [one_change(pub, doc, gid, p, recv, send) for p in ports[1 + WARMUP:]]
+        return {"first_apply_s": first, "latencies_ms": lat, "rss_mb": rss_mb(agent.pid),
+                "status": query(sock)}
+    finally:
+        for p in (send, recv, agent):
+            p.send_signal(signal.SIGKILL)
+            p.wait()
 
 
 def wait_ready(sock: str, agent: subprocess.Popen, t: float) -> float:
@@ -175,7 +282,7 @@ def wait_ready(sock: str, agent: subprocess.Popen, t: float) -> float:
         time.sleep(0.05)
 
 
-def one_change(config: Path, doc: dict, gid: str, port: int, recv, send, new: dict | None = None) -> float:
+def one_change(pub, doc: dict, gid: str, port: int, recv, send, new: dict | None = None) -> float:
     new = new or with_port(doc, gid, port)
     recv.stdin.write(f"{port}\n")
     recv.stdin.flush()
@@ -184,23 +291,23 @@ def one_change(config: Path, doc: dict, gid: str, port: int, recv, send, new: di
     send.stdin.flush()
     assert send.stdout.readline().strip() == "OK"
     time.sleep(0.05)                        # nothing may arrive before the change
-    t0 = write(config, new)
+    t0 = pub.put(new)
     t1 = float(recv.stdout.readline().split()[1])
     if t1 < 0:
         raise SystemExit(f"port {port}: never enforced")
     return (t1 - t0) * 1000
 
 
-def one_join(config: Path, doc: dict, sock: str, recv, send) -> float:
+def one_join(pub, doc: dict, sock: str, recv, send) -> float:
     """The member leaves (not timed; waited for until the daemon reports the revision
     applied), then joins: the first packet admitted through sg-probe's set."""
     before = query(sock).revision
-    write(config, with_member(doc, False))
+    pub.put(with_member(doc, False))
     deadline = time.monotonic() + 30
     while query(sock).revision == before and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
-    return one_change(config, doc, "", MEMBER_PORT, recv, send, with_member(doc, True))
+    return one_change(pub, doc, "", MEMBER_PORT, recv, send, with_member(doc, True))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -217,7 +324,16 @@ def main() -> int:
     ap.add_argument("--remote", type=int, default=0, help="gen-config --remote (members on other hosts)")
     ap.add_argument("--change", choices=["rule", "member"], default="rule",
                     help="rule: one rule moves to a new port; member: a remote member joins a peer group")
+    ap.add_argument("--source", default="file", help="file, etcd, or file,etcd (interleaved in rounds)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds per source (changes are split among them)")
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="untimed changes after each daemon start (its first save and settle)")
     a = ap.parse_args()
+    global WARMUP
+    WARMUP = a.warmup
+    sources = a.source.split(",")
+    if set(sources) - {"file", "etcd"}:
+        raise SystemExit(f"--source: file or etcd, not {a.source}")
     if os.geteuid() != 0:
         raise SystemExit("run as root (network namespaces)")
     missing = check_tools("ip", "sysctl")
@@ -229,20 +345,38 @@ def main() -> int:
     else:
         doc = json.loads(subprocess.run([str(GEN), "--interfaces", str(a.interfaces), "--rules", str(a.rules),
                                          "--remote", str(a.remote)], capture_output=True, text=True, check=True).stdout)
-    with tempfile.TemporaryDirectory(prefix="sgbench") as tmp:
-        os.environ.setdefault("SECGROUP_AGENT_STATE_DIR", str(Path(tmp) / "state"))   # not /var/lib
-        r = measure(doc, a.changes, Path(tmp), member=a.change == "member")
-        if os.environ.get("BENCH_LOG"):
-            print((Path(tmp) / "agent.log").read_text()[-3000:])
-    lat, rs = r["latencies_ms"], r["status"].to_dict()["ruleset"]
-    print(f"change: {a.change}; load average {os.getloadavg()[0]:.2f}")
+    per_round = max(1, a.changes // max(1, a.rounds))
+    results: dict[str, list[dict]] = {s: [] for s in sources}
+    for n in range(a.rounds):
+        for source in sources:
+            with tempfile.TemporaryDirectory(prefix="sgbench") as tmp:
+                os.environ["SECGROUP_AGENT_STATE_DIR"] = str(Path(tmp) / "state")   # not /var/lib
+                r = measure(doc, per_round, Path(tmp), member=a.change == "member", source=source)
+                if os.environ.get("BENCH_LOG"):
+                    print((Path(tmp) / "agent.log").read_text()[-3000:])
+                if os.environ.get("BENCH_KEEP"):      # the daemon's debug log, kept
+                    keep = Path(os.environ["BENCH_KEEP"]) / f"agent-{source}-{n + 1}.log"
+                    keep.write_text((Path(tmp) / "agent.log").read_text())
+            lat = r["latencies_ms"]
+            print(f"round {n + 1} {source}: p50 {percentile(lat, .5):.1f} ms, max {max(lat):.1f} ms, "
+                  f"load {os.getloadavg()[0]:.2f}; " + " ".join(f"{x:.0f}" for x in lat), flush=True)
+            results[source].append(r)
+    for source, runs in results.items():
+        report(a, source, runs)
+    return 0
+
+
+def report(a: argparse.Namespace, source: str, runs: list[dict]) -> None:
+    r = runs[-1]
+    lat, rs = [x for run in runs for x in run["latencies_ms"]], r["status"].to_dict()["ruleset"]
+    print(f"change: {a.change} through {source}; load average {os.getloadavg()[0]:.2f}")
     print(f"size: {a.interfaces} interfaces x {a.rules} rules/group, {a.remote} remote -> {rs['chains']} chains, "
           f"{rs['rules']} rules, {rs['sets']} sets, {rs['elements']} elements")
-    print(f"first (full) apply, start to ready: {r['first_apply_s']:.2f} s")
+    print("first (full) apply, start to ready: " + ", ".join(f"{run['first_apply_s']:.2f}" for run in runs) + " s")
     print(f"change-to-enforced over {len(lat)} changes: p50 {percentile(lat, .5):.1f} ms, "
-          f"p99 {percentile(lat, .99):.1f} ms, max {max(lat):.1f} ms, mean {statistics.mean(lat):.1f} ms")
-    print(f"daemon resident memory after the changes: {r['rss_mb']:.0f} MB")
-    return 0
+          f"p99 {percentile(lat, .99):.1f} ms, max {max(lat):.1f} ms, mean {statistics.mean(lat):.1f} ms, "
+          f"min {min(lat):.1f} ms")
+    print("daemon resident memory after the changes: " + ", ".join(f"{run['rss_mb']:.0f}" for run in runs) + " MB")
 
 
 if __name__ == "__main__":

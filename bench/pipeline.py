@@ -11,6 +11,11 @@ the part of the end-to-end latency that is Python can be followed without namesp
 
 Each revision is a fresh parse of the JSON text, as the file source gives it; after each
 one the garbage collector is settled as the daemon does (collect, then freeze).
+`--source etcd`: each revision is instead the etcd source's document (etcd_layout:
+the document's keys, one value changed per revision, built by the source's
+DocumentCache) validated with shared=True, as the daemon does for etcd (no etcd needed).
+
+    .venv/bin/python bench/pipeline.py --interfaces 100 --rules 50 --remote 10000 --change member --source etcd
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from agent.compiler.patch import compile_changes  # noqa: E402
 from agent.compiler.transaction import plan_element_changes, plan_update  # noqa: E402
 from agent.model.loader import parse_document  # noqa: E402
 from agent.model.validate_incremental import validate_update  # noqa: E402
+from agent.sources.etcd_layout import DocumentCache, document_keys  # noqa: E402
 from agent.reconciler.keeper import REPLACE_SETS_FROM  # noqa: E402
 from bench.latency import with_member, with_port, pick_interface  # noqa: E402
 
@@ -47,17 +53,30 @@ def revisions(doc: dict, change: str, count: int) -> list[str]:
     return [json.dumps(with_port(doc, gid, 61000 + i)) for i in range(count + 1)]
 
 
-def step(texts: list[str], times: dict[str, list[float]], profile: cProfile.Profile | None) -> str:
+def etcd_keys(texts: list[str]) -> list[dict[str, bytes]]:
+    """The etcd keys of each revision as the source's watch leaves them: a value that
+    did not change is the same bytes object as in the revision before."""
+    out: list[dict[str, bytes]] = []
+    for text in texts:
+        before = out[-1] if out else {}
+        keys = document_keys(json.loads(text), "/bench")
+        out.append({k: before[k] if before.get(k) == v else v for k, v in keys.items()})
+    return out
+
+
+def step(texts: list[str], times: dict[str, list[float]], profile: cProfile.Profile | None,
+         source: str = "file") -> str:
     """Run every revision through the pipeline; the mode of the last plan."""
     validated, memo, applied, how = None, None, None, ""
+    kvs, cache = (etcd_keys(texts), DocumentCache()) if source == "etcd" else (None, None)
     for n, text in enumerate(texts):
         on = profile is not None and n > 0
         if on:
             profile.enable()
         t0 = time.perf_counter()
-        data = parse_document(text, "bench")
+        data = parse_document(text, "bench") if cache is None else cache.document(kvs[n], "/bench", "bench")
         t1 = time.perf_counter()
-        validated = validate_update(data, None, validated)
+        validated = validate_update(data, None, validated, shared=cache is not None)
         t2 = time.perf_counter()
         ruleset, memo = compile_changes(validated.state, memo)
         t3 = time.perf_counter()
@@ -78,6 +97,18 @@ def step(texts: list[str], times: dict[str, list[float]], profile: cProfile.Prof
     return how
 
 
+def save_costs(text: str) -> None:
+    """What the daemon's save pickles (agent.reconciler.store.Saved), part by part."""
+    import pickle
+    validated = validate_update(parse_document(text, "bench"), None, None)
+    ruleset, memo = compile_changes(validated.state, None)
+    for name, obj in (("ruleset", ruleset), ("memo", memo), ("validated document", validated),
+                      ("  its state", validated.state), ("  its raw document", validated.data)):
+        t0 = time.perf_counter()
+        size = len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        print(f"  pickle {name:20s} {size / 1e6:6.2f} MB {(time.perf_counter() - t0) * 1000:7.1f} ms")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--interfaces", type=int, default=100)
@@ -86,6 +117,10 @@ def main() -> int:
     ap.add_argument("--change", choices=["rule", "member"], default="member")
     ap.add_argument("--changes", type=int, default=10)
     ap.add_argument("--profile", type=int, default=0, help="print the top N functions by cumulative time")
+    ap.add_argument("--pickle", action="store_true",
+                    help="also time pickling what the daemon saves (ruleset, memo, validated document)")
+    ap.add_argument("--source", choices=["file", "etcd"], default="file",
+                    help="file: each revision parsed whole; etcd: the etcd source's DocumentCache")
     a = ap.parse_args()
     doc = json.loads(subprocess.run([str(GEN), "--interfaces", str(a.interfaces), "--rules", str(a.rules),
                                      "--remote", str(a.remote)], capture_output=True, text=True,
@@ -93,9 +128,11 @@ def main() -> int:
     texts = revisions(doc, a.change, a.changes)
     times: dict[str, list[float]] = {name: [] for name in STEPS}
     profile = cProfile.Profile() if a.profile else None
-    how = step(texts, times, profile)
+    how = step(texts, times, profile, a.source)
+    if a.pickle:
+        save_costs(texts[-1])
     total = [sum(parts) for parts in zip(*times.values())]
-    print(f"{a.change} change, {a.interfaces} interfaces x {a.rules} rules, {a.remote} remote; "
+    print(f"{a.change} change through {a.source}, {a.interfaces} interfaces x {a.rules} rules, {a.remote} remote; "
           f"{a.changes} changes; last plan: {how}")
     for name, values in list(times.items()) + [("total", total)]:
         print(f"  {name:9s} {statistics.median(values):8.1f} ms  [{min(values):.1f}-{max(values):.1f}]")

@@ -87,6 +87,7 @@ class Keeper:
     revoked_total: int = 0
     tables: tuple[tuple[str, str], ...] = OWNED_TABLES
     _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _rendered: Optional[tuple[Ruleset, str]] = field(default=None, repr=False)   # the last full render
 
     # -- start: adopt what the kernel holds -------------------------------------------
     def adopt(self) -> str:
@@ -115,7 +116,8 @@ class Keeper:
         the build for the next start)."""
         if self.store is None or self.applied is None or self.token is None:
             return
-        script = render_stamped(render_ruleset(self.applied), self.token)
+        script = render_stamped(self._render(self.applied), self.token)
+        self._rendered = None                    # not kept: a daemon saves after every commit
         boot = render_failclosed(self.state.instance_interfaces) if self.state is not None else None
         self.store.save(Saved(self.token, self.applied, self.memo, self.addresses, self.context), script, boot)
 
@@ -145,7 +147,7 @@ class Keeper:
             return ruleset == self.applied
         if self.kernel_token is None:
             return False
-        token = build_token(render_ruleset(ruleset))      # apply's first run: a full replace's stamp?
+        token = build_token(self._render(ruleset))      # apply's first run: a full replace's stamp?
         if token != self.kernel_token or not self.kernel.tables_present(tuple((t.family, t.name) for t in ruleset.tables)):
             return False
         self.applied, self.token, self.our_generation = ruleset, token, self.generation()
@@ -175,7 +177,7 @@ class Keeper:
             if took >= 0:
                 self.token = token
                 return INCREMENTAL, took, len(script)
-        script = render_ruleset(ruleset)
+        script = self._render(ruleset)
         self.token = build_token(script)
         return FULL, self._commit(FULL, render_stamped(script, self.token), revision), len(script)
 
@@ -190,6 +192,14 @@ class Keeper:
         except KernelError as exc:
             log.warning("revision %s: element update refused, using nft: %s", revision, exc)
             return -1.0, token
+
+    def _render(self, ruleset: Ruleset) -> str:
+        """The full script of `ruleset`, rendered once per ruleset object (a full apply
+        renders it to commit, then `save` writes it: 15 MB at 1,000 x 100)."""
+        held = self._rendered
+        if held is None or held[0] is not ruleset:
+            held = self._rendered = (ruleset, render_ruleset(ruleset))
+        return held[1]
 
     def plan(self, ruleset: Ruleset) -> str:
         assert self.applied is not None
@@ -277,7 +287,7 @@ class Keeper:
             except KernelError as exc:
                 log.warning("table %s: partial repair refused, replacing the tables: %s", TABLE, exc)
         log.warning("table %s: drift (%s): replacing the tables", TABLE, drift.reason)
-        took = self.kernel.commit(render_stamped(render_ruleset(self.applied), self.token), "repair")
+        took = self.kernel.commit(render_stamped(self._render(self.applied), self.token), "repair")
         return self._repaired(took)
 
     def _repaired(self, took: float) -> float:

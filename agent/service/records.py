@@ -21,9 +21,44 @@ class LastApply:
     revision: str
 
 
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+
+
 def state_hash(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(_canonical(data).encode()).hexdigest()[:16]
+
+
+class StateHasher:
+    """state_hash() for a source whose documents share unchanged items (the etcd
+    source): the canonical JSON of each list item is remembered by identity, so a
+    revision re-encodes only the items that changed (at 10,000 remote members the
+    whole document costs 70-170 ms in the daemon's loop, the changed items ~1 ms).
+    JSON encoding is compositional, so the text - and the hash - is state_hash's."""
+
+    def __init__(self) -> None:
+        self._texts: dict[int, tuple[Any, str]] = {}
+
+    def __call__(self, data: Any) -> str:
+        if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+            return state_hash(data)
+        texts, kept = self._texts, {}
+        parts = []
+        for key in sorted(data):
+            value = data[key]
+            if isinstance(value, list):
+                items = []
+                for item in value:
+                    held = texts.get(id(item))
+                    text = held[1] if held is not None and held[0] is item else _canonical(item)
+                    kept[id(item)] = (item, text)
+                    items.append(text)
+                body = "[" + ",".join(items) + "]"
+            else:
+                body = _canonical(value)
+            parts.append(_canonical(key) + ":" + body)
+        self._texts = kept
+        return hashlib.sha256(("{" + ",".join(parts) + "}").encode()).hexdigest()[:16]
 
 
 def settle_garbage_collector() -> None:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 from agent.sources import SourceError
 from agent.sources.client import Backoff, ClientOptions, WatchThread, warn_unknown
 from agent.sources.etcd_gateway import WATCH_IDLE_TIMEOUT, EtcdGateway, Snapshot, WatchMessage
-from agent.sources.etcd_layout import keys_document, parse_etcd_spec
+from agent.sources.etcd_layout import DocumentCache, parse_etcd_spec
 
 log = logging.getLogger(__name__)
 _OPTIONS = ("ca_file", "cert_file", "key_file", "idle_timeout")
@@ -32,6 +32,11 @@ _OPTIONS = ("ca_file", "cert_file", "key_file", "idle_timeout")
 
 class EtcdSource:
     """Desired state kept in etcd under a prefix, followed with a watch."""
+
+    # The documents fetch() returns share the objects of unchanged keys (DocumentCache):
+    # the reader must not mutate them, and may take an item that is the very object of
+    # the previous document as unchanged (validate_update(..., shared=True)).
+    shares_items = True
 
     def __init__(self, spec: str, **options: Any) -> None:
         warn_unknown(spec, options, _OPTIONS)
@@ -44,6 +49,7 @@ class EtcdSource:
         self._revision = 0
         self._in_sync = False
         self._last_read: Optional[Snapshot] = None
+        self._documents = DocumentCache()       # used by fetch() only (the daemon's thread)
         self._watcher = WatchThread(f"etcd-source {self.name}")
         self.backoff = Backoff()
         self.watching = threading.Event()     # set while a watch stream is established
@@ -59,7 +65,7 @@ class EtcdSource:
                 self._last_read = snap
             held = (snap.kvs, snap.revision)
         kvs, revision = held
-        return keys_document(kvs, self.target.prefix, self.name), str(revision)
+        return self._documents.document(kvs, self.target.prefix, self.name), str(revision)
 
     def start(self, on_change: Callable[[], None]) -> None:
         self._watcher.start(self._run, on_change)

@@ -83,15 +83,18 @@ def _load(key: str, value: bytes, errors: list[str]) -> Optional[dict]:
     return obj
 
 
-def _place(key: str, rest: str, obj: dict, lists: dict[str, list], errors: list[str]) -> None:
-    folder, _, oid = rest.partition("/")
-    name = FOLDERS[folder]
+def _item(key: str, rest: str, value: bytes, errors: list[str]) -> Optional[dict]:
+    """The object a list key holds (its id filled in from the key), or None (errors)."""
+    obj = _load(key, value, errors)
+    if obj is None:
+        return None
+    oid = rest.partition("/")[2]
     if "id" not in obj:
         obj["id"] = oid
     elif obj["id"] != oid:
         errors.append(f"{key}: id {json.dumps(obj['id'])} does not match the key")
-        return
-    lists[name].append(obj)
+        return None
+    return obj
 
 
 def _known(rest: str) -> bool:
@@ -101,26 +104,93 @@ def _known(rest: str) -> bool:
 
 def keys_document(kvs: dict[str, bytes], prefix: str, source: str) -> dict:
     """The document held by the keys under `prefix`; SourceError naming every bad key."""
-    meta_key = f"{prefix}/meta"
-    if meta_key not in kvs:
-        raise SourceError(f"{source}: no document under {prefix}/ (key {meta_key} is missing; "
-                          f"write one with `secgroup-agent publish`)")
-    errors: list[str] = []
-    doc = _load(meta_key, kvs[meta_key], errors) or {}
-    for name in LISTS:
-        if name in doc:
-            errors.append(f"{meta_key}: must not hold {name} (those are keys of their own)")
-    lists: dict[str, list] = {name: [] for name in LISTS}
-    for key in sorted(kvs):
-        rest = key[len(prefix) + 1:]
-        if not _known(rest):
-            _warn_unknown(key)
-        elif rest != "meta" and (obj := _load(key, kvs[key], errors)) is not None:
-            _place(key, rest, obj, lists, errors)
-    if errors:
-        raise SourceError(f"{source}: bad data: " + "; ".join(errors))
-    doc.update({name: items for name, items in lists.items() if items})
-    return doc
+    return DocumentCache().document(kvs, prefix, source)
+
+
+class DocumentCache:
+    """keys_document() for a source that reads revision after revision: a key whose value
+    is the one seen last time (the same bytes) gives the object parsed then, so a revision
+    that changes one instance key parses one value, not the document. The objects are
+    shared between the documents returned and must not be mutated (the daemon's
+    validation is told so: `validate_update(..., shared=True)`, which then takes an item
+    that is the very object of the previous document as unchanged)."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, tuple[bytes, dict]] = {}
+        self._order: list[str] = []            # sorted keys of the last document
+        self._keys: set[str] = set()
+        self._last: Optional[_Built] = None     # the last document built without errors
+
+    def document(self, kvs: dict[str, bytes], prefix: str, source: str) -> dict:
+        meta_key = f"{prefix}/meta"
+        if meta_key not in kvs:
+            raise SourceError(f"{source}: no document under {prefix}/ (key {meta_key} is missing; "
+                              f"write one with `secgroup-agent publish`)")
+        errors: list[str] = []
+        doc = _load(meta_key, kvs[meta_key], errors) or {}
+        for name in LISTS:
+            if name in doc:
+                errors.append(f"{meta_key}: must not hold {name} (those are keys of their own)")
+        built = self._patched(kvs, errors) or self._build(kvs, prefix, errors)
+        if errors:
+            raise SourceError(f"{source}: bad data: " + "; ".join(errors))
+        self._last = built
+        doc.update({name: items for name, items in built.lists.items() if items})
+        return doc
+
+    def _patched(self, kvs: dict[str, bytes], errors: list[str]) -> Optional["_Built"]:
+        """The last document with the values that changed since (the same keys): the
+        lists are copied and the changed items replaced in place; None: keys came or went."""
+        last = self._last
+        if last is None or len(kvs) != len(last.values):
+            return None
+        values, at = last.values, last.at
+        changed = [k for k, v in kvs.items() if values.get(k) is not v]
+        if any(k not in values for k in changed):
+            return None
+        lists = dict(last.lists)
+        for key in changed:
+            where = at.get(key)
+            if where is None:
+                continue                        # meta (read by the caller) or an ignored key
+            name, index, rest = where
+            obj = _item(key, rest, kvs[key], errors)
+            if obj is not None:
+                if lists[name] is last.lists[name]:
+                    lists[name] = list(lists[name])
+                lists[name][index] = obj
+                self._parsed[key] = (kvs[key], obj)
+        return _Built(dict(kvs), lists, at)
+
+    def _build(self, kvs: dict[str, bytes], prefix: str, errors: list[str]) -> "_Built":
+        if len(self._order) != len(kvs) or kvs.keys() != self._keys:
+            self._order, self._keys = sorted(kvs), set(kvs)
+            self._parsed = {k: v for k, v in self._parsed.items() if k in kvs}
+        lists: dict[str, list] = {name: [] for name in LISTS}
+        at: dict[str, tuple[str, int, str]] = {}
+        cut, parsed = len(prefix) + 1, self._parsed
+        for key in self._order:
+            value, held, rest = kvs[key], parsed.get(key), key[cut:]
+            if held is not None and (held[0] is value or held[0] == value):
+                obj: Optional[dict] = held[1]
+            elif not _known(rest):
+                _warn_unknown(key)
+                continue
+            elif rest == "meta" or (obj := _item(key, rest, value, errors)) is None:
+                continue
+            else:
+                parsed[key] = (value, obj)
+            name = FOLDERS[rest.partition("/")[0]]
+            at[key] = (name, len(lists[name]), rest)
+            lists[name].append(obj)
+        return _Built(dict(kvs), lists, at)
+
+
+@dataclass(frozen=True)
+class _Built:
+    values: dict[str, bytes]                  # the keys and values it was built from
+    lists: dict[str, list]                    # list name -> items, in key order
+    at: dict[str, tuple[str, int, str]]       # key -> (list name, index, key without prefix)
 
 
 def _warn_unknown(key: str) -> None:
