@@ -69,7 +69,7 @@ def normalize_listing(text: Optional[str]) -> Optional[str]:
 class Keeper:
     kernel: Kernel
     store: Optional[StateStore] = None
-    revoke_later: Optional[Callable[[DesiredState, frozenset], None]] = None   # None: at once
+    revoke_later: Optional[Callable[[DesiredState, frozenset, str], None]] = None   # None: at once
     applied: Optional[Ruleset] = None         # None: the kernel's content is not known
     state: Optional[DesiredState] = None
     token: Optional[str] = None               # the stamp of `applied` in the kernel
@@ -132,7 +132,7 @@ class Keeper:
             self.unaccounted = True               # a commit not ours since our last one
         mode, nft_seconds, size = self._commit_change(ruleset, revision)
         self._applied(ruleset, state)
-        revoked = self._revoke(state, previous) if state.revoke_connections else 0
+        revoked = self._revoke(state, previous, revision) if state.revoke_connections else 0
         for err in ruleset.errors:
             log.error("revision %s: %s", revision, err)
         return self._result(mode, start, nft_seconds, size, revoked, ruleset, state)
@@ -225,12 +225,12 @@ class Keeper:
             return None
 
     # -- revocation ----------------------------------------------------------------
-    def _revoke(self, state: DesiredState, previous: frozenset) -> int:
+    def _revoke(self, state: DesiredState, previous: frozenset, revision: str = "?") -> int:
         if self.revoke_later is not None:
-            self.revoke_later(state, previous)
+            self.revoke_later(state, previous, revision)
             return 0
         try:
-            deleted = apply_revocations(state, previous, self.kernel)
+            deleted = apply_revocations(state, previous, self.kernel, revision)
         except KernelError as exc:
             log.error("host %s: revocation failed: %s", state.host, exc)
             return 0
