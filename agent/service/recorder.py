@@ -260,6 +260,9 @@ class Recorder:
             self.stats.add("write_errors")
         return record
 
+    def collector(self) -> "StatsCollector":
+        return StatsCollector(self.stats)
+
     def _named(self, counts: dict[int, int]) -> dict[str, int]:
         return {(c.key if (c := self.resolver.chains.get(n)) is not None and c.key else str(n)): v
                 for n, v in sorted(counts.items())}
@@ -273,3 +276,15 @@ class Recorder:
                 thing.close()
         self.report_loss()
         self.sink.close()
+
+
+class StatsCollector:
+    """Prometheus: secgroup_agent_records_<key>_total, one counter per Stats key."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+        for key, value in self.stats.snapshot().items():
+            yield CounterMetricFamily(f"secgroup_agent_records_{key}", f"Records: {key.replace('_', ' ')}", value=value)
