@@ -94,6 +94,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
                             syslog=args.syslog, report_every=args.report_every,
                             flow_update_every=args.flow_update_every)
     recorder = Recorder(options, state=lambda: state, echo=echo).start()
+    print(f"reading NFLOG group {args.group}{' and conntrack events' if args.flows else ''}",
+          file=sys.stderr, flush=True)
     deadline = time.monotonic() + args.seconds if args.seconds else None
     try:
         while deadline is None or time.monotonic() < deadline:
