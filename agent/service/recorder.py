@@ -253,7 +253,7 @@ class Recorder:
         self._reported = now
         record = {"type": "loss", "time": iso_time(time.time()), "host": self.options.host, "since_last": grown,
                   "totals": now, "rate_limited_by_identity": self._named(limited)}
-        log.warning("records lost: %s", ", ".join(f"{k} +{v}" for k, v in sorted(grown.items())))
+        log.warning("records not written (lost or held back by a rate limit): %s", ", ".join(f"{k} +{v}" for k, v in sorted(grown.items())))
         try:
             self.sink.write(record)
         except (OSError, ValueError):
