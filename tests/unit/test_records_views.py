@@ -72,3 +72,23 @@ def test_text_format_of_a_packet_record():
          "protocol": "udp", "src": "10.77.0.2", "sport": 36779, "dst": "10.77.0.1", "dport": 9000}
     assert format_record(r) == ("2026-12-06T14:00:00.000Z drop ingress tap7 (i1) user sg-web/r1: "
                                 "udp 10.77.0.2:36779 -> 10.77.0.1:9000")
+
+
+def test_flow_memory_is_bounded_and_long_flows_reported(tmp_path):
+    from dataclasses import replace
+
+    from agent.kernel.ctevents import parse_buffer
+    from test_records_codecs import CT_DESTROY, CT_NEW
+    written: list = []
+    rec = Recorder(RecordOptions(host="hv1", packets=False, max_connections=1, flow_update_every=60),
+                   echo=written.append, resolver=Resolver(lambda: parse_verdict_chains(LISTING), min_refresh=0.0))
+    (new,), (gone,) = parse_buffer(CT_NEW), parse_buffer(CT_DESTROY)
+    rec.handle_flow_event(new)
+    rec.handle_flow_event(replace(new, id=new.id + 1))          # over max_connections: counted, not kept
+    assert rec.stats.snapshot()["flow_untracked"] == 1 and len(rec._first_seen) == 1
+    rec.handle_flow_event(gone)
+    assert [r["event"] for r in written] == ["end"] and not rec._first_seen
+    long_ago = replace(gone, kind="update", start=gone.start - 120 if gone.start else None)
+    rec.long_flows([long_ago, replace(long_ago, start=gone.stop)], now=gone.stop + 1)
+    assert [r["event"] for r in written] == ["end", "update"]
+    assert written[1]["destination"]["rule"]["rule"] == "web"
