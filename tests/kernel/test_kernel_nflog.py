@@ -6,6 +6,8 @@ packet; the probes beyond the limit counted as rate-limited, nothing lost."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 import pytest
 
@@ -54,3 +56,52 @@ def test_log_line_per_probe_up_to_rate_limit_then_counted(hv):
     assert losses and losses[-1]["rate_limited_by_identity"] == {DROP_KEY: PROBES - len(packets)}
     written = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [r for r in written if r["type"] == "packet"] == packets    # the file holds the same lines
+
+
+FOREIGN = """table inet sgr_test {
+  chain v_60000 {
+    log group 2701 prefix "sg:60000:"
+  }
+  chain fwd_test {
+    type filter hook forward priority -10; policy accept;
+    oifname "tap2" meta l4proto udp jump v_60000
+  }
+}
+"""
+
+
+def test_daemon_records_thread_writes_the_file(hv):
+    """`run --records --log-file`: the daemon's reader thread writes a line per logged
+    packet (here from a test table of its own beside the agent's; the agent's table drops
+    the probes after it), naming the sender's interface and instance from the daemon's
+    state, and stops with the daemon."""
+    from agent.service.status import query
+    out_file, sock = hv.tmp / "daemon-records.jsonl", str(hv.tmp / "agent.sock")
+    proc = hv.agent("run", "-c", str(hv.doc), "--socket", sock, "--records", "--log-file", str(out_file))
+    try:
+        deadline = time.monotonic() + 30
+        while not _ready(query, sock) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.1)
+        hv.apply(FOREIGN)
+        udp_probes(hv, 5)
+        while time.monotonic() < deadline and len(_lines(out_file)) < 5:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+    packets = [r for r in _lines(out_file) if r["type"] == "packet"]
+    assert len(packets) == 5, packets
+    assert all((r["number"], r["interface"], r["instance"], r["dport"]) == (60000, "tap1", "vm1", 9000) for r in packets)
+
+
+def _ready(query, sock: str) -> bool:
+    try:
+        return query(sock, timeout=1).ready
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
