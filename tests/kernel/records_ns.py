@@ -71,8 +71,23 @@ def table(rate: str = "5/second burst 5 packets") -> str:
 """
 
 
+SPOOF_KEY = "egress/anti-spoofing-ip/-/-/-/drop"
+BRIDGE_TABLE = f"""table bridge secgroup_agent {{
+  chain v_9 {{
+    counter comment "{SPOOF_KEY}"
+    drop
+  }}
+  chain forward_ports {{
+    type filter hook forward priority -300; policy accept;
+    iifname "tap1" udp dport 9000 jump v_9
+  }}
+}}
+"""
+
+
 class Hypervisor:
-    def __init__(self, tag: str, tmp: Path) -> None:
+    def __init__(self, tag: str, tmp: Path, bridged: bool = False) -> None:
+        self.bridged = bridged
         self.prefix = f"sgr{os.getpid()}{tag}"
         self.hv, self.vm1, self.vm2 = (f"{self.prefix}-{n}" for n in ("hv", "vm1", "vm2"))
         self.tmp = tmp
@@ -88,12 +103,18 @@ class Hypervisor:
         for ns in (self.hv, self.vm1, self.vm2):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
+        if self.bridged:        # tap1, tap2 ports of br0; vm1 and vm2 in one /16
+            sh("ip", "-n", self.hv, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", self.hv, "link", "set", "br0", "up")
         for i, vm in ((1, self.vm1), (2, self.vm2)):
             sh("ip", "link", "add", f"tap{i}", "netns", self.hv, "type", "veth", "peer", "name", "eth0", "netns", vm)
-            sh("ip", "-n", self.hv, "addr", "add", f"10.77.{i}.1/24", "dev", f"tap{i}")
-            sh("ip", "-n", vm, "addr", "add", f"10.77.{i}.2/24", "dev", "eth0")
+            sh("ip", "-n", vm, "addr", "add", f"10.77.{i}.2/{16 if self.bridged else 24}", "dev", "eth0")
             sh("ip", "-n", self.hv, "link", "set", f"tap{i}", "up")
             sh("ip", "-n", vm, "link", "set", "eth0", "up")
+            if self.bridged:
+                sh("ip", "-n", self.hv, "link", "set", f"tap{i}", "master", "br0")
+                continue
+            sh("ip", "-n", self.hv, "addr", "add", f"10.77.{i}.1/24", "dev", f"tap{i}")
             sh("ip", "-n", vm, "route", "add", "default", "via", f"10.77.{i}.1")
         self.run(self.hv, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 

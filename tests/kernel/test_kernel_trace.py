@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from records_ns import Hypervisor, table, udp_probes, wait_for_line
+from records_ns import BRIDGE_TABLE, Hypervisor, table, udp_probes, wait_for_line
 
 pytestmark = pytest.mark.kernel
 DECIDED = "decided by verdict v_7: stage user, ingress, group sg-db, rule no-udp, priority 10: drop"
@@ -63,3 +63,24 @@ def test_trace_tables_removed_on_interrupt(hv):
         time.sleep(0.1)
     assert "secgroup_agent_trace" not in tables(hv)
     assert "table inet secgroup_agent" in tables(hv)          # the datapath's table untouched
+
+
+def test_trace_of_a_bridged_port_names_the_bridge_verdict(tmp_path):
+    """A bridged port: the trace's bridge table marks the port's frames (iifname of the
+    port); the bridge table's verdict chain is named by its identity."""
+    hv = Hypervisor("b", tmp_path, bridged=True)
+    try:
+        hv.apply(BRIDGE_TABLE)
+        proc = hv.agent("trace", "--iface", "tap1", "udp", "dport", "9000", "--seconds", "3")
+        try:
+            assert wait_for_line(proc.stderr, "tracing tap1"), proc.stderr.read()
+            udp_probes(hv, 1)
+            stdout, stderr = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, stderr
+        assert "decided by verdict v_9: stage anti-spoofing-ip, egress: drop" in stdout, stdout
+        assert any(line.startswith("[") and " bridge verdict v_9" in line for line in stdout.splitlines()), stdout
+        assert "secgroup_agent_trace" not in tables(hv)
+    finally:
+        hv.close()
