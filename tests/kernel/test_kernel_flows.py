@@ -7,6 +7,7 @@ the namespace), start and end."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 
@@ -79,3 +80,78 @@ def subprocess_in(hv: Hypervisor, ns: str, code: str):
     import subprocess
     return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+HOLD_SERVER = """
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.77.2.2", 8000)); s.listen(); print("up", flush=True)
+c, _ = s.accept(); c.settimeout(30)
+try:
+    while c.recv(100):
+        pass
+except OSError:
+    pass
+"""
+HOLD_CLIENT = """
+import socket, time
+c = socket.create_connection(("10.77.2.2", 8000), timeout=5); c.sendall(b"hello")
+print("connected", flush=True); time.sleep(30)
+"""
+
+
+def test_revoked_connection_record_names_the_change(hv):
+    """The daemon (`run --records --flows`) applies the document; an established vm1 -> vm2
+    connection loses its rule in a new revision; revocation deletes it and the flow
+    record of its end says so, with the revision."""
+    from agent.service.status import query
+    out_file, sock = hv.tmp / "flows.jsonl", str(hv.tmp / "agent.sock")
+    proc = hv.agent("run", "-c", str(hv.doc), "--socket", sock, "--records", "--flows", "--no-packets",
+                    "--log-file", str(out_file))
+    server = client = None
+    try:
+        assert _wait(lambda: _status(query, sock) is not None and _status(query, sock).ready, proc)
+        server = subprocess_in(hv, hv.vm2, HOLD_SERVER)
+        assert server.stdout.readline().strip() == "up"
+        client = subprocess_in(hv, hv.vm1, HOLD_CLIENT)
+        assert client.stdout.readline().strip() == "connected", client.communicate()
+        before = _status(query, sock).revision
+        tmp = hv.doc.with_suffix(".tmp")
+        tmp.write_text(hv.doc.read_text().replace("      - {id: db-in,", "      # db-in removed\n      - {id: gone,")
+                       .replace("port_range: 8000/8000", "port_range: 8001/8001"))
+        tmp.rename(hv.doc)
+        assert _wait(lambda: _status(query, sock).revision != before, proc)
+        after = _status(query, sock).revision
+        assert _wait(lambda: any(r.get("dport") == 8000 and r.get("revoked") for r in _records(out_file)), proc), \
+            _records(out_file)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        for p in (proc, server, client):
+            if p is not None:
+                p.kill()
+    (record,) = [r for r in _records(out_file) if r.get("dport") == 8000 and r["type"] == "flow"]
+    assert record["event"] == "end" and record["revoked"]["revision"] == after
+    assert record["source"]["instance"] == "vm1" and record["destination"]["instance"] == "vm2"
+    assert record["orig"]["packets"] >= 3
+
+
+def _status(query, sock: str):
+    try:
+        return query(sock, timeout=1)
+    except Exception:  # noqa: BLE001 - not up yet
+        return None
+
+
+def _wait(check, proc, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.1)
+    return False
+
+
+def _records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
