@@ -18,6 +18,7 @@ import json
 import logging
 import logging.handlers
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -76,6 +77,18 @@ class Stats:
         return sum(v[k] for k in self.LOSSES)
 
 
+def _journal() -> logging.Handler:
+    """The journal through syslog (identifier SYSLOG_IDENT); stdout where there is no
+    /dev/log (a container without syslog: the service manager still collects stdout)."""
+    try:
+        handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.ident = f"{SYSLOG_IDENT}: "         # type: ignore[attr-defined]
+    except OSError as exc:
+        log.warning("records: no syslog socket (%s); writing them to stdout", exc)
+        handler = logging.StreamHandler(sys.stdout)
+    return handler
+
+
 class Sink:
     """Where records go: the journal, a rotated file, a callback."""
 
@@ -89,9 +102,7 @@ class Sink:
             self._handlers.append(logging.handlers.RotatingFileHandler(
                 options.log_file, maxBytes=options.max_bytes, backupCount=options.backups))
         if options.syslog:
-            syslog = logging.handlers.SysLogHandler(address="/dev/log")
-            syslog.ident = f"{SYSLOG_IDENT}: "
-            self._handlers.append(syslog)
+            self._handlers.append(_journal())
         for h in self._handlers:
             self._logger.addHandler(h)
 

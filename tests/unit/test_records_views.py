@@ -92,3 +92,14 @@ def test_flow_memory_is_bounded_and_long_flows_reported(tmp_path):
     rec.long_flows([long_ago, replace(long_ago, start=gone.stop)], now=gone.stop + 1)
     assert [r["event"] for r in written] == ["end", "update"]
     assert written[1]["destination"]["rule"]["rule"] == "web"
+
+
+def test_loss_counters_exported_to_prometheus():
+    from prometheus_client import CollectorRegistry, generate_latest
+    rec = Recorder(RecordOptions(host="hv1", packets=False), resolver=Resolver(lambda: {}, min_refresh=0.0))
+    rec.stats.add("kernel_gaps", 4)
+    registry = CollectorRegistry()
+    registry.register(rec.collector())
+    text = generate_latest(registry).decode()
+    assert "secgroup_agent_records_kernel_gaps_total 4.0" in text
+    assert "secgroup_agent_records_packets_logged_total 0.0" in text
