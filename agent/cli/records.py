@@ -62,11 +62,16 @@ def follow_file(path: str, follow: bool, poll: float = 0.2) -> Iterator[dict]:
     f = open(path, encoding="utf-8")
     try:
         while True:
+            start = f.tell()
             line = f.readline()
-            if line:
+            if line.endswith("\n"):
                 if line.strip().startswith("{"):
                     yield json.loads(line)
                 continue
+            if line and follow:             # half written: read it again when complete
+                f.seek(start)
+            elif line.strip().startswith("{"):
+                yield json.loads(line)
             if not follow:
                 return
             time.sleep(poll)

@@ -78,7 +78,7 @@ def disarm_script() -> str:
 class TraceSession:
     """`nft monitor trace` started, then the trace tables armed; both undone on exit."""
 
-    def __init__(self, script: str, settle: float = 0.3) -> None:
+    def __init__(self, script: str, settle: float = 0.5) -> None:
         self.script, self.settle = script, settle
         self.proc: Optional[subprocess.Popen] = None
 

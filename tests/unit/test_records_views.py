@@ -103,3 +103,29 @@ def test_loss_counters_exported_to_prometheus():
     text = generate_latest(registry).decode()
     assert "secgroup_agent_records_kernel_gaps_total 4.0" in text
     assert "secgroup_agent_records_packets_logged_total 0.0" in text
+
+
+def test_follow_file_waits_for_whole_lines_and_follows_rotation(tmp_path):
+    import json
+    import os
+    import threading
+    import time
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"n": 1}\n{"n": ')            # the second line half written
+    got: list = []
+
+    def read():
+        for r in follow_file(str(path), follow=True, poll=0.01):
+            got.append(r["n"])
+            if len(got) == 3:
+                return
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    time.sleep(0.1)
+    with open(path, "a") as f:
+        f.write('2}\n')
+    time.sleep(0.1)
+    os.rename(path, tmp_path / "records.jsonl.1")      # rotated: a new file at the path
+    path.write_text(json.dumps({"n": 3}) + "\n")
+    t.join(timeout=5)
+    assert got == [1, 2, 3]
