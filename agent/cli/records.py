@@ -178,8 +178,9 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
 
 
 def record_options(args: argparse.Namespace, host: str) -> Optional[Any]:
-    """`run --records`: the recorder's options (None: not asked)."""
-    if not getattr(args, "records", False):
+    """`run --records`: the recorder's options (None: not asked; --flows or --log-file
+    alone also ask)."""
+    if not (getattr(args, "records", False) or args.flows or args.log_file):
         return None
     from agent.service.recorder import RecordOptions
     return RecordOptions(host=host, group=args.group, packets=not args.no_packets, flows=args.flows,
