@@ -3,7 +3,7 @@ identity key in the chain's comment (agent.compiler.attribution), with the chain
 counter. A listing of the tables alone resolves every number, also after a restart
 and in a process (`secgroup-agent logs`) that never compiled anything.
 
-Also interface names by ifindex (NFLOG reports indexes), cached.
+Also interface names by ifindex (NFLOG reports indexes).
 """
 from __future__ import annotations
 
@@ -75,25 +75,16 @@ def read_verdict_chains(tables: Iterable[tuple[str, str]] = TABLES) -> dict[int,
     return out
 
 
-_names: dict[int, str] = {}
-
-
 def interface_name(index: Optional[int]) -> Optional[str]:
-    """The name of interface `index` in this namespace (None: no index, or gone)."""
+    """The name of interface `index` in this namespace now (None: no index, or gone).
+    Not cached: an index can be reused by another interface (a VM restarted); the
+    lookup is one ioctl, a few microseconds, and log lines are rate-limited."""
     if not index:
         return None
-    name = _names.get(index)
-    if name is None:
-        try:
-            name = _names[index] = socket.if_indextoname(index)
-        except OSError:
-            return None
-    return name
-
-
-def forget_interfaces() -> None:
-    """Drop the cache (an interface was renamed, or an index reused)."""
-    _names.clear()
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return None
 
 
 __all__ = ["KernelError", "VerdictChain", "interface_name", "parse_verdict_chains", "read_verdict_chains"]
