@@ -143,3 +143,14 @@ def test_recently_revoked_is_bounded():
         r.add(flow_key("a", "b", 6, i, 1, None), str(i), "x")
     assert r.pop(flow_key("a", "b", 6, 0, 1, None)) is None
     assert r.pop(flow_key("a", "b", 6, 2, 1, None))[0] == "2"
+
+
+def test_verdict_chain_of_one_rule():
+    """The compiler may write a verdict chain as one rule: counter, ct mark, log, verdict, comment."""
+    listing = ("table inet secgroup_agent {\n\tchain v_12 {\n\t\tcounter packets 9 bytes 540 "
+               f"{ct_mark_statement(12, 'egress')} log prefix \"sg:12:\" group 2701 accept "
+               "comment \"egress/default/sg-a/default:ssh/-/accept/audit\"\n\t}\n}\n")
+    (chain,) = parse_verdict_chains(listing).values()
+    assert (chain.number, chain.packets, chain.logs) == (12, 9, True)
+    v = VerdictId.from_key(chain.key)
+    assert (v.direction, v.stage, v.rule, v.priority, v.audit) == ("egress", "default", "default:ssh", None, True)
