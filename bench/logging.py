@@ -18,7 +18,7 @@ Method
   "sg:7:" comment ...` then `counter drop`, with `secgroup-agent logs --json` reading
   the group in hv (its output to a file).
 * `trafgen` in vm1 sends 60-byte UDP frames to vm2:9000 from 1,000 source ports, one
-  worker, as fast as it can (the flood rate is what this machine reaches, printed).
+  worker (`--workers`), as fast as it can (the flood rate is what this machine reaches).
 * Per window: v_7's counter read at its start and end (packets decided), the busy CPU
   time of the whole machine (/proc/stat), the reader's CPU time (/proc/PID/stat) and the
   lines it wrote. Figures: decided packets/s, machine CPU-ns per decided packet (the
@@ -74,8 +74,8 @@ def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
 
 
 class Rig:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
+    def __init__(self, tmp: Path, workers: int = 1) -> None:
+        self.tmp, self.workers = tmp, workers
         p = f"sgbl{os.getpid()}"
         self.hv, self.vm1, self.vm2 = f"{p}-hv", f"{p}-vm1", f"{p}-vm2"
         self.reader: subprocess.Popen | None = None
@@ -124,7 +124,7 @@ class Rig:
 
     def start_flood(self) -> None:
         self.tg = subprocess.Popen(["ip", "netns", "exec", self.vm1, "trafgen", "-o", "eth0", "-c",
-                                    str(self.tmp / "udp.trafgen"), "--cpus", "1"],
+                                    str(self.tmp / "udp.trafgen"), "--cpus", str(self.workers)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(1.0)
 
@@ -187,11 +187,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--window", type=float, default=5.0)
     ap.add_argument("--rate", type=int, default=100, help="the log statement's limit, per second (default 100)")
+    ap.add_argument("--workers", type=int, default=1, help="trafgen workers (default 1)")
     args = ap.parse_args()
-    print(f"# {os.uname().release}, {os.cpu_count()} CPUs; uptime: {sh('uptime').stdout.strip()}", flush=True)
+    print(f"# {os.uname().release}, {os.cpu_count()} CPUs, {args.workers} trafgen worker(s); "
+          f"uptime: {sh('uptime').stdout.strip()}", flush=True)
     results: dict[str, list[dict]] = {"nolog": [], "log": []}
     with tempfile.TemporaryDirectory(prefix="sgbl-") as tmp:
-        rig = Rig(Path(tmp))
+        rig = Rig(Path(tmp), args.workers)
         try:
             rig.setup()
             for r in range(args.rounds):
