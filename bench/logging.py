@@ -113,14 +113,19 @@ class Rig:
         if "reading NFLOG" not in self.reader.stderr.readline():
             raise RuntimeError("the reader did not start")
 
-    def stop_reader(self) -> None:
+    def stop_reader(self) -> dict:
+        """Stop the reader; its summary (counts of lines written and of losses)."""
+        summary: dict = {}
         if self.reader is not None:
             self.reader.send_signal(signal.SIGINT)
             try:
-                self.reader.wait(timeout=10)
+                _, err = self.reader.communicate(timeout=10)
+                lines = [ln for ln in err.splitlines() if ln.startswith('{"type":"summary"')]
+                summary = json.loads(lines[-1]) if lines else {}
             except subprocess.TimeoutExpired:
                 self.reader.kill()
             self.reader = None
+        return summary
 
     def start_flood(self) -> None:
         self.tg = subprocess.Popen(["ip", "netns", "exec", self.vm1, "trafgen", "-o", "eth0", "-c",
@@ -171,11 +176,12 @@ def window(rig: Rig, variant: str, rate: int, seconds: float) -> dict:
         l1 = len(out.read_text().splitlines()) if variant == "log" else 0
     finally:
         rig.stop_flood()
-        rig.stop_reader()
+        summary = rig.stop_reader()
     dt = t1 - t0
+    lost = sum(summary.get(k, 0) for k in ("kernel_overruns", "kernel_gaps", "queue_full"))
     n = max(1, n1 - n0)
     return {"pps": (n1 - n0) / dt, "ns_per_packet": (b1[0] - b0[0]) / n * 1e9, "softirq_ns": (b1[1] - b0[1]) / n * 1e9,
-            "reader_core": (r1 - r0) / dt, "lines_per_s": (l1 - l0) / dt}
+            "reader_core": (r1 - r0) / dt, "lines_per_s": (l1 - l0) / dt, "lost": lost}
 
 
 def summary(values: list[float], fmt: str) -> str:
@@ -201,7 +207,7 @@ def main() -> int:
                     results[variant].append(w := window(rig, variant, args.rate, args.window))
                     print(f"  round {r + 1} {variant:5s} {w['pps'] / 1e3:7.0f} kpps  {w['ns_per_packet']:6.0f} ns/pkt "
                           f"(softirq {w['softirq_ns']:5.0f})  "
-                          f"reader {w['reader_core'] * 100:4.1f} %  {w['lines_per_s']:6.1f} lines/s", flush=True)
+                          f"reader {w['reader_core'] * 100:4.1f} %  {w['lines_per_s']:6.1f} lines/s  lost {w['lost']}", flush=True)
         finally:
             rig.close()
     for variant, rows in results.items():
@@ -209,7 +215,8 @@ def main() -> int:
               f"{summary([w['ns_per_packet'] for w in rows], '{:.0f}')} CPU-ns/packet (softirq "
               f"{summary([w['softirq_ns'] for w in rows], '{:.0f}')}), reader "
               f"{summary([w['reader_core'] * 100 for w in rows], '{:.1f}')} % of a core, "
-              f"{summary([w['lines_per_s'] for w in rows], '{:.1f}')} lines/s (limit {args.rate}/s)")
+              f"{summary([w['lines_per_s'] for w in rows], '{:.1f}')} lines/s (limit {args.rate}/s), "
+              f"{sum(w['lost'] for w in rows)} lost")
     ratio = [lg["ns_per_packet"] / nl["ns_per_packet"] for nl, lg in zip(results["nolog"], results["log"])]
     print(f"CPU per packet, log / nolog (paired by round): {summary(ratio, '{:.3f}')}")
     soft = [lg["softirq_ns"] / nl["softirq_ns"] for nl, lg in zip(results["nolog"], results["log"]) if nl["softirq_ns"]]
