@@ -65,11 +65,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics = Metrics(daemon.snapshot)
         metrics.serve(args.metrics_port, args.metrics_addr)
         daemon.ports.observe_apply = metrics.observe
+    _start_records(args, daemon, metrics.registry if args.metrics_port else None)
     signal.signal(signal.SIGTERM, lambda *_: daemon.request("stop"))
     signal.signal(signal.SIGINT, lambda *_: daemon.request("stop"))
     signal.signal(signal.SIGHUP, lambda *_: daemon.request("reload"))
     log.info("watching %s; status on %s", daemon.source.name, args.socket)
     return daemon.run()
+
+
+def _start_records(args: argparse.Namespace, daemon, registry) -> None:
+    """`run --records`: the record writers as threads of the daemon (the one hook)."""
+    import socket
+    from agent.cli.records import record_options
+    options = record_options(args, args.host or socket.gethostname())
+    if options is None:
+        return
+    from agent.service.recorder import Recorder
+    recorder = Recorder(options, state=lambda: daemon.keeper.state).start()
+    daemon._closers.append(recorder)
+    if registry is not None:
+        registry.register(recorder.collector())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -126,6 +141,9 @@ def add_commands(command: Callable) -> None:
     p.add_argument("--verify-interval", type=float, default=30.0, metavar="SECONDS",
                    help="how often to check the tables against what was applied (default 30)")
     add_instance_interfaces(p)
+    p.add_argument("--records", action="store_true", help="write packet log lines (and --flows records) "
+                                                          "to the journal and/or --log-file")
+    __import__("agent.cli.records", fromlist=["add_record_options"]).add_record_options(p)
     p.add_argument("--no-drift-monitor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-link-monitor", action="store_true", help=argparse.SUPPRESS)
     p = command("status", cmd_status, "a running daemon's state: source, revision, last apply, errors, "

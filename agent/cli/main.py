@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kernel_commands(command)
     __import__("agent.cli.daemon", fromlist=["add_commands"]).add_commands(command)
     __import__("agent.cli.distribution", fromlist=["add_commands"]).add_commands(command)
+    __import__("agent.cli.records", fromlist=["add_commands"]).add_commands(command)
     from agent.cli import guardrails as cli_tools
     cli_tools.add_commands(command)
     return parser

@@ -70,7 +70,7 @@ def normalize_listing(text: Optional[str]) -> Optional[str]:
 class Keeper:
     kernel: Kernel
     store: Optional[StateStore] = None
-    revoke_later: Optional[Callable[[DesiredState, frozenset, Optional[DesiredState]], None]] = None  # None: at once
+    revoke_later: Optional[Callable[[DesiredState, frozenset, Optional[DesiredState], str], None]] = None  # None: at once
     applied: Optional[Ruleset] = None         # None: the kernel's content is not known
     state: Optional[DesiredState] = None
     token: Optional[str] = None               # the stamp of `applied` in the kernel
@@ -137,7 +137,7 @@ class Keeper:
         mode, nft_seconds, size = self._commit_change(ruleset, revision)
         old = self.state
         self._applied(ruleset, state)
-        revoked = self._revoke(state, previous, old) if state.revoke_connections else 0
+        revoked = self._revoke(state, previous, old, revision) if state.revoke_connections else 0
         for err in ruleset.errors:
             log.error("revision %s: %s", revision, err)
         return self._result(mode, start, nft_seconds, size, revoked, ruleset, state)
@@ -238,12 +238,13 @@ class Keeper:
             return None
 
     # -- revocation ----------------------------------------------------------------
-    def _revoke(self, state: DesiredState, previous: frozenset, old: Optional[DesiredState]) -> int:
+    def _revoke(self, state: DesiredState, previous: frozenset, old: Optional[DesiredState],
+                revision: str = "?") -> int:
         if self.revoke_later is not None:
-            self.revoke_later(state, previous, old)
+            self.revoke_later(state, previous, old, revision)
             return 0
         try:
-            deleted = apply_revocations(state, previous, self.kernel, old)
+            deleted = apply_revocations(state, previous, self.kernel, old, revision)
         except KernelError as exc:
             log.error("host %s: revocation failed: %s", state.host, exc)
             return 0

@@ -16,7 +16,10 @@ from agent.errors import KernelError
 from agent.policy.revocation import Flow
 
 log = logging.getLogger(__name__)
-OWNED_TABLES: tuple[tuple[str, str], ...] = Ruleset(()).owned     # the one list of the agent's tables
+# The one list of the agent's tables: what is applied, listed, watched for drift and flushed.
+# `secgroup_agent_trace` (agent.kernel.trace, only while `trace` runs) is deliberately not in it:
+# the drift monitor and verify never see the trace tables (tests/unit/test_records_views.py).
+OWNED_TABLES: tuple[tuple[str, str], ...] = Ruleset(()).owned
 INCREMENTAL = "incremental"
 
 

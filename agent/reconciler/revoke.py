@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable, Iterable, Optional, Protocol
 
 from agent.errors import KernelError
@@ -78,11 +79,47 @@ def touched_addresses(old: Optional[DesiredState], new: DesiredState,
     return frozenset(out)
 
 
+FlowKey = tuple[str, str, int, Optional[int], Optional[int], Optional[int]]
+
+
+def flow_key(src: object, dst: object, protocol: int, sport: Optional[int], dport: Optional[int],
+             icmp_id: Optional[int]) -> FlowKey:
+    """How a revoked connection is found again by its original tuple (addresses as text)."""
+    return (str(src), str(dst), protocol, sport, dport, icmp_id)
+
+
+class RecentlyRevoked:
+    """The last `size` connections revocation deleted: tuple -> (revision, reason, time).
+    The flow records (agent.service.flows) read it when the kernel reports the entry
+    destroyed, to say the connection was cut and by which change. Bounded: the oldest
+    is forgotten first (its record then says nothing of revocation)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[FlowKey, tuple[str, str, float]] = OrderedDict()
+
+    def add(self, key: FlowKey, revision: str, reason: str) -> None:
+        with self._lock:
+            self._items[key] = (revision, reason, time.time())
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def pop(self, key: FlowKey) -> Optional[tuple[str, str, float]]:
+        with self._lock:
+            return self._items.pop(key, None)
+
+
+RECENTLY_REVOKED = RecentlyRevoked()
+
+
 def apply_revocations(state: DesiredState, previous: frozenset, flows: FlowTable,
-                      old: Optional[DesiredState] = None) -> int:
+                      old: Optional[DesiredState] = None, revision: str = "?") -> int:
     """Delete the tracked connections `state` no longer allows; how many were deleted.
     With the state before the change (`old`), only the connections of touched addresses
-    are listed and judged."""
+    are listed and judged. Each deleted one is remembered in RECENTLY_REVOKED with
+    `revision` (before the delete: the kernel's destroy event may be read at once)."""
     touched = touched_addresses(old, state, previous)
     if touched is not None and not touched:
         return 0
@@ -92,6 +129,9 @@ def apply_revocations(state: DesiredState, previous: frozenset, flows: FlowTable
         log.info("revoking %s %s -> %s: %s", r.flow.protocol, r.flow.src, r.flow.dst, r.reason)
     if len(plan) > LOGGED:
         log.info("revoking %d more connection(s)", len(plan) - LOGGED)
+    for r in plan:
+        f = r.flow
+        RECENTLY_REVOKED.add(flow_key(f.src, f.dst, f.protocol, f.sport, f.dport, f.icmp_id), revision, r.reason)
     return flows.delete_flows(r.flow for r in plan) if plan else 0
 
 
@@ -99,17 +139,18 @@ class RevocationWorker:
     def __init__(self, flows: FlowTable, done: Callable[[int], None], delay: float = 0.02) -> None:
         self.flows, self.done, self.delay = flows, done, delay    # delay: `wait` clients answer first
         self._cond = threading.Condition()
-        self._pending: Optional[tuple[DesiredState, frozenset, Optional[DesiredState]]] = None
+        self._pending: Optional[tuple[DesiredState, frozenset, Optional[DesiredState], str]] = None
         self._busy = False
         self._thread = threading.Thread(target=self._run, name="revocation", daemon=True)
         self._thread.start()
 
-    def submit(self, state: DesiredState, previous: frozenset, old: Optional[DesiredState] = None) -> None:
+    def submit(self, state: DesiredState, previous: frozenset, old: Optional[DesiredState] = None,
+               revision: str = "?") -> None:
         """`old`: the state the change started from (coalesced: the oldest pending one)."""
         with self._cond:
             if self._pending is not None:
                 previous, old = previous | self._pending[1], self._pending[2]
-            self._pending = (state, previous, old)
+            self._pending = (state, previous, old, revision)
             self._cond.notify()
 
     def idle(self, timeout: float = 10.0) -> bool:
@@ -124,9 +165,9 @@ class RevocationWorker:
                 self._busy = True
             time.sleep(self.delay)
             with self._cond:
-                (state, previous, old), self._pending = self._pending, None     # type: ignore[misc]
+                (state, previous, old, revision), self._pending = self._pending, None     # type: ignore[misc]
             try:
-                self.done(apply_revocations(state, previous, self.flows, old))
+                self.done(apply_revocations(state, previous, self.flows, old, revision))
             except KernelError as exc:
                 log.error("host %s: revocation failed: %s", state.host, exc)
             finally:

@@ -22,3 +22,13 @@ def test_tls_and_token_flags_reach_the_source(tmp_path):
 def test_file_source_needs_no_options():
     args = build_parser().parse_args(["run", "-c", "/etc/secgroup-agent/config.yaml"])
     assert source_options(args) == {}
+
+
+def test_records_options_of_run():
+    from agent.cli.records import record_options
+    parse = build_parser().parse_args
+    assert record_options(parse(["run", "-c", "f.yaml"]), "hv") is None
+    o = record_options(parse(["run", "-c", "f.yaml", "--records"]), "hv")
+    assert (o.host, o.group, o.syslog, o.log_file, o.flows) == ("hv", 2701, True, None, False)
+    o = record_options(parse(["run", "-c", "f.yaml", "--log-file", "/var/log/sg.jsonl", "--flows", "--group", "7"]), "hv")
+    assert (o.group, o.syslog, o.log_file, o.flows) == (7, False, "/var/log/sg.jsonl", True)

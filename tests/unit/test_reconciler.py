@@ -150,7 +150,7 @@ def test_revocation_worker_coalesces_and_counts():
 def test_revocation_after_the_commit_through_the_hook():
     k = FakeKernel()
     later = []
-    keeper = Keeper(k, revoke_later=lambda s, prev, old: later.append(prev))
+    keeper = Keeper(k, revoke_later=lambda s, prev, old, revision: later.append(prev))
     result = keeper.apply(state())
     assert result.revoked == 0 and len(later) == 1
 
