@@ -143,9 +143,12 @@ def user_rules(state: DesiredState, groups: tuple[Group, ...], network: str, nic
 
 
 def default_entries(groups: tuple[Group, ...], direction: str) -> list[Entry]:
-    """Stage 5: the implicit rules of basic groups, at priority 110, deduplicated."""
+    """Stage 5: the implicit rules of basic groups, at priority 110, deduplicated; a line
+    two groups bring is the one of the group whose id sorts first (not the first in the
+    instance's list: interfaces whose instances list the same groups in another order
+    share one policy chain, so the group it names must not depend on the order)."""
     seen: dict[Match, Entry] = {}
-    for g in groups:
+    for g in sorted(groups, key=lambda g: g.id):
         for match, what in _default_matches(g, direction):
             seen.setdefault(match, Entry(DEFAULTS, "match", ACCEPT, match, g.id,
                                          priority=DEFAULT_PRIORITY, description=what))
