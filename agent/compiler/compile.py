@@ -96,7 +96,7 @@ def rebuild_policy_chain(b: Builder, key: tuple, entry: RegionEntry) -> None:
 def local_layout(state: DesiredState) -> tuple:
     """What the interface chains and the dispatch objects are made of: the host's
     interfaces, the network and groups of their instances, anti-spoofing."""
-    return (state.host, state.anti_spoofing, state.instance_interfaces, tuple(
+    return (state.host, state.anti_spoofing, state.instance_interfaces, state.mode, tuple(
         (name, nic, state.instance_by_id[nic.instance_id].network, state.instance_by_id[nic.instance_id].groups)
         for name, nic in sorted(state.local_interfaces.items())))
 

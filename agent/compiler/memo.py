@@ -110,6 +110,7 @@ class Inputs:
     networks: Mapping[str, tuple[IPAddress, ...]] = field(default_factory=dict)   # group -> member addresses
     prefix_lists: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
     parts: Mapping[str, tuple[Group, Mapping[str, tuple]]] = field(default_factory=dict)
+    mode: str = "enforce"           # the document's default mode (audit rules accept)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def canonicalise(state: DesiredState, previous: Optional[CompileMemo]) -> Reuse:
     prefix_lists = {pid: _same(prev.prefix_lists.get(pid), nets) for pid, nets in state.prefix_lists}
     parts = {gid: _group_parts(g, prev.parts.get(gid)) for gid, g in groups.items()}
     numbering = Numbering(previous.numbers if previous is not None else {})
-    return Reuse(Inputs(groups, networks, prefix_lists, parts), previous, numbering=numbering)
+    return Reuse(Inputs(groups, networks, prefix_lists, parts, state.mode), previous, numbering=numbering)
 
 
 def _group_parts(group: Group, previous: Optional[tuple]) -> tuple[Group, Mapping[str, tuple]]:
@@ -237,4 +238,4 @@ def policy_signature(inputs: Inputs, identity: tuple, intra: tuple[str, ...], ca
         if got is None:
             got = cache[(gid, direction)] = (inputs.parts[gid][1][direction],)
         per_group.append(got)
-    return tuple(per_group), intra
+    return tuple(per_group), intra, inputs.mode

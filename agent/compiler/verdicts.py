@@ -38,10 +38,9 @@ def verdict_of(entry: eff.Entry, direction: str) -> Optional[VerdictId]:
     """The identity of the line `entry` of a list of `direction`; None for lines that
     are not attributed (established connections, neighbour discovery, DHCP client
     requests: accepted in stages 1-2 without a counter of their own)."""
-    audit = bool(getattr(entry, "audit", False))
     if entry.stage == eff.USER:
-        return VerdictId(USER, direction, "accept" if audit else entry.verdict, entry.group_id or "",
-                         entry.rule_id or "", entry.priority, audit)
+        return VerdictId(USER, direction, entry.verdict, entry.group_id or "", entry.rule_id or "",
+                         entry.priority, entry.audit)
     if entry.stage == eff.DEFAULTS:
         return VerdictId(DEFAULT, direction, entry.verdict, entry.group_id or "", default_rule_id(entry),
                          entry.priority)

@@ -102,3 +102,26 @@ def test_simulator_names_the_deciding_rule():
     assert (web.verdict, web.identity) == ("accept", "ingress/user/sg/web/10/accept")
     assert (other.verdict, other.identity) == ("drop", "ingress/final/-/-/-/drop")
     assert by_key(rs, ["goto v_1"])[0].startswith("=> ")
+
+
+def test_audit_rule_accepts_counts_and_explain_says_so():
+    from ipaddress import ip_address
+    from agent.policy.effective import Packet
+    from agent.policy.explain import explain_at, render_decision
+    from agent.guardrails.diff import diff_states, render_text
+    doc = _doc()
+    doc["security_groups"][0]["rules"][1]["mode"] = "audit"
+    state = validate_document(doc, HOST)
+    rs = build_ruleset(state)
+    probe = Packet(ip_address("192.0.2.7"), ip_address("10.0.0.1"), 6, 999, 80)
+    got = Simulator(rs).judge("tap-a", "ingress", probe)
+    assert (got.verdict, got.identity) == ("accept", "ingress/user/sg/block/5/accept/audit")
+    j = explain_at(state, "tap-a", "ingress", probe)
+    assert j.decision.verdict == "accept" and "audit mode: it would drop" in render_decision(j, probe)
+    text = render_text(diff_states(validate_document(_doc(), HOST), state))
+    assert "audit" in text, text
+    whole = copy.deepcopy(doc)
+    del whole["security_groups"][0]["rules"][1]["mode"]
+    whole["mode"] = "audit"                             # top level: every drop rule audits
+    assert Simulator(build_ruleset(validate_document(whole, HOST))).judge("tap-a", "ingress", probe).identity \
+        == "ingress/user/sg/block/5/accept/audit"
