@@ -64,6 +64,7 @@ from types import SimpleNamespace
 from typing import Callable, Optional
 
 from agent.compiler.attribution import VerdictId, ct_mark_statement, number_of_chain
+from agent.compiler.logs import DYNAMIC_SETS
 from agent.compiler.compile import TABLE, Chain, NftSet, Ruleset, Table, interface_chain_name
 from agent.model.objects import EGRESS, INGRESS
 from agent.policy.effective import Packet
@@ -577,15 +578,36 @@ def parse_verdict_chain(c: Chain) -> tuple[str, str, str]:
     log statement, the verdict its key names, the key as comment. (verdict, key, rule)."""
     number = number_of_chain(c.name)
     m = _VERDICT_RULE.fullmatch(c.rules[0]) if len(c.rules) == 1 else None
+    if len(c.rules) == 5 and number is not None:        # a logging chain: its log rules never change the verdict
+        m = _LOG_HEAD.fullmatch(c.rules[0])
+        verdict = VerdictId.from_key(m["key"]).verdict if m else ""
+        for rule, form in zip(c.rules[1:], _LOG_RULES):
+            if not re.fullmatch(form.format(v=verdict, n=number), rule):
+                raise UnknownRule(f"verdict chain {c.name}: unknown log rule {rule!r}")
+        if m:
+            return _checked(c, number, m, verdict)
     if m is None or number is None:
         raise UnknownRule(f"unknown verdict chain {c.name}: {c.rules!r}")
+    return _checked(c, number, m, m["verdict"])
+
+
+_LOG_HEAD = re.compile(r'counter(?: (?P<mark>ct mark set ct mark and 0x[0-9a-f]{8} or 0x[0-9a-f]{8}))? '
+                       r'comment "(?P<key>[^"]+)"')
+_RATE = r"[0-9]+/(?:second|minute) burst [0-9]+ packets"
+_LOG_RULES = (r"limit rate over " + _RATE + r" counter {v}",
+              r"add @log_iface \{{ iifname \. oifname \. meta mark limit rate over " + _RATE + r" \}} counter {v}",
+              r"add @log_all \{{ meta nfproto limit rate over " + _RATE + r" \}} counter {v}",
+              r'counter log group [0-9]+ prefix "sg:{n}:" {v}')
+
+
+def _checked(c: Chain, number: int, m: re.Match, verdict: str) -> tuple[str, str, str]:
     vid = VerdictId.from_key(m["key"])
-    if vid.verdict != m["verdict"]:
-        raise UnknownRule(f"verdict chain {c.name}: key {m['key']!r} says {vid.verdict}, rule {m['verdict']}")
+    if vid.verdict != verdict:
+        raise UnknownRule(f"verdict chain {c.name}: key {m['key']!r} says {vid.verdict}, rule {verdict}")
     want = ct_mark_statement(number, vid.direction) if vid.verdict == "accept" and vid.direction else None
     if m["mark"] != want:
         raise UnknownRule(f"verdict chain {c.name}: mark {m['mark']!r}, expected {want!r}")
-    return m["verdict"], m["key"], c.rules[0]
+    return verdict, m["key"], c.rules[0]
 
 
 class NotDispatched(AssertionError):
@@ -647,7 +669,9 @@ class Simulator:
 
     def __init__(self, ruleset: Ruleset):
         self.table = inet_table(ruleset)
-        self.sets = {s.name: parse_set(s) for s in self.table.sets if s.map_to is None}
+        self.sets = {s.name: parse_set(s) for s in self.table.sets if s.map_to is None and not s.extra}
+        if any(s.extra and s.name not in DYNAMIC_SETS for s in self.table.sets):
+            raise UnknownRule("a set with declaration statements other than the log limits'")
         # dispatch maps (ifname, mark, address) and the policy chains' maps (keyed by
         # protocol and ports, with or without an address in front)
         self.vmaps = {s.name: _parse_vmap(s) for s in self.table.sets

@@ -20,7 +20,8 @@ import hashlib
 from dataclasses import replace
 from typing import Optional
 
-from agent.compiler.attribution import (FINAL as FINAL_STAGE, INTRA_GROUP as INTRA_STAGE, VerdictId, chain_name,
+from agent.compiler.attribution import (FINAL as FINAL_STAGE, INTRA_GROUP as INTRA_STAGE, USER as USER_STAGE,
+                                        VerdictId, chain_name,
                                         number_of_chain)
 from agent.compiler.boxes import Box, first_match_labels
 from agent.compiler.builder import Builder, safe_name
@@ -28,6 +29,7 @@ from agent.compiler.dispatch import bridge_table, dispatch_objects
 from agent.compiler.guard import build_interface_rules
 from agent.compiler.intervals import render_interval
 from agent.compiler.match_space import match_boxes, match_tail
+from agent.compiler.logs import log_sets, logs
 from agent.compiler.memo import (BuildRecord, CompileMemo, InterfaceEntry, RegionEntry, RegionPart, VersionEntry,
                                  canonicalise)
 from agent.compiler.verdicts import quota_verdict, unknown_verdict, verdict_chain, verdict_of
@@ -134,8 +136,19 @@ def add_verdict_chains(b: Builder, base: tuple[VerdictId, ...]) -> None:
     wanted = {chain_name(n): vid for vid, n in numbering.numbers.items()}
     for name in [n for n in b.chains if number_of_chain(n) is not None and n not in wanted]:
         b.drop_chain(name)
+    settings = b.state.log
+    asked = {(r.group_id, r.id) for g in b.state.groups for r in g.rules if r.log}
+    logging = False
     for name, vid in wanted.items():
-        b.add_chain(name, verdict_chain(vid, numbering.numbers[vid]).rules)
+        log = logs(vid.stage, vid.verdict, vid.audit, (vid.group, vid.rule) in asked and vid.stage == USER_STAGE,
+                   settings)
+        logging = logging or log
+        b.add_chain(name, verdict_chain(vid, numbering.numbers[vid], settings if log else None).rules)
+    for s in log_sets():
+        if logging:
+            b.sets[s.name] = b.sets.get(s.name) if b.sets.get(s.name) == s else s  # type: ignore[assignment]
+        else:
+            b.sets.pop(s.name, None)
 
 
 def interface_chain_name(nic: Interface, direction: str) -> str:

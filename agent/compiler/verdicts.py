@@ -21,7 +21,9 @@ from typing import Mapping, Optional
 
 from agent.compiler.attribution import (DEFAULT, FINAL, GUARD, INTRA_GROUP, INVALID, NUMBER_MAX, QUOTA, SPOOF_IP,
                                         SPOOF_MAC, UNKNOWN, USER, VerdictId, chain_name, ct_mark_statement)
+from agent.compiler.logs import log_rules
 from agent.compiler.ruleset import Chain
+from agent.model.objects import LogSettings
 from agent.policy import effective as eff
 
 _ESSENTIAL_STAGE = {"invalid": INVALID, "spoof-mac": SPOOF_MAC, "spoof-ip": SPOOF_IP}
@@ -106,12 +108,13 @@ def comment_text(vid: VerdictId) -> str:
     return vid.key().replace('"', "'").replace("\n", " ").encode()[:COMMENT_MAX].decode(errors="ignore")
 
 
-def verdict_chain(vid: VerdictId, number: int, log: str = "") -> Chain:
-    """`counter [ct mark set ...] [log ...] accept|drop comment "<key>"`."""
+def verdict_chain(vid: VerdictId, number: int, log: Optional[LogSettings] = None) -> Chain:
+    """`counter [ct mark set ...] accept|drop comment "<key>"`; with `log`, the verdict
+    moves behind the rate-limited log statement (agent.compiler.logs)."""
     parts = ["counter"]
     if vid.verdict == "accept" and vid.direction:
         parts.append(ct_mark_statement(number, vid.direction))
-    if log:
-        parts.append(log)
-    parts.append(f'{vid.verdict} comment "{comment_text(vid)}"')
-    return Chain(chain_name(number), (" ".join(parts),))
+    comment = f'comment "{comment_text(vid)}"'
+    if log is None:
+        return Chain(chain_name(number), (" ".join(parts + [vid.verdict, comment]),))
+    return Chain(chain_name(number), (" ".join(parts + [comment]),) + log_rules(number, vid.verdict, log))

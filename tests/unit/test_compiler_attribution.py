@@ -125,3 +125,30 @@ def test_audit_rule_accepts_counts_and_explain_says_so():
     whole["mode"] = "audit"                             # top level: every drop rule audits
     assert Simulator(build_ruleset(validate_document(whole, HOST))).judge("tap-a", "ingress", probe).identity \
         == "ingress/user/sg/block/5/accept/audit"
+
+
+def test_logging_chains_rate_limit_and_keep_the_verdict():
+    from ipaddress import ip_address
+    from agent.policy.effective import Packet
+    from agent.reconciler.drift import without_dynamic_elements
+    doc = _doc()
+    doc["security_groups"][0]["rules"][0]["log"] = True
+    doc["log"] = {"drops": True, "rate": "3/second", "group": 7}
+    rs = build_ruleset(validate_document(doc, HOST))
+    (table,) = [t for t in rs.tables if t.family == "inet"]
+    chains = {c.name: c for c in table.chains}
+    keys = verdict_keys(rs)
+    web = next(n for n, k in keys.items() if k == "ingress/user/sg/web/10/accept")
+    assert len(chains[web].rules) == 5 and chains[web].rules[-1] == f'counter log group 7 prefix "sg:{web[2:]}:" accept'
+    assert all(len(chains[n].rules) == (5 if VerdictId.from_key(k).verdict == "drop" or n == web else 1)
+               for n, k in keys.items())
+    assert {"log_iface", "log_all"} <= {s.name for s in table.sets}
+    sim = Simulator(rs)
+    got = sim.judge("tap-a", "ingress", Packet(ip_address("198.51.100.7"), ip_address("10.0.0.1"), 6, 999, 80))
+    assert (got.verdict, got.identity) == ("accept", "ingress/user/sg/web/10/accept")
+    listing = ("table inet secgroup_agent {\n\tset log_iface {\n\t\ttype ifname . ifname . mark\n\t\tsize 65536\n"
+               "\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t\telements = { \"tap-a\" . \"\" . 0x00000000 limit rate over "
+               "3/second expires 59s,\n\t\t\t     \"tap-b\" . \"\" . 0x00000000 expires 3s }\n\t}\n}\n")
+    assert "elements" not in without_dynamic_elements(listing) and "timeout 1m" in without_dynamic_elements(listing)
+    quiet = build_ruleset(validate_document(_doc(), HOST))
+    assert not {"log_iface", "log_all"} & {s.name for t in quiet.tables for s in t.sets}
