@@ -227,6 +227,11 @@ def rules(draw, network: str, basic_groups: list[str], prefix_lists: list[str], 
         r[f"{side}_prefix_list"] = draw(st.sampled_from(prefix_lists))
     if network == "classic":
         r["nic_type"] = draw(st.sampled_from(["intranet", "internet"]))
+    extra = draw(st.integers(0, 11))            # audit and log: the verdict chains change, the verdicts are explain's
+    if extra == 0:
+        r["mode"] = "audit"
+    elif extra == 1:
+        r["log"] = True
     return r
 
 

@@ -231,7 +231,9 @@ def rule_content(doc: RuleDoc) -> dict:
 def derive_rule_id(group_id: str, doc: RuleDoc) -> str:
     """A stable id from the rule's content: the same rule keeps its id across edits
     elsewhere and reorderings, and identical rules get the same id (and are merged)."""
-    content = {k: v for k, v in rule_content(doc).items() if k not in ("mode", "log")}   # what it matches
+    # a rule without mode or log keeps the id it had before they existed; with them, the
+    # id differs from its twin without (identical ids with different content are refused)
+    content = {k: v for k, v in rule_content(doc).items() if not (k == "log" and v is False)}
     digest = hashlib.sha256(json.dumps([group_id, content], sort_keys=True).encode())
     return f"{doc.direction[:2]}-{digest.hexdigest()[:10]}"
 
