@@ -28,7 +28,7 @@ from agent.compiler.ruleset import Ruleset
 log = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = "/var/lib/secgroup-agent"
 RESTORE_FILE, PICKLE_FILE = "ruleset.nft", "applied.pickle"
-FORMAT = 2
+FORMAT = 3          # 3: the compile memo holds verdict numbers (issue 16)
 
 
 @dataclass(frozen=True)
