@@ -16,7 +16,8 @@ packet's evaluation of this hook, as the bare verdict did.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional
 
 from agent.compiler.attribution import (DEFAULT, FINAL, GUARD, INTRA_GROUP, INVALID, NUMBER_MAX, QUOTA, SPOOF_IP,
@@ -28,6 +29,7 @@ from agent.policy import effective as eff
 
 _ESSENTIAL_STAGE = {"invalid": INVALID, "spoof-mac": SPOOF_MAC, "spoof-ip": SPOOF_IP}
 COMMENT_MAX = 127               # nft keeps a comment of at most 128 bytes (with its NUL)
+_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\/]')
 
 
 def default_rule_id(entry: eff.Entry) -> str:
@@ -102,10 +104,12 @@ class Numbering:
 
 
 def comment_text(vid: VerdictId) -> str:
-    """The chain comment: the identity's key (a double quote, which nft cannot take in a
-    comment, becomes a single one; a key longer than nft keeps is cut, the number still
-    resolves through the agent's state)."""
-    return vid.key().replace('"', "'").replace("\n", " ").encode()[:COMMENT_MAX].decode(errors="ignore")
+    """The chain comment: the identity's key. A group or rule id with a character a key
+    or an nft string cannot carry (`/`, `"`, `\\`, anything but printable ASCII) has it
+    written `_` there, and a key longer than nft keeps is cut: such a comment names the
+    identity only approximately (the agent's state resolves the number exactly)."""
+    safe = replace(vid, group=_UNSAFE.sub("_", vid.group), rule=_UNSAFE.sub("_", vid.rule))
+    return safe.key()[:COMMENT_MAX]
 
 
 def verdict_chain(vid: VerdictId, number: int, log: Optional[LogSettings] = None) -> Chain:
