@@ -10,6 +10,8 @@ namespace's ruleset, routes and sysctls are never touched.
 
     .venv/bin/python bench/datapath.py                      # N = 0, 1000, 10000; 7 rounds
     .venv/bin/python bench/datapath.py --n 1000 --rounds 3
+    .venv/bin/python bench/datapath.py --n 1000 --counters-only        # counters on vs off (issue 16)
+    .venv/bin/python bench/datapath.py --memory-only                   # verdict chains' kernel memory
 
 Method
 * Sandbox hypervisor (sandbox.hypervisor, routed). Sender i1 (tap-i1, 10.0.0.1); three
@@ -69,6 +71,7 @@ from agent.model.objects import INGRESS  # noqa: E402
 from agent.policy.effective import DEFAULTS, PROTOCOL_FAMILY, PROTOCOL_NUMBERS, USER, build_effective_list  # noqa: E402
 from agent.compiler.render import render_ruleset  # noqa: E402
 from sandbox.hypervisor import Sandbox, check_tools, run  # noqa: E402
+from datapath_attr import counters_off, counters_phase, memory_phase  # noqa: E402
 from agent.model.validate import load_state  # noqa: E402
 
 HOST = "bench"
@@ -411,6 +414,30 @@ def bench_n(rig: Rig, tmp: Path, n: int, args) -> list[dict]:
     return results
 
 
+def bench_counters(rig: Rig, tmp: Path, n: int, args) -> dict:
+    """Counters on vs off on the mixed receiver (bench/datapath_attr.py)."""
+    config = tmp / f"bench-{n}.json"
+    config.write_text(json.dumps(document(n)))
+    on = tmp / f"on-{n}.nft"
+    on.write_text(render_ruleset(build_ruleset(load_state(str(config), HOST))))
+    off = tmp / f"off-{n}.nft"
+    off.write_text(counters_off(on.read_text()))
+    rig.apply_nft(on)
+    rig.warm_neighbours()
+    return counters_phase(lambda label: rig.measure("mixed", args.warmup, args.window)["pps"], rig.apply_nft,
+                          on, off, args.rounds)
+
+
+def bench_memory(prefix: str, tmp: Path, args) -> dict:
+    big = tmp / "mem.json"
+    big.write_text(run([PY, str(ROOT / "scripts" / "gen-config"), "--interfaces", "1000", "--rules", "100"]).stdout)
+    on = tmp / "mem-on.nft"
+    on.write_text(render_ruleset(build_ruleset(load_state(str(big), None))))
+    off = tmp / "mem-off.nft"
+    off.write_text(counters_off(on.read_text()))
+    return memory_phase(prefix, on, off, args.memory_rounds)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[0, 1000, 10000])
@@ -420,6 +447,9 @@ def main() -> int:
     ap.add_argument("--trafgen", default="--cpus 1", help="trafgen options (default: one worker, TX ring)")
     ap.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--counters-only", action="store_true", help="only counters on vs off (mixed receiver)")
+    ap.add_argument("--memory-only", action="store_true", help="only the kernel memory of counters at 1,000 x 100")
+    ap.add_argument("--memory-rounds", type=int, default=3)
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -440,10 +470,25 @@ def main() -> int:
         tmp = Path(d)
         rig = None
         try:
+            if args.memory_only:
+                mem = bench_memory(prefix, tmp, args)
+                print("# verdict chains at gen-config 1000 x 100: SUnreclaim median [min-max] MiB: " + ", ".join(
+                    f"{k} {v['median'] / 2 ** 20:.1f} [{v['min'] / 2 ** 20:.1f}-{v['max'] / 2 ** 20:.1f}]"
+                    for k, v in mem.items())
+                    + f"; counters cost {(mem['on']['median'] - mem['off']['median']) / 2 ** 20:.1f} MiB")
+                return 0
             rig = Rig(prefix, tmp, args.trafgen.split(), args.verbose)
             rig.setup()
             for n in args.n:
                 print(f"N = {n}", flush=True)
+                if args.counters_only:
+                    c = bench_counters(rig, tmp, n, args)
+                    print(f"# N={n} counters on {c['on_median'] / 1000:.0f}k [{c['on_min'] / 1000:.0f}k-"
+                          f"{c['on_max'] / 1000:.0f}k] pps, off {c['off_median'] / 1000:.0f}k [{c['off_min'] / 1000:.0f}k-"
+                          f"{c['off_max'] / 1000:.0f}k]: ratio {c['ratio']:.3f}, paired {c['paired_median']:.3f} "
+                          f"[{c['paired_min']:.3f}-{c['paired_max']:.3f}] (target >= 0.95: "
+                          f"{'met' if c['ratio'] >= 0.95 else 'NOT met'})")
+                    continue
                 results += [(n, r) for r in bench_n(rig, tmp, n, args)]
         finally:
             if rig is not None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import agent.compiler.runs as compile_runs
 from agent.compiler.boxes import intersect
 from agent.compiler.compile import Ruleset, interface_chain_name
+from agent.compiler.verdicts import verdict_of
 from agent.model.objects import DIRECTIONS, EGRESS, INGRESS, DesiredState
 from agent.model.validate import load_state
 from agent.policy.effective import (
@@ -36,6 +37,40 @@ GOLDEN_NAMES = sorted(p.stem for p in GOLDEN.glob("*.yaml"))
 
 def golden_state(name: str) -> DesiredState:
     return load_state(GOLDEN / f"{name}.yaml", host=HOST)
+
+
+def verdict_keys(rs: Ruleset) -> dict[str, str]:
+    """verdict chain name -> its identity key (the comment of its one rule)."""
+    (table,) = [t for t in rs.tables if t.family == "inet"]
+    return {c.name: re.search(r'comment "([^"]+)"', c.rules[0])[1] for c in table.chains
+            if re.fullmatch(r"v_\d+", c.name)}
+
+
+def by_key(rs: Ruleset, texts) -> list[str]:
+    """`texts` (rules or elements) with each `goto v_<n>` written `=> <identity key>`."""
+    keys = verdict_keys(rs)
+    return [re.sub(r"goto (v_\d+)", lambda m: "=> " + keys[m[1]], t) for t in texts]
+
+
+def renumbered(rs: Ruleset) -> tuple:
+    """`rs` with every verdict chain number replaced by its identity key: what a build
+    must equal whatever numbers the memo kept (a fresh build numbers identities in the
+    order it meets them, a memo build keeps the previous build's numbers)."""
+    keys = verdict_keys(rs)
+
+    def sub(text: str) -> str:
+        return re.sub(r"\bv_\d+\b", lambda m: f"v<{keys.get(m[0], '?')}>", text)
+
+    def chain_rules(c) -> tuple:
+        if c.name not in keys:
+            return tuple(sub(r) for r in c.rules)
+        return tuple(re.sub(r"ct mark set ct mark and \S+ or \S+", "ct mark set <n>", r) for r in c.rules)
+    tables = tuple((t.family, t.name,
+                    tuple(sorted((s.name, s.type, tuple(sorted(sub(e) for e in s.elements)), s.interval, s.map_to)
+                                 for s in t.sets)),
+                    tuple(sorted((sub(c.name), chain_rules(c), c.hook or "") for c in t.chains)))
+                   for t in rs.tables)
+    return tables, rs.errors
 
 
 def policy_chain_of(rs: Ruleset, iface: str, direction: str) -> str:
@@ -70,20 +105,21 @@ def assert_sets_disjoint(rs: Ruleset) -> None:
 
 
 def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
-    """Per policy chain: intra-group accepts, then stages 4-5 as a bounded number of
-    lookups per IP version whatever the number of rules: the member path's `goto` (only
-    when some line names a group or prefix list), the hashed points map, and ONE region
-    lookup (the first-match accept region; or a bare `meta nfproto ... accept` / `accept`
-    when the region is everything; or, for a region of at most INLINE_MAX boxes, one
-    plain rule per box); then the final drop. The member path has at most one
-    rule per line of its version and ends with the final drop."""
+    """Per policy chain: intra-group accepts (jumps to their verdict chain), then stages
+    4-5 as a bounded number of lookups per IP version whatever the number of rules: the
+    member path's `goto` (only when some line names a group or prefix list), the hashed
+    points map, and ONE region lookup (a verdict map from each box to the verdict chain
+    of the line deciding there; or, for a region of at most INLINE_MAX boxes, one plain
+    rule per box), then the catch-all line where there is one (`meta nfproto ... goto
+    v_<n>`, or a bare `goto v_<n>`); then the final drop's jump. The member path has at
+    most one rule per line of its version and ends with a jump to a verdict chain."""
     for iface in sorted(state.local_interfaces):
         for direction in DIRECTIONS:
             elist = build_effective_list(state, iface, direction)
             chain = _chain(rs, policy_chain_of(rs, iface, direction))
             rules = list(chain.rules)
-            assert rules[-1] == "drop"
-            is_intra = [bool(re.fullmatch(r"ip6? [sd]addr @grp[46]_\S+ accept", r)) for r in rules[:-1]]
+            assert re.fullmatch(r"goto v_\d+", rules[-1]), chain
+            is_intra = [bool(re.fullmatch(r"ip6? [sd]addr @grp[46]_\S+ goto v_\d+", r)) for r in rules[:-1]]
             intra = sum(is_intra)
             assert is_intra == [True] * intra + [False] * (len(is_intra) - intra), chain.name
             assert intra == 2 * sum(e.stage == "intra-group" for e in elist.entries)
@@ -96,22 +132,28 @@ def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
                     assert dynamic, (chain.name, r)
                     kinds.append((m[1], "members"))
                     member = list(_chain(rs, m[2]).rules)
-                    assert member[-1] == "drop" and len(member) - 1 <= len(elist.entries), (m[2], member)
+                    assert re.fullmatch(r"goto v_\d+", member[-1]) and len(member) - 1 <= len(elist.entries), \
+                        (m[2], member)
                     continue
                 m = re.fullmatch(r"(ip6?) [sd]addr \. meta l4proto \. th dport vmap @\S+_p[46]", r)
                 if m:
                     kinds.append((m[1], "points"))
                     continue
-                assert r.split()[-1] == "accept", (chain.name, body)
+                m = re.fullmatch(r"(?:meta nfproto ipv(4|6) )?goto v_\d+", r)
+                if m:
+                    kinds.append(("ip" + ("6" if m[1] == "6" else "") if m[1] else "both", "catch-all"))
+                    continue
                 family = r.split()[0] if not r.startswith("meta") else "ip" + ("6" if "ipv6" in r else "")
-                kinds.append((family, "region" if "@" in r else "region (plain rules)"))
+                if r.endswith(" vmap @" + r.split("@")[-1]) and " . " in r:
+                    kinds.append((family, "region"))
+                    continue
+                assert re.search(r" goto v_\d+$", r), (chain.name, body)
+                kinds.append((family, "region (plain rules)"))
             plain = [k for k in kinds if k[1] == "region (plain rules)"]
             assert all(plain.count(k) <= compile_runs.INLINE_MAX for k in plain), (chain.name, body)
             once = [k for k in kinds if k[1] != "region (plain rules)"]
             assert len(once) == len(set(once)), (chain.name, body)
             assert not any((f, "region") in once and (f, "region (plain rules)") in plain for f in ("ip", "ip6"))
-
-
 
 
 V4_MEMBERS = [f"10.0.0.{i}" for i in range(1, 9)] + ["10.0.1.1", "10.0.1.200", "192.168.1.1"]
@@ -185,6 +227,11 @@ def rules(draw, network: str, basic_groups: list[str], prefix_lists: list[str], 
         r[f"{side}_prefix_list"] = draw(st.sampled_from(prefix_lists))
     if network == "classic":
         r["nic_type"] = draw(st.sampled_from(["intranet", "internet"]))
+    extra = draw(st.integers(0, 11))            # audit and log: the verdict chains change, the verdicts are explain's
+    if extra == 0:
+        r["mode"] = "audit"
+    elif extra == 1:
+        r["log"] = True
     return r
 
 
@@ -353,7 +400,9 @@ def check_equivalence(state: DesiredState, rs: Ruleset, pkts: list[Packet]) -> i
             elist = build_effective_list(state, iface, direction)
             for p in pkts:
                 for q in _variants(p, nic, direction):
-                    want = evaluate(elist, q)
+                    want = evaluate(elist, q)           # what `explain` decides (agent.policy.explain.judge)
+                    vid = verdict_of(want.entry, direction)
+                    want_id = vid.key() if vid is not None else None
                     paths = ["bridge"]
                     if nic.attachment == "bridged" and direction == INGRESS and q.dst in nic.addresses:
                         paths.append("routed")      # routed by the host into the bridge
@@ -362,6 +411,9 @@ def check_equivalence(state: DesiredState, rs: Ruleset, pkts: list[Packet]) -> i
                         assert got.verdict == want.verdict, (
                             f"{iface} {direction} via {via} {q}\n  semantics: {want.verdict} by {want.entry}\n"
                             f"  compiled:  {got.verdict} by\n    " + "\n    ".join(got.trace))
+                        assert got.identity == want_id, (        # the same line decides, and is counted
+                            f"{iface} {direction} via {via} {q}\n  semantics: {want_id} ({want.entry})\n"
+                            f"  compiled:  {got.identity} by\n    " + "\n    ".join(got.trace))
                         checked += 1
     return checked
 

@@ -34,6 +34,9 @@ Grammar (VERDICT is `accept` or `drop`; an optional leading `counter` is a no-op
     meta nfproto ipv4|ipv6 [meta l4proto N] [th sport P[-Q]] [th dport P[-Q]] VERDICT
     goto CHAIN
     VERDICT
+    any rule above ending in `goto v_<n>` instead of its VERDICT: the match, then the
+    verdict chain v_<n>, whose one rule `counter [ct mark set ...] [log ...] VERDICT
+    comment "<key>"` decides (SimResult.identity: the key); map elements likewise
 
 Modelling choices:
 
@@ -56,10 +59,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable, Optional
 
+from agent.compiler.attribution import VerdictId, ct_mark_statement, number_of_chain
+from agent.compiler.logs import DYNAMIC_SETS
 from agent.compiler.compile import TABLE, Chain, NftSet, Ruleset, Table, interface_chain_name
 from agent.model.objects import EGRESS, INGRESS
 from agent.policy.effective import Packet
@@ -89,6 +94,7 @@ class SimResult:
     index: Optional[int]             # rule index in that chain (None: fell off the end)
     rule: str
     trace: tuple[str, ...] = field(default=())
+    identity: Optional[str] = None   # the verdict chain's comment (VerdictId.key) that decided
 
 
 Interval = tuple[int, int]
@@ -268,6 +274,14 @@ def parse_rule(text: str, sets: dict[str, ParsedSet], chains: set[str],
     maps = maps or {}
     text = re.sub(r"^counter ", "", text.strip())
     text = re.sub(r" counter (accept|drop)$", r" \1", text)
+    jump = re.fullmatch(r"(?P<head>.+) goto (?P<chain>v_\d+)", text)
+    if jump and not jump["head"].startswith("goto"):      # MATCH goto v_<n>: MATCH, then the verdict chain
+        if jump["chain"] not in chains:
+            raise UnknownRule(f"goto to a missing chain: {raw!r}")
+        inner = parse_rule(jump["head"] + " drop", sets, chains, maps)
+        if inner.verdict != "drop" or inner.goto or inner.vmap or inner.decide:
+            raise UnknownRule(f"unknown rule form: {raw!r}")
+        return replace(inner, text=raw, verdict=None, goto=jump["chain"])
     text = normalize_conjunctions(text)
 
     if re.fullmatch(r"ct count over [1-9][0-9]* drop", text):     # a quota: one new packet never reaches it
@@ -387,7 +401,7 @@ def parse_concat_map(s: NftSet) -> ParsedMap:
     types = tuple(t.strip() for t in s.type.split(" . "))
     out = []
     for text in s.elements:
-        m = re.fullmatch(r"(?P<key>.+) : (?P<verdict>accept|drop)", text)
+        m = re.fullmatch(r"(?P<key>.+) : (?P<verdict>accept|drop|goto v_\d+)", text)
         if not m:
             raise UnknownRule(f"map {s.name}: bad element {text!r}")
         parts = m["key"].split(" . ")
@@ -553,6 +567,49 @@ def inet_table(ruleset: Ruleset) -> Table:
     return found[0]
 
 
+_VERDICT_RULE = re.compile(r'counter(?: (?P<mark>ct mark set ct mark and 0x[0-9a-f]{8} or 0x[0-9a-f]{8}))?'
+                           r'(?: (?P<log>log(?: [a-z]+ (?:"[^"]*"|[0-9a-z/]+))+))? (?P<verdict>accept|drop) '
+                           r'comment "(?P<key>[^"]+)"')
+
+
+def parse_verdict_chain(c: Chain) -> tuple[str, str, str]:
+    """A verdict chain `v_<n>` (agent.compiler.verdicts): exactly one rule, `counter`,
+    on an accept the connection mark of its number in its direction's half, an optional
+    log statement, the verdict its key names, the key as comment. (verdict, key, rule)."""
+    number = number_of_chain(c.name)
+    m = _VERDICT_RULE.fullmatch(c.rules[0]) if len(c.rules) == 1 else None
+    if len(c.rules) == 5 and number is not None:        # a logging chain: its log rules never change the verdict
+        m = _LOG_HEAD.fullmatch(c.rules[0])
+        verdict = VerdictId.from_key(m["key"]).verdict if m else ""
+        for rule, form in zip(c.rules[1:], _LOG_RULES):
+            if not re.fullmatch(form.format(v=verdict, n=number), rule):
+                raise UnknownRule(f"verdict chain {c.name}: unknown log rule {rule!r}")
+        if m:
+            return _checked(c, number, m, verdict)
+    if m is None or number is None:
+        raise UnknownRule(f"unknown verdict chain {c.name}: {c.rules!r}")
+    return _checked(c, number, m, m["verdict"])
+
+
+_LOG_HEAD = re.compile(r'counter(?: (?P<mark>ct mark set ct mark and 0x[0-9a-f]{8} or 0x[0-9a-f]{8}))? '
+                       r'comment "(?P<key>[^"]+)"')
+_RATE = r"[0-9]+/(?:second|minute) burst [0-9]+ packets"
+_LOG_RULES = (r"limit rate over " + _RATE + r" counter {v}",
+              r"add @log_iface \{{ iifname \. oifname \. meta mark limit rate over " + _RATE + r" \}} counter {v}",
+              r"add @log_all \{{ meta nfproto limit rate over " + _RATE + r" \}} counter {v}",
+              r'counter log group [0-9]+ prefix "sg:{n}:" {v}')
+
+
+def _checked(c: Chain, number: int, m: re.Match, verdict: str) -> tuple[str, str, str]:
+    vid = VerdictId.from_key(m["key"])
+    if vid.verdict != verdict:
+        raise UnknownRule(f"verdict chain {c.name}: key {m['key']!r} says {vid.verdict}, rule {verdict}")
+    want = ct_mark_statement(number, vid.direction) if vid.verdict == "accept" and vid.direction else None
+    if m["mark"] != want:
+        raise UnknownRule(f"verdict chain {c.name}: mark {m['mark']!r}, expected {want!r}")
+    return verdict, m["key"], c.rules[0]
+
+
 class NotDispatched(AssertionError):
     """The base chains do not send this interface's packets to its own chain."""
 
@@ -612,7 +669,9 @@ class Simulator:
 
     def __init__(self, ruleset: Ruleset):
         self.table = inet_table(ruleset)
-        self.sets = {s.name: parse_set(s) for s in self.table.sets if s.map_to is None}
+        self.sets = {s.name: parse_set(s) for s in self.table.sets if s.map_to is None and not s.extra}
+        if any(s.extra and s.name not in DYNAMIC_SETS for s in self.table.sets):
+            raise UnknownRule("a set with declaration statements other than the log limits'")
         # dispatch maps (ifname, mark, address) and the policy chains' maps (keyed by
         # protocol and ports, with or without an address in front)
         self.vmaps = {s.name: _parse_vmap(s) for s in self.table.sets
@@ -627,7 +686,11 @@ class Simulator:
         regular = {c.name for c in self.table.chains if c.hook is None}
         self.chains: dict[str, list[ParsedRule]] = {}
         self.base: dict[str, list[tuple[str, int, str]]] = {}
+        self.verdicts = {c.name: parse_verdict_chain(c) for c in self.table.chains
+                         if c.hook is None and number_of_chain(c.name) is not None}
         for c in self.table.chains:
+            if c.name in self.verdicts:
+                continue
             if c.hook is None:
                 self.chains[c.name] = [parse_rule(r, self.sets, regular, self.cmaps) for r in c.rules]
             else:
@@ -643,7 +706,9 @@ class Simulator:
         out = []
         for r in c.rules:
             u = re.fullmatch(r'(?P<key>iifname|oifname) "(?P<pat>[^"*]+\*?)"(?: (?P=key) != @instance_ports)? '
-                             r'counter drop', r)
+                             r'(?:counter drop|goto (?P<v>v_\d+))', r)
+            if u and u["v"] and u["v"] not in regular:
+                raise UnknownRule(f"goto to a missing chain: {r!r}")
             if u:                                   # an unknown instance interface: dropped
                 out.append((u["key"], -1, u["pat"]))
                 continue
@@ -739,6 +804,10 @@ class Simulator:
         if kind != "goto" or (chain != expected and not re.fullmatch(re.escape(expected) + r"_\d+", chain)):
             raise NotDispatched(f"{iface} {direction} dispatches to {kind} {chain}, expected {expected}")
         for _hop in range(16):                       # gotos only; no loops expected
+            if chain in self.verdicts:              # a verdict chain: counts, marks, decides
+                verdict, key, text = self.verdicts[chain]
+                trace.append(f"{chain}[0] {text}")
+                return SimResult(verdict, chain, 0, text, tuple(trace), key)
             if chain not in self.chains:
                 raise UnknownRule(f"missing chain {chain}")
             for i, rule in enumerate(self.chains[chain]):
@@ -749,6 +818,9 @@ class Simulator:
                     if decided is None:
                         continue
                     trace.append(f"{chain}[{i}] {rule.text} -> {decided}")
+                    if decided.startswith("goto "):
+                        chain = decided[len("goto "):]
+                        break
                     return SimResult(decided, chain, i, rule.text, tuple(trace))
                 if rule.vmap is not None:
                     trace.append(f"{chain}[{i}] {rule.text}")

@@ -5,7 +5,9 @@ import argparse
 import json
 import logging
 import sys
-from typing import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Optional
 
 from agent.errors import InputError, InvalidInput
 
@@ -31,6 +33,17 @@ def _ports(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _never_hit(path: Optional[str]) -> Optional[dict[str, float]]:
+    """The identities not hit since first counted, from a last-hit record (`counters`)."""
+    if not path:
+        return None
+    from agent.compiler.counters import never_hit
+    try:
+        return never_hit(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput([InputError("--hits", path, f"cannot read the last-hit record: {exc}")]) from None
+
+
 def cmd_lint(args: argparse.Namespace) -> int:
     from agent.guardrails.lint import LintOptions, lint, reaches, render_text
     from agent.model.validate import load_state
@@ -39,6 +52,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
                                                ("max_rules", args.max_rules),
                                                ("max_peer_groups", args.max_peer_groups))
                              if v is not None})
+    options = replace(options, never_hit=_never_hit(args.hits))
     findings = lint(state, options)
     if args.json:
         print(json.dumps([f.to_json() for f in findings], indent=2))
@@ -103,6 +117,8 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
                    help="warn when an interface's effective list holds more rules (default 200)")
     p.add_argument("--max-peer-groups", type=_positive, metavar="N",
                    help="warn when a group names more groups as peers (default 20)")
+    p.add_argument("--hits", metavar="FILE", help="last-hit record of `secgroup-agent counters` "
+                   "(/var/lib/secgroup-agent/verdict-hits.json): info findings for rules never hit")
     p = command("diff", cmd_diff, "what a new desired state changes: lines and verdicts per interface",
                 config=False)
     p.add_argument("-c", "--config", action="append", required=True, metavar="PATH",

@@ -48,6 +48,10 @@ def _print_warnings(data: object, strict: bool) -> None:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from agent.policy.explain import render_show
+    if args.counters:
+        from agent.cli.observe import kernel_counters, render_show_counters
+        sys.stdout.write(render_show_counters(load_state(args.config, args.host), args.iface, kernel_counters()))
+        return 0
     sys.stdout.write(render_show(load_state(args.config, args.host), args.iface, args.addresses))
     return EXIT_OK
 
@@ -153,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("iface", metavar="IFACE", help="a local interface, or HOST:IFACE for any interface of the document")
     p.add_argument("--addresses", action="store_true",
                    help="list the member addresses of group and prefix-list peers instead of counting them")
+    p.add_argument("--counters", action="store_true", help="each line's kernel counter beside it (local interface)")
     p = command("explain", cmd_explain, "the verdict for a new connection and what decides it: at one "
                 "interface (--iface), between two endpoints (--from/--to) or for every pair (--matrix)")
     p.add_argument("--iface", metavar="IFACE", help="judge at this interface (local, or HOST:IFACE)")
@@ -177,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("agent.cli.records", fromlist=["add_commands"]).add_commands(command)
     from agent.cli import guardrails as cli_tools
     cli_tools.add_commands(command)
+    __import__("agent.cli.observe", fromlist=["add_commands"]).add_commands(command)
     return parser
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from functools import reduce
-from typing import Iterable, Optional, Sequence
+from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 
 Interval = tuple[int, int]          # inclusive bounds
 Box = tuple[Interval, ...]
@@ -169,41 +169,57 @@ def first_match_region(items: Sequence[tuple[Box, bool]]) -> tuple[Box, ...]:
 
     This is what lets a whole priority-ordered rule list compile to one set lookup: a
     point in the region is accepted by the list, any other point is not (it is dropped
-    by an earlier drop line or matches nothing). Same sweep as `disjoint_union`, with the
-    order of the lines kept: at a leaf the lowest-numbered present line decides. Lines
-    that are apart (`separate`: they share no point) are solved apart."""
-    lines = [(i, box, acc) for i, (box, acc) in enumerate(items)]
+    by an earlier drop line or matches nothing). `first_match_labels` with the verdict as
+    the label, keeping the accepting boxes."""
+    return tuple(box for box, _ in first_match_labels(items, bool))
+
+
+def first_match_labels(items: Sequence[tuple[Box, Hashable]],
+                       keep: Callable[[Any], bool] = lambda label: True) -> tuple[tuple[Box, Any], ...]:
+    """`items` are the lines of an ordered list, each (box, label). Returns every point
+    some line contains whose FIRST containing line's label is kept, as sorted,
+    pairwise-disjoint boxes each with that label; neighbouring boxes merge only when
+    their labels are equal. With the deciding line's verdict identity as its label this
+    paints one verdict map that says which line decides (agent.compiler.attribution).
+
+    Same sweep as `disjoint_union`, with the order of the lines kept: at a leaf the
+    lowest-numbered present line decides. Lines that are apart (`separate`: they share
+    no point) are solved apart."""
+    lines = [(i, box, label) for i, (box, label) in enumerate(items)]
     memo: dict = {}
     union_memo: dict = {}
     parts = separate([box for box, _ in items])
     if len(parts) == 1:
-        return _region(frozenset(lines), memo, union_memo)
+        return _region(frozenset(lines), memo, union_memo, keep)
     return tuple(sorted(b for part in parts
-                        for b in _region(frozenset(lines[i] for i in part), memo, union_memo)))
+                        for b in _region(frozenset(lines[i] for i in part), memo, union_memo, keep)))
 
 
-def _region(items: frozenset, memo: dict, union_memo: dict) -> tuple[Box, ...]:
+def _region(items: frozenset, memo: dict, union_memo: dict, keep: Callable) -> tuple:
     if items in memo:
         return memo[items]
-    if not items or not any(acc for _, _, acc in items):
+    if not items or not any(keep(label) for _, _, label in items):
         return ()
     dims = len(next(iter(items))[1])
     if dims == 0:
-        return ((),) if min(items)[2] else ()
-    if all(acc for _, _, acc in items):
-        result = _union(frozenset(b for _, b, _ in items), union_memo)
+        first = min(items, key=lambda line: line[0])[2]
+        return (((), first),) if keep(first) else ()
+    labels = {label for _, _, label in items}
+    if len(labels) == 1:
+        (label,) = labels
+        result: tuple = tuple((b, label) for b in _union(frozenset(b for _, b, _ in items), union_memo))
     elif dims == 1:
-        result = _region_1d(items)
+        result = _region_1d(items, keep)
     else:
-        result = _region_sweep(items, memo, union_memo)
+        result = _region_sweep(items, memo, union_memo, keep)
     memo[items] = result
     return result
 
 
-def _region_sweep(items: frozenset, memo: dict, union_memo: dict) -> tuple[Box, ...]:
+def _region_sweep(items: frozenset, memo: dict, union_memo: dict, keep: Callable) -> tuple:
     """Sweep the first axis; each elementary segment is solved on the tails of the lines
     present there (memoized: neighbouring segments mostly share their lines), and
-    neighbouring segments with equal solutions are merged."""
+    neighbouring segments with equal solutions (labels included) are merged."""
     starts: dict[int, list] = {}
     ends: dict[int, list] = {}
     for o, b, a in items:
@@ -220,38 +236,40 @@ def _region_sweep(items: frozenset, memo: dict, union_memo: dict) -> tuple[Box, 
             active.update(starts[lo])
         if not active:
             continue
-        sub = _region(frozenset(active), memo, union_memo)
+        sub = _region(frozenset(active), memo, union_memo, keep)
         if not sub:
             continue
         if segments and segments[-1][1] + 1 == lo and segments[-1][2] == sub:
             segments[-1][1] = nxt - 1
         else:
             segments.append([lo, nxt - 1, sub])
-    return tuple(((lo, hi),) + tail for lo, hi, sub in segments for tail in sub)
+    return tuple((((lo, hi),) + tail, label) for lo, hi, sub in segments for tail, label in sub)
 
 
-def _region_1d(items: Iterable) -> tuple[Box, ...]:
+def _region_1d(items: Iterable, keep: Callable) -> tuple:
     """The last dimension: each elementary segment is decided by its lowest-numbered
-    line (a heap of the lines present, ended ones dropped lazily); accepted segments
-    that touch are merged."""
+    line (a heap of the lines present, ended ones dropped lazily); kept segments that
+    touch and have the same label are merged."""
     starts: dict[int, list] = {}
     points_set = set()
+    labels: dict[int, Any] = {}
     for o, ((lo, hi),), a in items:
-        starts.setdefault(lo, []).append((o, hi, a))
+        starts.setdefault(lo, []).append((o, hi))
+        labels[o] = a
         points_set.add(lo)
         points_set.add(hi + 1)
     points = sorted(points_set)
     heap: list = []
-    out: list[list[int]] = []
+    out: list[list] = []
     for lo, nxt in zip(points, points[1:]):
         for line in starts.get(lo, ()):
             heapq.heappush(heap, line)
         while heap and heap[0][1] < lo:
             heapq.heappop(heap)
-        if not heap or not heap[0][2]:
+        if not heap or not keep(label := labels[heap[0][0]]):
             continue
-        if out and out[-1][1] + 1 == lo:
+        if out and out[-1][1] + 1 == lo and out[-1][2] == label:
             out[-1][1] = nxt - 1
         else:
-            out.append([lo, nxt - 1])
-    return tuple(((lo, hi),) for lo, hi in out)
+            out.append([lo, nxt - 1, label])
+    return tuple((((lo, hi),), label) for lo, hi, label in out)

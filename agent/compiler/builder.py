@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
+from agent.compiler.attribution import VerdictId
 from agent.compiler.boxes import Box
 from agent.compiler.memo import Reuse
 from agent.compiler.ruleset import Chain, NftSet
@@ -81,6 +82,10 @@ class Builder:
                     "peers": f"peers{version}"}[kind]
             name = self.shared[key] = self.claim(base, ("set", "shared") + key)
         return name
+
+    def goto(self, vid: VerdictId) -> str:
+        """`goto v_<n>`: the jump to the verdict chain of `vid` (agent.compiler.verdicts)."""
+        return self.reuse.numbering.goto(vid)
 
     def add_chain(self, name: str, rules: tuple[str, ...]) -> None:
         """A chain; the previous build's object when its rules are the same (so what

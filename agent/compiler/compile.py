@@ -20,15 +20,21 @@ import hashlib
 from dataclasses import replace
 from typing import Optional
 
-from agent.compiler.boxes import Box, first_match_region
+from agent.compiler.attribution import (FINAL as FINAL_STAGE, INTRA_GROUP as INTRA_STAGE, USER as USER_STAGE,
+                                        VerdictId, chain_name,
+                                        number_of_chain)
+from agent.compiler.boxes import Box, first_match_labels
 from agent.compiler.builder import Builder, safe_name
 from agent.compiler.dispatch import bridge_table, dispatch_objects
 from agent.compiler.guard import build_interface_rules
 from agent.compiler.intervals import render_interval
 from agent.compiler.match_space import match_boxes, match_tail
-from agent.compiler.memo import BuildRecord, CompileMemo, RegionEntry, RegionPart, VersionEntry, canonicalise
+from agent.compiler.logs import log_sets, logs
+from agent.compiler.memo import (BuildRecord, CompileMemo, InterfaceEntry, RegionEntry, RegionPart, VersionEntry,
+                                 canonicalise)
+from agent.compiler.verdicts import quota_verdict, unknown_verdict, verdict_chain, verdict_of
 from agent.compiler import runs as compile_runs
-from agent.compiler.runs import (ADDR_BITS, ADDR_TYPE, FAMILY_KW, Line, build_member_rules, build_points, build_runs,
+from agent.compiler.runs import (ADDR_BITS, ADDR_TYPE, FAMILY_KW, NFPROTO, Line, build_member_rules, build_points, build_runs,
                                  render_match)
 from agent.compiler.sets import build_shared_sets
 from agent.model.validate import collector_paused
@@ -60,8 +66,10 @@ def _compile_ruleset(state: DesiredState, previous: Optional[CompileMemo]) -> tu
         for direction in DIRECTIONS:
             chain = build_interface_chain(b, nic, direction)
             dispatch[direction].append((nic.name, chain))
-    sets, chains = dispatch_objects(b.state, dispatch)
-    return finish_build(b, BuildRecord(local_layout(state), (tuple(sets), tuple(chains)), bridge_table(state)))
+    unknown = {d: unknown_verdict(d) for d in DIRECTIONS} if state.instance_interfaces else {}
+    sets, chains = dispatch_objects(b.state, dispatch, {d: b.goto(vid) for d, vid in unknown.items()})
+    return finish_build(b, BuildRecord(local_layout(state), (tuple(sets), tuple(chains)), bridge_table(state),
+                                       verdicts=tuple(unknown.values())))
 
 
 def patched_builder(state: DesiredState, previous: CompileMemo) -> Builder:
@@ -82,15 +90,15 @@ def rebuild_policy_chain(b: Builder, key: tuple, entry: RegionEntry) -> None:
     name, identity = key
     for _, old_set in entry.part.sets:
         del b.sets[old_set.name]
-    for chain_name in [c.name for _, c in entry.part.chains] + [name]:
-        b.drop_chain(chain_name)
+    for old_chain in [c.name for _, c in entry.part.chains] + [name]:
+        b.drop_chain(old_chain)
     policy_chain_body(b, name, identity, b.state.local_interfaces[entry.nic], identity[1])
 
 
 def local_layout(state: DesiredState) -> tuple:
     """What the interface chains and the dispatch objects are made of: the host's
     interfaces, the network and groups of their instances, anti-spoofing."""
-    return (state.host, state.anti_spoofing, state.instance_interfaces, tuple(
+    return (state.host, state.anti_spoofing, state.instance_interfaces, state.mode, tuple(
         (name, nic, state.instance_by_id[nic.instance_id].network, state.instance_by_id[nic.instance_id].groups)
         for name, nic in sorted(state.local_interfaces.items())))
 
@@ -98,12 +106,49 @@ def local_layout(state: DesiredState) -> tuple:
 def finish_build(b: Builder, record: BuildRecord) -> tuple[Ruleset, CompileMemo]:
     """The Ruleset of a build, and its memo (with what a patched build needs)."""
     build_shared_sets(b)
+    add_verdict_chains(b, record.verdicts)
     dispatch_sets, dispatch_chains = record.dispatch
     all_sets = tuple(sorted(list(b.sets.values()) + list(dispatch_sets), key=lambda s: s.name))
     all_chains = dispatch_chains + tuple(sorted(b.chains.values(), key=lambda c: c.name))
     tables = (Table("inet", TABLE, all_sets, all_chains),) + ((record.bridge,) if record.bridge else ())
     record = replace(record, owners=b.owners, sets=b.sets, shared_names=b.shared, errors=tuple(b.errors))
     return Ruleset(tables=tables, errors=tuple(b.errors)), b.reuse.freeze(record)
+
+
+def live_verdicts(b: Builder, base: tuple[VerdictId, ...]) -> set[VerdictId]:
+    """The identities the build's chains and maps jump to: those of its policy chains
+    (made or carried), interface chains and base chains."""
+    live = set(base)
+    for entry in b.reuse.regions.values():
+        live.update(entry.part.verdicts)
+        live.update(entry.verdicts)
+    for ientry in b.reuse.interfaces.values():
+        live.update(ientry.verdicts)
+    return live
+
+
+def add_verdict_chains(b: Builder, base: tuple[VerdictId, ...]) -> None:
+    """One chain `v_<n>` per live identity (agent.compiler.verdicts); the verdict chains
+    of identities no longer used (a patched build starts from the previous chains) go."""
+    numbering = b.reuse.numbering
+    live = live_verdicts(b, base)
+    numbering.numbers = {vid: numbering.number(vid) for vid in sorted(live)}
+    wanted = {chain_name(n): vid for vid, n in numbering.numbers.items()}
+    for name in [n for n in b.chains if number_of_chain(n) is not None and n not in wanted]:
+        b.drop_chain(name)
+    settings = b.state.log
+    asked = {(r.group_id, r.id) for g in b.state.groups for r in g.rules if r.log}
+    logging = False
+    for name, vid in wanted.items():
+        log = logs(vid.stage, vid.verdict, vid.audit, (vid.group, vid.rule) in asked and vid.stage == USER_STAGE,
+                   settings)
+        logging = logging or log
+        b.add_chain(name, verdict_chain(vid, numbering.numbers[vid], settings if log else None).rules)
+    for s in log_sets():
+        if logging:
+            b.sets[s.name] = b.sets.get(s.name) if b.sets.get(s.name) == s else s  # type: ignore[assignment]
+        else:
+            b.sets.pop(s.name, None)
 
 
 def interface_chain_name(nic: Interface, direction: str) -> str:
@@ -124,14 +169,23 @@ def build_interface_chain(b: Builder, nic: Interface, direction: str) -> str:
 
 def _interface_rules(b: Builder, nic: Interface, direction: str) -> tuple[str, ...]:
     """`interface_rules`, or the previous build's when the interface is the same."""
-    return b.reuse.interface_rules((nic.name, direction), (nic, b.state.anti_spoofing), lambda: tuple(
-        interface_rules(nic, essential_entries(b.state, nic, direction))))
+    return b.reuse.interface_rules((nic.name, direction), (nic, b.state.anti_spoofing),
+                                   lambda: interface_rules(b, nic, direction))
 
 
-def interface_rules(nic: Interface, essentials: list[Entry]) -> list[str]:
+def interface_rules(b: Builder, nic: Interface, direction: str) -> InterfaceEntry:
     """Stages 1-2: connection state, first-hop guard, neighbour discovery, anti-spoofing
-    (agent.compiler.guard)."""
-    return build_interface_rules(nic, essentials)
+    (agent.compiler.guard); each drop jumps to its verdict chain."""
+    essentials = essential_entries(b.state, nic, direction)
+    vids = {id(e): verdict_of(e, direction) for e in essentials}
+
+    def then(e: Entry) -> str:
+        vid = vids[id(e)]
+        return b.goto(vid) if vid is not None else e.verdict
+    quota = quota_verdict(direction)
+    rules = build_interface_rules(nic, essentials, then, b.goto(quota) if nic.max_connections else "")
+    used = tuple(v for v in vids.values() if v is not None) + ((quota,) if nic.max_connections else ())
+    return InterfaceEntry((nic, b.state.anti_spoofing), tuple(rules), used)
 
 
 def policy_key(state: DesiredState, nic: Interface, direction: str) -> str:
@@ -160,16 +214,18 @@ def build_policy_chain(b: Builder, nic: Interface, direction: str) -> str:
 def policy_chain_body(b: Builder, name: str, identity: tuple, nic: Interface, direction: str) -> None:
     peer_kw = "saddr" if direction == INGRESS else "daddr"
     intra = intra_group_ids(b.state, nic)
-    rules = [r for gid in intra for r in intra_group_rules(b, gid, peer_kw)]
+    rules = [r for gid in intra for r in intra_group_rules(b, gid, peer_kw, direction)]
     signature = b.reuse.signature(identity, intra)
     region = _remembered_region(b, name, identity, signature)
     if region is None:
         entries = build_effective_list(b.state, nic.name, direction, resolve_peers=False).entries
         assert entries[-1].stage == FINAL
-        region = region_rules(b, name, [e for e in entries if e.stage in (USER, DEFAULTS)], peer_kw)
+        region = region_rules(b, name, [e for e in entries if e.stage in (USER, DEFAULTS)], peer_kw, direction)
     refs = tuple((("group", g, v), b.shared_name("group", g, v), False) for g in intra for v in (4, 6))
-    b.reuse.regions[(name, identity)] = RegionEntry(signature, region, nic.name, refs)
-    b.add_chain(name, tuple(rules) + region.rules + ("drop",))
+    final = VerdictId(FINAL_STAGE, direction)
+    used = tuple(VerdictId(INTRA_STAGE, direction, "accept", g) for g in intra) + (final,)
+    b.reuse.regions[(name, identity)] = RegionEntry(signature, region, nic.name, refs, used)
+    b.add_chain(name, tuple(rules) + region.rules + (b.goto(final),))
 
 
 def _remembered_region(b: Builder, name: str, identity: tuple, signature: tuple) -> Optional[RegionPart]:
@@ -189,43 +245,53 @@ def _names_hold(b: Builder, part: RegionPart) -> bool:
 
 
 def _adopt(b: Builder, part: RegionPart) -> None:
+    for vid in part.verdicts:           # the previous build's: they keep their numbers
+        b.reuse.numbering.number(vid)
     for _, s in part.sets:
         b.sets.setdefault(s.name, s)
     for _, c in part.chains:
         b.add_chain(c.name, c.rules)
 
 
-def intra_group_rules(b: Builder, group_id: str, peer_kw: str) -> list[str]:
-    return [f"{FAMILY_KW[v]} {peer_kw} @{b.shared_name('group', group_id, v)} accept" for v in (4, 6)]
+def intra_group_rules(b: Builder, group_id: str, peer_kw: str, direction: str) -> list[str]:
+    then = b.goto(VerdictId(INTRA_STAGE, direction, "accept", group_id))
+    return [f"{FAMILY_KW[v]} {peer_kw} @{b.shared_name('group', group_id, v)} {then}" for v in (4, 6)]
 
 
-def region_rules(b: Builder, prefix: str, entries: list[Entry], peer_kw: str) -> RegionPart:
+def region_rules(b: Builder, prefix: str, entries: list[Entry], peer_kw: str, direction: str) -> RegionPart:
     """Stages 4-5: per IP version, the static path (ONE region lookup, after a hashed
     map of single points where there are many) and, when some line names a group or a
     prefix list, the member path for addresses in the shared sets (agent.compiler.runs)."""
     with_sport = any(e.match.sports for e in entries)
     with_dport = any(e.match.ports for e in entries)
-    parts = [_version_part(b, prefix, v, build_lines(b, entries, v, with_sport, with_dport),
-                           (with_sport, with_dport, peer_kw)) for v in (4, 6)]
+    vids = [verdict_of(e, direction) for e in entries]
+    labels = [b.reuse.numbering.number(vid) for vid in vids if vid is not None]
+    assert len(labels) == len(entries)
+    final = b.goto(VerdictId(FINAL_STAGE, direction))
+    parts = [_version_part(b, prefix, v, build_lines(b, entries, labels, v, with_sport, with_dport),
+                           (with_sport, with_dport, peer_kw, final)) for v in (4, 6)]
     rules = tuple(r for p in parts for r in p.rules)
-    if rules == ("meta nfproto ipv4 accept", "meta nfproto ipv6 accept"):
-        rules = ("accept",)
+    if len(rules) == 2 and rules[0].startswith("meta nfproto ipv4 ") and \
+            rules[1] == "meta nfproto ipv6 " + rules[0][len("meta nfproto ipv4 "):]:
+        rules = (rules[0][len("meta nfproto ipv4 "):],)
     return RegionPart(rules, tuple(s for p in parts for s in p.sets), tuple(c for p in parts for c in p.chains),
-                      tuple(r for p in parts for r in p.refs))
+                      tuple(r for p in parts for r in p.refs), tuple(v for v in vids if v is not None))
 
 
-def build_lines(b: Builder, entries: list[Entry], v: int, with_sport: bool, with_dport: bool) -> list[Line]:
+def build_lines(b: Builder, entries: list[Entry], labels: list[int], v: int, with_sport: bool,
+                with_dport: bool) -> list[Line]:
+    """The lines of one IP version; `labels[i]` is the verdict number of `entries[i]`."""
     lines = []
-    for order, e in enumerate(entries):
+    for order, (e, label) in enumerate(zip(entries, labels)):
         accept = e.verdict == ACCEPT
         if e.peer is not None and e.peer.kind != "cidr":
             tail = match_tail(e.match, v, with_sport, with_dport)  # type: ignore[arg-type]  # entries here are match lines
             if tail is not None:
-                lines.append(Line(order, accept, b.shared_name(e.peer.kind, e.peer.value, v), (tail,)))
+                lines.append(Line(order, accept, b.shared_name(e.peer.kind, e.peer.value, v), (tail,), label))
         else:
             boxes = match_boxes(e.match, v, with_sport, with_dport)  # type: ignore[arg-type]
             if boxes:
-                lines.append(Line(order, accept, None, tuple(boxes)))
+                lines.append(Line(order, accept, None, tuple(boxes), label))
     return lines
 
 
@@ -244,26 +310,46 @@ def _version_part(b: Builder, prefix: str, v: int, lines: list[Line], shape: tup
 
 
 def _paint_version(b: Builder, prefix: str, v: int, lines: list[Line], with_sport: bool, with_dport: bool,
-                   peer_kw: str) -> RegionPart:
+                   peer_kw: str, final: str) -> RegionPart:
+    """One IP version: member path, points map, region; each box jumps to the verdict
+    chain of the line that decides it (`Line.label`), `final` (the final drop's jump)
+    ends the member path."""
     rules: list[str] = []
     sets: list[tuple[tuple, NftSet]] = []
     chains: list[tuple[tuple, Chain]] = []
+    lines, tail = split_catch_all(lines, v)
+    end = f"goto {chain_name(tail)}" if tail is not None else final
     refs = tuple(sorted({(_ref_key(b, ln.ref), ln.ref, True) for ln in lines if ln.ref}))
     if refs:
-        chain, maps = _member_path(b, prefix, v, lines, with_sport, with_dport, peer_kw)
+        chain, maps = _member_path(b, prefix, v, lines, with_sport, with_dport, peer_kw, end)
         peers = b.shared_name("peers", "", v)
         refs += ((("peers", "", v), peers, False),)
         rules.append(f"{FAMILY_KW[v]} {peer_kw} @{peers} goto {chain.name}")
         chains.append((("chain", "members", prefix, v), chain))
         sets += maps
-    items = [(bx, ln.accept) for ln in lines if ln.ref is None for bx in ln.boxes]
+    items = [(bx, ln.label) for ln in lines if ln.ref is None for bx in ln.boxes]
     points, items = build_points(items, with_sport, with_dport)
     if points:
         sets.append(_points_map(b, prefix, v, points, peer_kw, rules))
     region_lines, region = _paint_region(b, prefix, v, items, with_sport, with_dport, peer_kw)
-    rules += region_lines
+    rules += region_lines + [f"meta nfproto {NFPROTO[v]} {end}"] * (tail is not None)
     sets += [(("set", "region", prefix, v), region)] if region else []
     return RegionPart(tuple(rules), tuple(sets), tuple(chains), refs)
+
+
+def split_catch_all(lines: list[Line], v: int) -> tuple[list[Line], Optional[int]]:
+    """The lines before the first CIDR line that matches every packet of version v, and
+    that line's label (None: there is none). The lines after it never decide; it decides
+    every point the lines before it leave, so it is not painted (its complement would be
+    many boxes) but written after the lookups: `meta nfproto ipv4 goto v_<n>`."""
+    for i, line in enumerate(lines):
+        if line.ref is None and any(_is_full(v, bx) for bx in line.boxes):
+            return lines[:i], line.label
+    return lines, None
+
+
+def _is_full(v: int, box: Box) -> bool:
+    return box[0] == (0, 2 ** ADDR_BITS[v] - 1) and box[1] == (0, 255) and all(iv == (0, 65535) for iv in box[2:])
 
 
 def _ref_key(b: Builder, name: str) -> tuple:
@@ -271,7 +357,7 @@ def _ref_key(b: Builder, name: str) -> tuple:
 
 
 def _member_path(b: Builder, prefix: str, v: int, lines: list[Line], with_sport: bool, with_dport: bool,
-                 peer_kw: str) -> tuple[Chain, list[tuple[tuple, NftSet]]]:
+                 peer_kw: str, final: str) -> tuple[Chain, list[tuple[tuple, NftSet]]]:
     cname = b.claim(f"{prefix}_m{v}", ("chain", "members", prefix, v))
 
     def map_name(i: int) -> str:
@@ -285,7 +371,7 @@ def _member_path(b: Builder, prefix: str, v: int, lines: list[Line], with_sport:
         made = NftSet(spec.name, " . ".join(spec.types), elements, interval=True, map_to="verdict")
         b.sets[spec.name] = made
         maps.append((("set",) + b.owners[spec.name][1:], made))
-    chain = Chain(cname, tuple(rules) + ("drop",))
+    chain = Chain(cname, tuple(rules) + (final,))
     b.add_chain(cname, chain.rules)
     return b.chains[cname], maps
 
@@ -298,8 +384,8 @@ def _key_text(b: Builder, v: int, box: Box, with_addr: bool) -> str:
 def _points_map(b: Builder, prefix: str, v: int, points: dict, peer_kw: str,
                 rules: list[str]) -> tuple[tuple, NftSet]:
     name = b.add_set(NftSet(f"{prefix}_p{v}", f"{ADDR_TYPE[v]} . inet_proto . inet_service",
-                            tuple(f"{render_interval(v, (a, a))} . {p} . {port} : {'accept' if acc else 'drop'}"
-                                  for (a, p, port), acc in sorted(points.items())),
+                            tuple(f"{render_interval(v, (a, a))} . {p} . {port} : goto {chain_name(label)}"
+                                  for (a, p, port), label in sorted(points.items())),
                             interval=False, map_to="verdict"), ("points", prefix, v))
     rules.append(f"{FAMILY_KW[v]} {peer_kw} . meta l4proto . th dport vmap @{name}")
     return ("set", "points", prefix, v), b.sets[name]
@@ -312,15 +398,17 @@ def _addr_text(v: int, iv: tuple[int, int]) -> Optional[str]:
 
 def _paint_region(b: Builder, prefix: str, v: int, items: list, with_sport: bool, with_dport: bool,
                   peer_kw: str) -> tuple[list[str], Optional[NftSet]]:
-    """The region's lookup and set; or, for at most INLINE_MAX boxes (disjoint, all
-    accepting: their order does not matter), one plain rule per box and no set."""
-    boxes = first_match_region(items)
+    """The region's lookup and map: every point some line matches, as disjoint boxes
+    labelled with the verdict chain of the first line that matches there (accept and
+    drop lines alike: one lookup decides and attributes). Or, for at most INLINE_MAX
+    boxes (disjoint: their order does not matter), one plain rule per box and no map."""
+    boxes = first_match_labels(items)
     if len(boxes) <= compile_runs.INLINE_MAX:
-        return [f"{render_match(v, _addr_text(v, bx[0]), bx[1:], peer_kw, with_sport, with_dport)} accept"
-                for bx in boxes], None
+        return [f"{render_match(v, _addr_text(v, bx[0]), bx[1:], peer_kw, with_sport, with_dport)} "
+                f"goto {chain_name(label)}" for bx, label in boxes], None
     key = [f"{FAMILY_KW[v]} {peer_kw}", "meta l4proto"] + ["th sport"] * with_sport + \
         ["th dport"] * with_dport
     types = [ADDR_TYPE[v], "inet_proto"] + ["inet_service"] * (with_sport + with_dport)
-    elements = tuple(b.element(v, bx) for bx in boxes)
-    sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements), ("region", prefix, v))
-    return [f"{' . '.join(key)} @{sname} accept"], b.sets[sname]
+    elements = tuple(f"{b.element(v, bx)} : goto {chain_name(label)}" for bx, label in boxes)
+    sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements, map_to="verdict"), ("region", prefix, v))
+    return [f"{' . '.join(key)} vmap @{sname}"], b.sets[sname]

@@ -50,7 +50,11 @@ def to_mark(port_id: int) -> int:
     return MARK_TAG | port_id
 
 
-def dispatch_objects(state: DesiredState, dispatch: dict[str, list[tuple[str, str]]]):
+def dispatch_objects(state: DesiredState, dispatch: dict[str, list[tuple[str, str]]],
+                     unknown: Optional[dict[str, str]] = None):
+    """The dispatch maps and base chains; `unknown`: per direction, the statement that
+    drops an unknown instance interface's packets (a jump to its verdict chain)."""
+    unknown = unknown or {}
     ids = bridged_port_ids(state)
     chain_of = {d: dict(pairs) for d, pairs in dispatch.items()}
     routed = [n for n, nic in sorted(state.local_interfaces.items()) if nic.attachment != BRIDGED]
@@ -77,8 +81,9 @@ def dispatch_objects(state: DesiredState, dispatch: dict[str, list[tuple[str, st
             for a, chains in sorted(owners.items())), interval=False, map_to="verdict"))
         addrs = sorted({str(a) for nic in nics for a in nic.addresses if a.version == v})
         maps.append(NftSet(f"local_addr{v}", typ, tuple(addrs), interval=False))
-    out_sets, out_chains = inet_output(state.instance_interfaces, routed, _quote)
-    return maps + out_sets, _base_chains(bool(ids), state.instance_interfaces) + out_chains
+    out_sets, out_chains = inet_output(state.instance_interfaces, routed, _quote,
+                                       unknown.get(INGRESS, "counter drop"))
+    return maps + out_sets, _base_chains(bool(ids), state.instance_interfaces, unknown) + out_chains
 
 
 def _address_owners(state: DesiredState, nics: list, version: int, chains: dict[str, str]) -> dict:
@@ -101,13 +106,16 @@ def _shared_vip(chains: dict) -> bool:
     return not any(own for own, _ in chains.values()) and len({p for _, p in chains.values()}) == 1
 
 
-def _base_chains(bridged: bool, patterns: tuple[str, ...] = ()) -> list[Chain]:
-    egress = ["iifname vmap @egress_ports"] + \
-        [f"meta mark & 0x{FROM_MASK:08x} vmap @egress_marks"] * bridged + build_unknown_rules("iifname", patterns)
+def _base_chains(bridged: bool, patterns: tuple[str, ...] = (), unknown: Optional[dict[str, str]] = None
+                 ) -> list[Chain]:
+    then = unknown or {}
+    egress = ["iifname vmap @egress_ports"] + [f"meta mark & 0x{FROM_MASK:08x} vmap @egress_marks"] * bridged + \
+        build_unknown_rules("iifname", patterns, then=then.get(EGRESS, "counter drop"))
     ingress = ["oifname vmap @ingress_ports"] + [
         f"meta mark & 0x{TO_MASK:08x} vmap @ingress_marks",
         "ip daddr vmap @ingress_addr4",
-        "ip6 daddr vmap @ingress_addr6"] * bridged + build_unknown_rules("oifname", patterns)
+        "ip6 daddr vmap @ingress_addr6"] * bridged + \
+        build_unknown_rules("oifname", patterns, then=then.get(INGRESS, "counter drop"))
     return [
         Chain("forward_egress", tuple(egress),
               f"type filter hook forward priority {FORWARD_PRIORITY}; policy accept;"),

@@ -17,7 +17,7 @@ IPv4 addresses, allowed addresses or 0.0.0.0 (a probe) as ARP sender protocol ad
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from agent.model.objects import BRIDGED, Interface, IPNetwork
 from agent.policy.effective import Entry
@@ -47,36 +47,41 @@ def _not_in(key: str, items: Iterable[str]) -> str:
     return " ".join(f"{key} != {item}" for item in items)
 
 
-def build_interface_rules(nic: Interface, essentials: list[Entry]) -> list[str]:
+def build_interface_rules(nic: Interface, essentials: list[Entry],
+                          verdict: Callable[[Entry], str] = lambda e: e.verdict,
+                          quota: str = "counter drop") -> list[str]:
     """Stages 1-2 of one interface and direction, from its essential entries
-    (agent.policy.effective.essential_entries), one or two nft rules per entry."""
+    (agent.policy.effective.essential_entries), one or two nft rules per entry.
+    `verdict(entry)` is the statement an entry's rules end with (the compiler gives
+    `goto v_<n>`, the entry's verdict chain); `quota` that of the conntrack quota."""
     # A TCP packet that opens no connection (not a SYN) and belongs to none is invalid
     # in the stateful sense; dropping it is also what makes revocation cut a TCP flow
     # (with nf_conntrack_tcp_loose, a mid-stream packet would re-create the entry).
-    rules = ["ct state established,related accept", "ct state invalid drop",
-             "tcp flags & (fin | syn | rst | ack) != syn drop"]
+    invalid = next((verdict(e) for e in essentials if e.kind == "invalid"), "drop")
+    rules = ["ct state established,related accept", f"ct state invalid {invalid}",
+             f"tcp flags & (fin | syn | rst | ack) != syn {invalid}"]
     for e in essentials:
-        rules += _entry_rules(nic, e.kind)
+        rules += _entry_rules(nic, e.kind, verdict(e))
     if nic.max_connections:     # the conntrack quota: new connections past it (docs/fail-closed.md)
-        rules.append(f"ct count over {nic.max_connections} counter drop")
+        rules.append(f"ct count over {nic.max_connections} {quota}")
     return rules
 
 
-def _entry_rules(nic: Interface, kind: str) -> list[str]:
+def _entry_rules(nic: Interface, kind: str, then: str) -> list[str]:
     targets = _not_in(ND_TARGET, (render_target(n) for n in nd_targets(nic)))
     if kind == "spoof-mac":
-        return [f"{_not_in('ether saddr', nic.source_macs())} drop"]
+        return [f"{_not_in('ether saddr', nic.source_macs())} {then}"]
     if kind == "guard-ra":
-        return ["icmpv6 type nd-router-advert drop", "icmpv6 type nd-redirect drop"]
+        return [f"icmpv6 type nd-router-advert {then}", f"icmpv6 type nd-redirect {then}"]
     if kind == "guard-na":
-        return [f"icmpv6 type nd-neighbor-advert {targets} drop"]
+        return [f"icmpv6 type nd-neighbor-advert {targets} {then}"]
     if kind == "guard-dad":
-        return [f"ip6 saddr :: icmpv6 type nd-neighbor-solicit {targets} drop"]
+        return [f"ip6 saddr :: icmpv6 type nd-neighbor-solicit {targets} {then}"]
     if kind == "guard-nd-src":
         sources = _not_in("ip6 saddr", (render_network(n) for n in nd_sources(nic)))
-        return [f"icmpv6 type nd-router-solicit {sources} drop", f"icmpv6 type 135-136 {sources} drop"]
+        return [f"icmpv6 type nd-router-solicit {sources} {then}", f"icmpv6 type 135-136 {sources} {then}"]
     if kind == "guard-dhcp":
-        return [f"meta nfproto ipv{v} udp sport {DHCP_SERVER_PORT[v]} drop" for v in (4, 6)]
+        return [f"meta nfproto ipv{v} udp sport {DHCP_SERVER_PORT[v]} {then}" for v in (4, 6)]
     if kind == "nd":
         return ["icmpv6 type 133-136 accept"]
     if kind == "dhcp-client":
@@ -87,8 +92,8 @@ def _entry_rules(nic: Interface, kind: str) -> list[str]:
         v4 = [render_network(n) for n in nic.source_networks(4)]
         v6 = [render_network(n) for n in ipaddress.collapse_addresses(
             nic.source_networks(6) + (ipaddress.ip_network("fe80::/10"),))]
-        return [f"{_not_in('ip saddr', v4)} drop" if v4 else "meta nfproto ipv4 drop",
-                f"{_not_in('ip6 saddr', v6)} drop"]
+        return [f"{_not_in('ip saddr', v4)} {then}" if v4 else f"meta nfproto ipv4 {then}",
+                f"{_not_in('ip6 saddr', v6)} {then}"]
     return []           # connection state: the two fixed rules above
 
 

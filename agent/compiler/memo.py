@@ -21,8 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from agent.compiler.attribution import VerdictId
 from agent.compiler.boxes import Interval
 from agent.compiler.ruleset import Chain, NftSet
+from agent.compiler.verdicts import Numbering
 from agent.model.objects import DIRECTIONS, DesiredState, Group, IPAddress, IPNetwork
 
 Signature = tuple
@@ -38,6 +40,7 @@ class RegionPart:
     sets: tuple[tuple[tuple, NftSet], ...] = ()
     chains: tuple[tuple[tuple, Chain], ...] = ()
     refs: tuple[SharedRef, ...] = ()
+    verdicts: tuple[VerdictId, ...] = ()    # the identities its rules and maps jump to
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class RegionEntry:
     part: RegionPart
     nic: str
     intra_refs: tuple[SharedRef, ...]
+    verdicts: tuple[VerdictId, ...] = ()    # its intra-group and final identities
 
     def refs(self) -> tuple[SharedRef, ...]:
         return self.part.refs + self.intra_refs
@@ -65,6 +69,7 @@ class VersionEntry:
 class InterfaceEntry:
     inputs: tuple                   # (interface, anti_spoofing)
     rules: tuple[str, ...]          # stages 1-2
+    verdicts: tuple[VerdictId, ...] = ()    # the identities they jump to
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class BuildRecord:
     sets: Mapping[str, NftSet] = field(default_factory=dict)       # name -> NftSet (not dispatch)
     shared_names: Mapping[tuple, str] = field(default_factory=dict)   # (kind, id, version) -> name
     errors: tuple[str, ...] = ()
+    verdicts: tuple[VerdictId, ...] = ()    # the identities of the base chains (unknown interfaces)
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,7 @@ class Inputs:
     networks: Mapping[str, tuple[IPAddress, ...]] = field(default_factory=dict)   # group -> member addresses
     prefix_lists: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
     parts: Mapping[str, tuple[Group, Mapping[str, tuple]]] = field(default_factory=dict)
+    mode: str = "enforce"           # the document's default mode (audit rules accept)
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ class CompileMemo:
     chains: Mapping[str, Chain] = field(default_factory=dict)
     wanted: Optional[SharedWanted] = None
     record: Optional[BuildRecord] = None
+    numbers: Mapping[VerdictId, int] = field(default_factory=dict)     # identity -> its number
 
 
 @dataclass
@@ -130,13 +138,18 @@ class Reuse:
     chains: dict[str, Chain] = field(default_factory=dict)
     wanted: Optional[SharedWanted] = None
     group_inputs: dict[tuple, tuple] = field(default_factory=dict)     # (group, direction) -> inputs
+    numbering: Numbering = field(default_factory=Numbering)
 
-    def interface_rules(self, key: tuple, inputs: tuple, make: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
-        """Stages 1-2 of an interface: the previous build's when its inputs are equal."""
+    def interface_rules(self, key: tuple, inputs: tuple,
+                        make: Callable[[], InterfaceEntry]) -> tuple[str, ...]:
+        """Stages 1-2 of an interface: the previous build's when its inputs are equal
+        (its identities keep their numbers: they are the previous build's)."""
         hit = self.previous.interfaces.get(key) if self.previous else None
-        rules = hit.rules if hit is not None and hit.inputs == inputs else make()
-        self.interfaces[key] = InterfaceEntry(inputs, rules)
-        return rules
+        entry = hit if hit is not None and hit.inputs == inputs else make()
+        for vid in entry.verdicts:
+            self.numbering.number(vid)
+        self.interfaces[key] = entry
+        return entry.rules
 
     def chain(self, name: str, rules: tuple[str, ...]) -> Chain:
         """The chain; the previous build's object when its rules are the same."""
@@ -175,7 +188,7 @@ class Reuse:
 
     def freeze(self, record: BuildRecord) -> CompileMemo:
         return CompileMemo(self.inputs, self.regions, self.region_parts, self.interfaces, self.shared_sets,
-                           self.chains, self.wanted, record)
+                           self.chains, self.wanted, record, dict(self.numbering.numbers))
 
 
 def _same(old: Any, new: Any) -> Any:
@@ -191,7 +204,8 @@ def canonicalise(state: DesiredState, previous: Optional[CompileMemo]) -> Reuse:
     networks = {gid: _same(prev.networks.get(gid), addrs) for gid, addrs in state.group_addresses.items()}
     prefix_lists = {pid: _same(prev.prefix_lists.get(pid), nets) for pid, nets in state.prefix_lists}
     parts = {gid: _group_parts(g, prev.parts.get(gid)) for gid, g in groups.items()}
-    return Reuse(Inputs(groups, networks, prefix_lists, parts), previous)
+    numbering = Numbering(previous.numbers if previous is not None else {})
+    return Reuse(Inputs(groups, networks, prefix_lists, parts, state.mode), previous, numbering=numbering)
 
 
 def _group_parts(group: Group, previous: Optional[tuple]) -> tuple[Group, Mapping[str, tuple]]:
@@ -224,4 +238,4 @@ def policy_signature(inputs: Inputs, identity: tuple, intra: tuple[str, ...], ca
         if got is None:
             got = cache[(gid, direction)] = (inputs.parts[gid][1][direction],)
         per_group.append(got)
-    return tuple(per_group), intra
+    return tuple(per_group), intra, inputs.mode

@@ -14,6 +14,7 @@ def render_set(s: NftSet) -> list[str]:
     lines = [f"\t{kind} {s.name} {{", f"\t\ttype {typ}"]
     if s.interval:
         lines.append("\t\tflags interval")
+    lines += [f"\t\t{x}" for x in s.extra]
     if s.elements:
         lines.append("\t\telements = {")
         lines += [f"\t\t\t{e}," for e in s.elements]

@@ -18,6 +18,7 @@ class NftSet:
     elements: tuple[str, ...]
     interval: bool = True
     map_to: Optional[str] = None    # maps: "verdict" or "mark"
+    extra: tuple[str, ...] = ()     # more declaration statements: ("size 65536", "flags dynamic,timeout", ...)
 
 
 @dataclass(frozen=True)

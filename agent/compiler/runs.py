@@ -13,17 +13,18 @@ compiled into two paths (docs/datapath.md, "Policy chains"):
   (`agent.compiler.boxes.first_match_region`), preceded by a hashed verdict map of the lines that
   match single points when there are many (`build_points`);
 * the *member path* (`<chain>_m4`), for the other addresses: the list in order, as
-  *runs*. Consecutive lines with the same verdict commute, so within each such stretch
-  the lines are grouped by what they look up (CIDRs; or one shared set), and a group
-  that continues the previous run's kind joins it. A run of CIDR lines is one verdict-map
-  lookup (first match within the run, accept or drop, no element: next run); a run on one
-  shared set is `@set` and a verdict map over protocol and ports; a run of at most
-  INLINE_MAX boxes is written as plain rules instead (a concatenated interval set costs
-  the kernel ~113 KB however small). Lookups per packet on this path: at most the number
-  of runs, plus the plain rules of short runs.
+  *runs*: consecutive lines with the same lookup (CIDRs; or one shared set). The order
+  is kept even among lines of one verdict, because the line that decides is what its
+  verdict chain counts (agent.compiler.attribution). A run of CIDR lines is one
+  verdict-map lookup (first match within the run, each point jumping to the deciding
+  line's verdict chain; no element: next run); a run on one shared set is `@set` and a
+  verdict map over protocol and ports; a run of at most INLINE_MAX boxes is written as
+  plain rules instead (a concatenated interval set costs the kernel ~113 KB however
+  small). Lookups per packet on this path: at most the number of runs, plus the plain
+  rules of short runs.
 
-Exactness rests on two facts: the union set holds every address any named set holds,
-and reordering only ever swaps lines of equal verdict. Checked in tests by the strict
+Exactness rests on the union set holding every address any named set holds, and on
+the list order being kept. Checked in tests by the strict
 simulator against the semantics engine (tests/unit/test_compiler_properties.py, tests/unit/test_policy_properties.py).
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from agent.compiler.boxes import Box, first_match_region
+from agent.compiler.attribution import chain_name
+from agent.compiler.boxes import Box, first_match_labels
 
 ADDR_BITS = {4: 32, 6: 128}
 FAMILY_KW = {4: "ip", 6: "ip6"}
@@ -54,6 +56,7 @@ class Line:
     accept: bool
     ref: Optional[str]
     boxes: tuple[Box, ...]
+    label: int = 0                  # the number of the line's verdict chain (`v_<label>`)
 
 
 @dataclass(frozen=True)
@@ -71,49 +74,24 @@ class MapSpec:
 
 
 def build_runs(lines: list[Line]) -> list[Run]:
-    """The member path's runs: stretches of equal verdict, grouped by lookup, joined to
-    the previous run where they continue its kind (see the module docstring)."""
+    """The member path's runs: the lines in their order, consecutive lines with the same
+    lookup (one shared set, or CIDRs) in one run. The order is kept also among lines of
+    equal verdict: which line decides is what the verdict chain counts, so two lines of
+    one verdict that overlap must be met in the list's order."""
     runs: list[list] = []
-    for stretch in _stretches(lines):
-        groups: dict[Optional[str], list[Line]] = {}
-        for line in stretch:
-            groups.setdefault(line.ref, []).append(line)
-        # within a stretch the order is free (one verdict): take it from the content, so
-        # that what only orders lines (rule ids at equal priority) changes nothing
-        for ls in groups.values():
-            ls.sort(key=lambda line: line.boxes)
-        keys = sorted(groups, key=lambda ref: ref or "")
-        if runs and runs[-1][0] in groups:          # continue the previous run first
-            keys.remove(runs[-1][0])
-            keys.insert(0, runs[-1][0])
-        if None in keys[1:]:                        # CIDR lines last: the next may join them
-            keys.remove(None)
-            keys.append(None)
-        for key in keys:
-            if runs and runs[-1][0] == key:
-                runs[-1][1].extend(groups[key])
-            else:
-                runs.append([key, list(groups[key])])
+    for line in lines:
+        if runs and runs[-1][0] == line.ref:
+            runs[-1][1].append(line)
+        else:
+            runs.append([line.ref, [line]])
     return [Run(ref, tuple(ls)) for ref, ls in runs]
 
 
-def _stretches(lines: list[Line]) -> list[list[Line]]:
-    out: list[list[Line]] = []
-    for line in lines:
-        if out and out[-1][0].accept == line.accept:
-            out[-1].append(line)
-        else:
-            out.append([line])
-    return out
-
-
 def first_match_items(lines: tuple[Line, ...]) -> tuple[tuple[Box, str], ...]:
-    """The run as disjoint `box : verdict` items: each point where some line of the run
-    matches, with the verdict of the first such line (original order)."""
-    items = [(bx, line.accept) for line in sorted(lines, key=lambda l: l.order) for bx in line.boxes]
-    accepts = first_match_region(items)
-    drops = first_match_region([(bx, not acc) for bx, acc in items])
-    return tuple(sorted([(bx, "accept") for bx in accepts] + [(bx, "drop") for bx in drops]))
+    """The run as disjoint `box : goto v_<n>` items: each point where some line of the
+    run matches, with the verdict chain of the first such line (original order)."""
+    items = [(bx, line.label) for line in sorted(lines, key=lambda l: l.order) for bx in line.boxes]
+    return tuple(sorted((bx, f"goto {chain_name(label)}") for bx, label in first_match_labels(items)))
 
 
 def render_match(v: int, addr: Optional[str], tail: Box, key_kw: str, with_sport: bool,
@@ -155,7 +133,7 @@ def build_member_rules(runs: list[Run], v: int, key_kw: str, with_sport: bool, w
             for bx, line in boxes:
                 addr, tail = (f"@{run.ref}", bx) if run.ref else (render_addr(bx[0]), bx[1:])
                 rules.append(f"{render_match(v, addr, tail, key_kw, with_sport, with_dport)} "
-                             f"{'accept' if line.accept else 'drop'}")
+                             f"goto {chain_name(line.label)}")
             continue
         items = first_match_items(run.lines)
         if not items:
@@ -169,11 +147,11 @@ def build_member_rules(runs: list[Run], v: int, key_kw: str, with_sport: bool, w
     return rules, maps
 
 
-def build_points(items: list[tuple[Box, bool]], with_sport: bool, with_dport: bool
-                 ) -> tuple[dict[tuple[int, int, int], bool], list[tuple[Box, bool]]]:
+def build_points(items: list[tuple[Box, int]], with_sport: bool, with_dport: bool
+                 ) -> tuple[dict[tuple[int, int, int], int], list[tuple[Box, int]]]:
     """Single-point lines (one address, tcp or udp, one destination port, any source
     port) for a hashed verdict map looked up before the region: {(address, protocol,
-    port): accepts} where the list's verdict is the same for every source port there,
+    port): label} where the list's deciding line is the same for every source port there,
     and the lines left for the region (the hashed lines removed: the points they match
     are decided by the map, and they match no other point). Empty when not worth it."""
     if not with_dport:
@@ -186,7 +164,7 @@ def build_points(items: list[tuple[Box, bool]], with_sport: bool, with_dport: bo
     if len(points) < POINTS_MIN or len(points) * len(wide) > POINTS_BUDGET:
         return {}, items
     key = {i: (items[i][0][0][0], items[i][0][1][0], items[i][0][-1][0]) for i in points}
-    verdicts: dict[tuple[int, int, int], Optional[bool]] = {}
+    verdicts: dict[tuple[int, int, int], Optional[int]] = {}
     for i in points:                                # the first line of a point decides it
         if key[i] not in verdicts:
             verdicts[key[i]] = _slab_verdict(items, wide, i, key[i], items[i][1], with_sport)
@@ -194,9 +172,9 @@ def build_points(items: list[tuple[Box, bool]], with_sport: bool, with_dport: bo
     return hashed, [items[i] for i in sorted(wide + [i for i in points if key[i] not in hashed])]
 
 
-def _slab_verdict(items: list[tuple[Box, bool]], wide: list[int], upto: int, key: tuple[int, int, int],
-                  accept: bool, with_sport: bool) -> Optional[bool]:
-    """The verdict at (address, protocol, port) for every source port: the first line
+def _slab_verdict(items: list[tuple[Box, int]], wide: list[int], upto: int, key: tuple[int, int, int],
+                  accept: int, with_sport: bool) -> Optional[int]:
+    """The deciding line's label at (address, protocol, port) for every source port: the first line
     (before `upto`, else the point line itself) that meets it must contain it whole."""
     addr, proto, port = key
     for j in wide:

@@ -145,7 +145,7 @@ def _hook_changed(o: Table, n: Table) -> bool:
 
 
 def _decl(s: NftSet) -> tuple:
-    return s.type, s.interval, s.map_to
+    return s.type, s.interval, s.map_to, s.extra
 
 
 _SET_REFERENCE = re.compile(r"@([A-Za-z0-9_.\-]+)")
@@ -266,7 +266,7 @@ def _elements(verb: str, where: str, s: NftSet, elements: Iterable[str]) -> str:
 def add_set(where: str, s: NftSet) -> str:
     kind = "map" if s.map_to else "set"
     typ = f"{s.type} : {s.map_to}" if s.map_to else s.type
-    body = [f"type {typ};"] + (["flags interval;"] if s.interval else [])
+    body = [f"type {typ};"] + (["flags interval;"] if s.interval else []) + [f"{x};" for x in s.extra]
     if s.elements:
         body.append(f"elements = {{ {', '.join(s.elements)} }};")
     return f"add {kind} {where} {s.name} {{ {' '.join(body)} }}"

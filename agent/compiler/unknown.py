@@ -23,23 +23,25 @@ BRIDGE_PORTS = "ports"
 OUTPUT_PRIORITY = 10
 
 
-def build_unknown_rules(key: str, patterns: tuple[str, ...], known: str = "") -> list[str]:
+def build_unknown_rules(key: str, patterns: tuple[str, ...], known: str = "", then: str = "counter drop") -> list[str]:
     """One drop rule per pattern (not an anonymous set: see agent.compiler.guard._not_in);
-    `known`: the named set of the interfaces exempted."""
+    `known`: the named set of the interfaces exempted; `then`: the drop (in the inet
+    table the jump to the unknown-interface verdict chain, which counts)."""
     exempt = f" {key} != @{known}" if known else ""
-    return [f'{key} "{p}"{exempt} counter drop' for p in patterns]
+    return [f'{key} "{p}"{exempt} {then}' for p in patterns]
 
 
 def ports_set(name: str, names: list[str], quote) -> NftSet:
     return NftSet(name, "ifname", tuple(quote(n) for n in sorted(names)), interval=False)
 
 
-def inet_output(patterns: tuple[str, ...], routed: list[str], quote) -> tuple[list[NftSet], list[Chain]]:
+def inet_output(patterns: tuple[str, ...], routed: list[str], quote,
+                then: str = "counter drop") -> tuple[list[NftSet], list[Chain]]:
     """The inet set of routed instance interfaces and the output chain dropping the host's
     packets to unknown ones (nothing when `patterns` is empty)."""
     if not patterns:
         return [], []
-    chain = Chain("output_ingress", tuple(build_unknown_rules("oifname", patterns, INET_PORTS)),
+    chain = Chain("output_ingress", tuple(build_unknown_rules("oifname", patterns, INET_PORTS, then)),
                   f"type filter hook output priority {OUTPUT_PRIORITY}; policy accept;")
     return [ports_set(INET_PORTS, routed, quote)], [chain]
 

@@ -111,11 +111,12 @@ def line_name(e: Entry) -> str:
 
 def line_text(e: Entry, direction: str) -> str:
     prio = f" priority {e.priority}" if e.priority is not None else ""
-    return f"{e.verdict}{prio}: {describe_match(e, direction)}"
+    verdict = "audit (would drop; accepted, logged)" if e.audit else e.verdict
+    return f"{verdict}{prio}: {describe_match(e, direction)}" + (" [log]" if e.log else "")
 
 
 def _content(e: Entry) -> tuple:
-    return e.verdict, e.match, e.priority, e.peer
+    return e.verdict, e.match, e.priority, e.peer, e.audit, e.log
 
 
 def line_changes(old: EffectiveList, new: EffectiveList) -> list[LineChange]:
@@ -163,7 +164,7 @@ def _what_changed(o: Entry, n: Entry, direction: str) -> str:
 
 def decided_by(e: Entry) -> str:
     if e.stage == USER:
-        return f"by {e.group_id}/{e.rule_id}"
+        return f"by {e.group_id}/{e.rule_id}" + (" (audit: would drop)" if e.audit else "")
     if e.stage == DEFAULTS:
         return f"by the default rule of {e.group_id} ({e.description.removeprefix('default: ')})"
     if e.stage == INTRA_GROUP:

@@ -24,8 +24,10 @@ import ipaddress
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+import time
+from typing import Any, Iterable, Mapping, Optional
 
+from agent.compiler.attribution import VerdictId
 from agent.policy.host_views import Port, fleet_lists
 from agent.guardrails.lint_family import one_family_findings
 from agent.guardrails.lint_shadow import RuleUse, analyse_rules
@@ -41,7 +43,8 @@ SHADOWED, DUPLICATE, EXPOSED = "shadowed", "duplicate", "exposed"
 GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED = "group-per-instance", "too-many-rules", "unused"
 ONE_FAMILY = "one-family"
 UNGUARDED = "unguarded"
-KINDS = (SHADOWED, DUPLICATE, EXPOSED, ONE_FAMILY, GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED, UNGUARDED)
+NEVER_HIT = "never-hit"
+KINDS = (SHADOWED, DUPLICATE, EXPOSED, ONE_FAMILY, GROUP_PER_INSTANCE, TOO_MANY_RULES, UNUSED, UNGUARDED, NEVER_HIT)
 
 ADMIN_PORTS = {22: "ssh", 23: "telnet", 3389: "rdp", 5900: "vnc"}
 DATA_PORTS = {1433: "mssql", 2375: "docker", 2379: "etcd", 3306: "mysql", 5432: "postgresql",
@@ -80,6 +83,7 @@ class LintOptions:
     exposed_ports: tuple[int, ...] = DEFAULT_EXPOSED_PORTS
     max_rules: int = 200
     max_peer_groups: int = 20
+    never_hit: Optional[Mapping[str, float]] = None     # verdict key -> no hit since (agent.compiler.counters)
 
 
 def lint(state: DesiredState, options: LintOptions = LintOptions()) -> list[Finding]:
@@ -92,8 +96,21 @@ def lint(state: DesiredState, options: LintOptions = LintOptions()) -> list[Find
                 *exposed_findings(state, options.exposed_ports),
                 *group_per_instance_findings(state), *too_many_findings(state, lists, options),
                 *unused_findings(state, uses), *one_family_findings(state, lists, _one_family),
-                *unguarded_findings(state)]
+                *unguarded_findings(state), *never_hit_findings(state, options.never_hit or {})]
     return sorted(findings, key=_order)
+
+
+def never_hit_findings(state: DesiredState, never: Mapping[str, float]) -> list[Finding]:
+    """User rules whose verdict chain counted nothing since the counters were first read
+    (an info: a rule for rare traffic is fine; one that never matches may be dead)."""
+    rules = {(r.group_id, r.id): r for g in state.groups for r in g.rules}
+    since: dict[tuple[str, str], float] = {}
+    for key, t in never.items():
+        vid = VerdictId.from_key(key)
+        if vid.stage == "user" and (vid.group, vid.rule) in rules:
+            since[(vid.group, vid.rule)] = min(t, since.get((vid.group, vid.rule), t))
+    return [Finding(NEVER_HIT, INFO, g, r, f"never hit since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t))} UTC "
+                    "(its kernel counter has not moved)") for (g, r), t in sorted(since.items())]
 
 
 def _one_family(rule: Rule, interfaces: tuple[str, ...], openers: tuple[str, ...], twin: int) -> Finding:

@@ -111,6 +111,25 @@ def list_table(family: str, name: str) -> Optional[str]:
     return out.stdout
 
 
+def list_table_json(family: str, name: str) -> Optional[list[dict]]:
+    """The table's chains and rules (counters included) as nft's JSON objects, set
+    elements left out (`nft -j -t`); None when the table does not exist. A child
+    process, like `list_table`."""
+    try:
+        out = subprocess.run([shutil.which("nft") or "/usr/sbin/nft", "-j", "-t", "list", "table", family, name],
+                             capture_output=True, text=True, timeout=LIST_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KernelError(f"cannot list table {family} {name}: {exc}") from exc
+    if out.returncode != 0:
+        if "No such file or directory" in out.stderr:
+            return None
+        raise KernelError(f"cannot list table {family} {name}: {_first_lines(out.stderr)}")
+    try:
+        return list(json.loads(out.stdout).get("nftables", []))
+    except ValueError as exc:
+        raise KernelError(f"cannot parse the JSON listing of {family} {name}: {exc}") from exc
+
+
 def _json_cmd(command: str) -> tuple[int, list[dict], str]:
     """Run one listing command with JSON output: (rc, the `nftables` objects, stderr)."""
     with _lock:

@@ -22,6 +22,7 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 INGRESS, EGRESS = "ingress", "egress"
 DIRECTIONS = (INGRESS, EGRESS)
 ACCEPT, DROP = "accept", "drop"
+ENFORCE, AUDIT = "enforce", "audit"
 INTRANET, INTERNET = "intranet", "internet"
 VPC, CLASSIC = "vpc", "classic"
 ROUTED, BRIDGED = "routed", "bridged"
@@ -63,6 +64,23 @@ class Rule:
     peer: Peer
     nic_type: str
     description: str = field(default="", compare=False)
+    mode: Optional[str] = None          # "audit" | "enforce" | None: the document's (its own, else its group's)
+    log: bool = False                   # log what it decides
+
+    def audits(self, default_mode: str) -> bool:
+        """A drop rule in audit mode: the kernel counts, logs and accepts what it matches."""
+        return self.policy == DROP and (self.mode or default_mode) == AUDIT
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """The document's `log:` (docs/observability.md): whether every drop is logged, the
+    rate limits (per rule and per interface; per IP version over all) and NFLOG group."""
+    drops: bool = False
+    rate: str = "10/second"
+    burst: int = 5
+    global_rate: str = "200/second"
+    group: int = 2701
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,8 @@ class DesiredState:
     revoke_connections: bool = True
     instance_interfaces: tuple[str, ...] = DEFAULT_INSTANCE_INTERFACES   # unknown ones: dropped
     max_connections: Optional[int] = None     # the document's default quota (0/None: none)
+    mode: str = ENFORCE                       # the default mode of rules (and groups) without one
+    log: LogSettings = LogSettings()
 
     @cached_property
     def group_by_id(self) -> dict[str, Group]:
@@ -211,7 +231,10 @@ def rule_content(doc: RuleDoc) -> dict:
 def derive_rule_id(group_id: str, doc: RuleDoc) -> str:
     """A stable id from the rule's content: the same rule keeps its id across edits
     elsewhere and reorderings, and identical rules get the same id (and are merged)."""
-    digest = hashlib.sha256(json.dumps([group_id, rule_content(doc)], sort_keys=True).encode())
+    # a rule without mode or log keeps the id it had before they existed; with them, the
+    # id differs from its twin without (identical ids with different content are refused)
+    content = {k: v for k, v in rule_content(doc).items() if not (k == "log" and v is False)}
+    digest = hashlib.sha256(json.dumps([group_id, content], sort_keys=True).encode())
     return f"{doc.direction[:2]}-{digest.hexdigest()[:10]}"
 
 
@@ -220,7 +243,12 @@ def _port_range(text: Optional[str | int]) -> Optional[PortRange]:
     return PortRange(*parsed) if parsed else None
 
 
-def build_rule(group_id: str, doc: RuleDoc) -> Rule:
+def _rule_key(r: Rule) -> tuple:
+    return (r.group_id, r.id, r.direction, r.policy, r.priority, r.protocol, r.ports, r.sports, r.peer,
+            r.nic_type, r.mode or "", r.log)
+
+
+def build_rule(group_id: str, doc: RuleDoc, group_mode: Optional[str] = None) -> Rule:
     side = "source" if doc.direction == INGRESS else "dest"
     peer = next(Peer(kind, getattr(doc, f"{side}_{kind}")) for kind in ("cidr", "group", "prefix_list")
                 if getattr(doc, f"{side}_{kind}") is not None)
@@ -230,12 +258,12 @@ def build_rule(group_id: str, doc: RuleDoc) -> Rule:
                 direction=doc.direction, policy=doc.policy, priority=doc.priority,
                 protocol=doc.protocol, ports=_port_range(doc.port_range),
                 sports=_port_range(doc.source_port_range), peer=peer, nic_type=doc.nic_type,
-                description=doc.description)
+                description=doc.description, mode=doc.mode or group_mode, log=doc.log)
 
 
 def build_group(g: SecurityGroupDoc) -> Group:
     """One group of a valid document: its rules built, sorted, identical ones merged."""
-    rules = sorted({build_rule(g.id, r) for r in g.rules})
+    rules = sorted({build_rule(g.id, r, g.mode) for r in g.rules}, key=_rule_key)
     inner = g.inner_access or ("drop" if g.type == "enterprise" else "accept")
     return Group(g.id, g.name or g.id, g.type, g.network, inner, g.allow_http, g.allow_https,
                  tuple(rules))
@@ -268,14 +296,15 @@ def assemble_state(host: str, groups: Iterable[Group], instances: Iterable[Insta
                    prefix_lists: Iterable[tuple[str, tuple[IPNetwork, ...]]],
                    anti_spoofing: bool, revoke_connections: bool,
                    instance_interfaces: tuple[str, ...] = DEFAULT_INSTANCE_INTERFACES,
-                   max_connections: Optional[int] = None) -> DesiredState:
+                   max_connections: Optional[int] = None, mode: str = "enforce",
+                   log: Optional[LogSettings] = None) -> DesiredState:
     """The state from built objects, in the canonical order (each kind sorted by id)."""
     return DesiredState(host=host, groups=tuple(sorted(groups, key=lambda g: g.id)),
                         instances=tuple(sorted(instances, key=lambda i: i.id)),
                         prefix_lists=tuple(sorted(prefix_lists)), anti_spoofing=anti_spoofing,
                         revoke_connections=revoke_connections,
                         instance_interfaces=tuple(dict.fromkeys(instance_interfaces)),
-                        max_connections=max_connections)
+                        max_connections=max_connections, mode=mode, log=log or LogSettings())
 
 
 MEMBERSHIP_TABLES = ("members", "group_addresses", "group_networks", "instance_by_id")
@@ -302,7 +331,7 @@ def build_state(doc: DocumentDoc, host: str) -> DesiredState:
                           [build_instance(i, doc.attachment, doc.max_connections) for i in doc.instances],
                           [build_prefix_list(p) for p in doc.prefix_lists],
                           doc.anti_spoofing, doc.revoke_connections, tuple(doc.instance_interfaces),
-                          doc.max_connections)
+                          doc.max_connections, doc.mode, LogSettings(**doc.log.model_dump()))
 
 
 def _net_key(net: IPNetwork) -> tuple:

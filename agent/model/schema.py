@@ -40,6 +40,18 @@ def _word(*values: str) -> Any:
 
 Direction = _word("ingress", "egress")
 Policy = _word("accept", "drop")
+Mode = _word("enforce", "audit")
+RATE = re.compile(r"^[1-9][0-9]{0,6}/(second|minute)$")
+
+
+def check_rate(text: str) -> str:
+    """A log rate: `N/second` or `N/minute`."""
+    if not RATE.fullmatch(text.strip()):
+        raise ValueError("not a rate (N/second or N/minute)")
+    return text.strip()
+
+
+Rate = Annotated[str, AfterValidator(check_rate)]
 Protocol = _word(*PROTOCOLS)
 NicType = _word("intranet", "internet")
 NetworkType = _word("vpc", "classic")
@@ -174,6 +186,8 @@ class RuleDoc(_Doc):
     dest_prefix_list: Optional[str] = None
     nic_type: NicType = "intranet"
     description: str = ""
+    mode: Optional[Mode] = None         # audit: a drop is counted, logged and accepted (docs/observability.md)
+    log: bool = Field(default=False, strict=True)     # log every packet this rule decides (within the limits)
 
 
     @field_validator("port_range", "source_port_range", mode="after")
@@ -194,6 +208,7 @@ class SecurityGroupDoc(_Doc):
     allow_https: bool = False
     rules: list[RuleDoc] = Field(default_factory=list)
     description: str = ""
+    mode: Optional[Mode] = None         # the default of its rules' `mode`
 
 
 
@@ -261,6 +276,15 @@ class InstanceDoc(_Doc):
 
 
 
+class LogDoc(_Doc):
+    """Top-level `log:` settings (docs/observability.md, "Log settings")."""
+    drops: bool = Field(default=False, strict=True)     # log every drop (not only rules with log: true)
+    rate: Rate = "10/second"            # per rule, and per interface (and direction)
+    burst: int = Field(default=5, ge=1, le=10000, strict=True)
+    global_rate: Rate = "200/second"    # per IP version, all rules and interfaces together
+    group: int = Field(default=2701, ge=1, le=65535, strict=True)   # NFLOG group
+
+
 class DocumentDoc(_Doc):
     host: Optional[str] = Field(default=None, min_length=1)
     strict: bool = Field(default=False, strict=True)     # warnings (unknown fields) are errors
@@ -269,6 +293,8 @@ class DocumentDoc(_Doc):
     revoke_connections: bool = True
     instance_interfaces: list[InterfacePattern] = Field(default=list(DEFAULT_INSTANCE_INTERFACES))
     max_connections: Quota = None       # the interfaces' default quota
+    mode: Mode = "enforce"              # the default of groups' and rules' `mode`
+    log: LogDoc = Field(default_factory=LogDoc)
     prefix_lists: list[PrefixListDoc] = Field(default_factory=list)
     security_groups: list[SecurityGroupDoc] = Field(default_factory=list)
     instances: list[InstanceDoc] = Field(default_factory=list)

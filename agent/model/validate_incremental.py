@@ -192,7 +192,7 @@ def _assemble(local: str, groups: dict[str, Group], insts: dict[str, Instance],
     ordered = None if diff.removed else ordered_instances(before, changed)
     state = assemble_state(local, groups.values(), insts.values() if ordered is None else (),
                            plists.items(), before.anti_spoofing, before.revoke_connections,
-                           before.instance_interfaces, before.max_connections)
+                           before.instance_interfaces, before.max_connections, before.mode, before.log)
     if ordered is not None:
         state = replace(state, instances=ordered)           # already in the canonical order
     if state.instances is before.instances:

@@ -76,6 +76,8 @@ class Entry:
     priority: Optional[int] = None
     peer: Optional[Peer] = None
     description: str = ""
+    audit: bool = False         # a drop rule in audit mode: the kernel accepts, counts, logs
+    log: bool = False           # the rule asks for a log line per packet it decides
 
 
 @dataclass(frozen=True)
@@ -143,9 +145,12 @@ def user_rules(state: DesiredState, groups: tuple[Group, ...], network: str, nic
 
 
 def default_entries(groups: tuple[Group, ...], direction: str) -> list[Entry]:
-    """Stage 5: the implicit rules of basic groups, at priority 110, deduplicated."""
+    """Stage 5: the implicit rules of basic groups, at priority 110, deduplicated; a line
+    two groups bring is the one of the group whose id sorts first (not the first in the
+    instance's list: interfaces whose instances list the same groups in another order
+    share one policy chain, so the group it names must not depend on the order)."""
     seen: dict[Match, Entry] = {}
-    for g in groups:
+    for g in sorted(groups, key=lambda g: g.id):
         for match, what in _default_matches(g, direction):
             seen.setdefault(match, Entry(DEFAULTS, "match", ACCEPT, match, g.id,
                                          priority=DEFAULT_PRIORITY, description=what))
@@ -195,7 +200,9 @@ def intra_group_ids(state: DesiredState, nic: Interface) -> tuple[str, ...]:
     inst = state.instance_by_id[nic.instance_id]
     if inst.network != VPC and nic.nic_type != INTRANET:
         return ()
-    return tuple(gid for gid in inst.groups if state.group_by_id[gid].inner_access == ACCEPT)
+    # sorted, not in the instance's order: the policy chain is shared by instances that
+    # list the same groups in any order, and which group's line admits must not depend on it
+    return tuple(sorted(gid for gid in inst.groups if state.group_by_id[gid].inner_access == ACCEPT))
 
 
 def build_effective_list(state: DesiredState, nic_name: str, direction: str,
@@ -214,8 +221,9 @@ def build_effective_list(state: DesiredState, nic_name: str, direction: str,
     for r in user_rules(state, groups, inst.network, nic, direction):
         nets = peer_networks(state, r.peer) if resolve_peers or r.peer.kind == "cidr" else ()
         match = Match(nets, r.protocol, r.ports, r.sports)
-        entries.append(Entry(USER, "match", r.policy, match, r.group_id, r.id, r.priority,
-                             r.peer, r.description))
+        audit = r.audits(state.mode)
+        entries.append(Entry(USER, "match", ACCEPT if audit else r.policy, match, r.group_id, r.id, r.priority,
+                             r.peer, r.description, audit, r.log))
     entries += default_entries(groups, direction)
     entries.append(Entry(FINAL, "final", DROP, description="nothing accepted it"))
     return EffectiveList(nic, direction, tuple(entries), nic.addresses)

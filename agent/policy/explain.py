@@ -49,7 +49,9 @@ def render_list(elist: EffectiveList, addresses: bool = False) -> list[str]:
             what = f"{what}  [{e.description}]"
         elif e.description and e.stage == "user":
             what = f"{what}  # {e.description}"
-        lines.append(f"  {i:>3}  {e.stage:<11} {e.verdict:<7} {prio:>4}  {who:<28} {what}")
+        verdict = "audit" if e.audit else e.verdict      # audit: would drop; accepted, counted, logged
+        what += "  [log]" if e.log else ""
+        lines.append(f"  {i:>3}  {e.stage:<11} {verdict:<7} {prio:>4}  {who:<28} {what}")
     return lines
 
 
@@ -182,12 +184,14 @@ def decision_json(j: Judgement, packet: Packet) -> dict[str, Any]:
     return {
         "verdict": decision.verdict, "stage": e.stage, "rule": e.rule_id, "group": e.group_id,
         "priority": e.priority, "line": decision.index + 1, "reason": e.description or None,
+        "audit": e.audit, "log": e.log,
         "interface": j.label, "direction": j.elist.direction, "packet": packet_json(packet),
     } | ({"near_misses": [h.to_json() for h in j.hints]} if decision.verdict == DROP else {})
 
 
 def decided_why(e: Entry) -> str:
-    return {"user": f"rule {e.rule_id} of group {e.group_id} (priority {e.priority})",
+    audit = " in audit mode: it would drop; the kernel accepts, counts and logs" if e.audit else ""
+    return {"user": f"rule {e.rule_id} of group {e.group_id} (priority {e.priority}){audit}",
             "default": f"default rule of group {e.group_id} (priority {e.priority}): {e.description}",
             "intra-group": f"intra-group access: both are members of {e.group_id}"}.get(
         e.stage, f"{e.stage}: {e.description}")

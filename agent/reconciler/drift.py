@@ -21,6 +21,7 @@ import re
 from typing import Iterable, Optional
 
 from agent.compiler.ruleset import Chain, NftSet, Ruleset
+from agent.compiler.logs import DYNAMIC_SETS
 from agent.compiler.transaction import add_set
 
 Object = tuple[str, str, str, str]           # family, table, kind, name
@@ -49,7 +50,7 @@ def _repair_lines(chains: dict, sets: dict) -> list[str]:
             out.append(f"add chain {family} {table} {c.name}" + (f" {{ {c.hook} }}" if c.hook else ""))
     for (family, table, _n), s in sets.items():
         if s is not None:
-            out.append(add_set(f"{family} {table}", NftSet(s.name, s.type, (), s.interval, s.map_to)))
+            out.append(add_set(f"{family} {table}", NftSet(s.name, s.type, (), s.interval, s.map_to, s.extra)))
     out += [f"flush chain {f} {t} {n}" for (f, t, n) in chains]
     for (family, table, name), s in sets.items():
         kind = "map" if s is not None and s.map_to else "set"
@@ -61,6 +62,16 @@ def _repair_lines(chains: dict, sets: dict) -> list[str]:
         out += [f"add rule {family} {table} {c.name} {r}" for r in (c.rules if c is not None else ())]
     out += [f"delete chain {f} {t} {n}" for (f, t, n), c in chains.items() if c is None]
     return out
+
+
+_DYNAMIC = re.compile(r"(\n\tset (?:%s) \{\n(?:\t\t(?!elements)[^\n]*\n)*?)\t\telements = \{[^}]*\}\n" % "|".join(
+    re.escape(n) for n in DYNAMIC_SETS))
+
+
+def without_dynamic_elements(text: str) -> str:
+    """A listing without the elements the kernel adds to the agent's dynamic sets (the
+    log rate limits, agent.compiler.logs): they come and go with traffic, not drift."""
+    return _DYNAMIC.sub(r"\1", text)
 
 
 def build_blocks(text: str) -> dict[Object, str]:

@@ -29,7 +29,7 @@ from agent.compiler.transaction import ElementChange, plan_element_changes, plan
 from agent.errors import KernelError
 from agent.model.objects import DesiredState
 from agent.reconciler.boot import render_failclosed
-from agent.reconciler.drift import Object, build_differing, build_repair
+from agent.reconciler.drift import Object, build_differing, build_repair, without_dynamic_elements
 from agent.reconciler.port import OWNED_TABLES, Kernel
 from agent.reconciler.result import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, ApplyResult
 from agent.reconciler.revoke import apply_revocations
@@ -61,9 +61,10 @@ class Drift:
 
 
 def normalize_listing(text: Optional[str]) -> Optional[str]:
-    """A listing without what changes by itself (counters)."""
+    """A listing without what changes by itself (counters, the log limits' dynamic elements)."""
     import re
-    return None if text is None else re.sub(r"counter packets \d+ bytes \d+", "counter", text)
+    return None if text is None else re.sub(r"counter packets \d+ bytes \d+", "counter",
+                                            without_dynamic_elements(text))
 
 
 @dataclass

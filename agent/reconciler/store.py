@@ -31,7 +31,7 @@ from agent.compiler.ruleset import Ruleset
 log = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = "/var/lib/secgroup-agent"
 RESTORE_FILE, PICKLE_FILE, FAILCLOSED_FILE = "ruleset.nft", "applied.pickle", "failclosed.nft"
-FORMAT = 2
+FORMAT = 3          # 3: the compile memo holds verdict numbers (issue 16)
 
 
 @dataclass(frozen=True)

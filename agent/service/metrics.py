@@ -1,10 +1,15 @@
-"""Optional Prometheus endpoint (`run --metrics-port`): the facts of `status`, plus a
-histogram of apply durations. Uses its own registry; nothing is exported unless asked.
+"""Optional Prometheus endpoint (`run --metrics-port`): the facts of `status`, a
+histogram of apply durations, and the verdict counters of the kernel per identity
+(`secgroup_agent_verdict_*`, labels direction, stage, group, rule, verdict, audit: one
+series per verdict identity of the applied state, so the cardinality is bounded by the
+desired state: 2 x user rules + default rules + groups with intra-group access + 15
+essentials; docs/observability.md). Uses its own registry; nothing is exported unless asked.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator
+import time
+from typing import Callable, Iterator, Optional
 
 from agent.errors import AgentError
 from agent.reconciler.result import ApplyResult
@@ -26,6 +31,7 @@ class Metrics:
                                    "Time from desired state to committed kernel state, per apply",
                                    ["mode"], buckets=BUCKETS, registry=self.registry)
         self.registry.register(_Collector(snapshot))
+        self.registry.register(VerdictCollector())
 
     def observe(self, result: ApplyResult) -> None:
         if result.mode != "unchanged":
@@ -70,6 +76,51 @@ class _Collector:
                                   value=doc.drift_repairs)
         yield CounterMetricFamily("secgroup_agent_conntrack_deleted", "Connections deleted (revocation)",
                                   value=doc.conntrack_deleted)
+
+
+class VerdictCollector:
+    """The kernel's verdict counters at scrape time (read at most every `min_interval`
+    seconds: a listing of a large table takes a child `nft` a second or more), and the
+    last-hit record updated with them (agent.compiler.counters)."""
+    LABELS = ["direction", "stage", "group", "rule", "verdict", "audit"]
+
+    def __init__(self, read: Optional[Callable[[], list]] = None, min_interval: float = 15.0) -> None:
+        self.read = read or _read_kernel
+        self.min_interval = min_interval
+        self._at = -min_interval
+        self._last: list = []
+
+    def counters(self) -> list:
+        now = time.monotonic()
+        if now - self._at >= self.min_interval:
+            try:
+                self._last = self.read()
+            except AgentError as exc:
+                log.warning("verdict counters: %s", exc)
+            self._at = now
+        return self._last
+
+    def collect(self) -> Iterator:
+        from prometheus_client.core import CounterMetricFamily
+        families = {name: CounterMetricFamily(f"secgroup_agent_verdict_{name}", text, labels=self.LABELS)
+                    for name, text in (("packets", "Packets decided per verdict identity (new connections for accepts)"),
+                                       ("bytes", "Bytes of the packets decided"),
+                                       ("logged", "Packets logged (NFLOG)"),
+                                       ("log_suppressed", "Packets the log rate limits kept from the log"))}
+        for c in self.counters():
+            v = c.vid
+            labels = [v.direction or "-", v.stage, v.group or "-", v.rule or "-", v.verdict, str(v.audit).lower()]
+            families["packets"].add_metric(labels, c.packets)
+            families["bytes"].add_metric(labels, c.bytes)
+            if c.logged is not None:
+                families["logged"].add_metric(labels, c.logged)
+                families["log_suppressed"].add_metric(labels, c.suppressed or 0)
+        yield from families.values()
+
+
+def _read_kernel() -> list:
+    from agent.reconciler.hits import read_and_record
+    return read_and_record()
 
 
 def _gauge(name: str, doc: str, value: float):

@@ -51,7 +51,12 @@ def build_status(d: Any) -> Status:
                               dict(d.programmed)),
         ruleset=None if size is None else RulesetFacts(**size.__dict__),
         applies=dict(d.applies), drift_repairs=d.keeper.repairs, conntrack_deleted=d.keeper.revoked_total,
-        started_as=d.started_as)
+        started_as=d.started_as, audit=audit_rules(state) if state is not None else ())
+
+
+def audit_rules(state: Any) -> tuple[str, ...]:
+    """`group/rule` of every drop rule in audit mode (agent.model.objects.Rule.audits)."""
+    return tuple(f"{r.group_id}/{r.id}" for g in state.groups for r in g.rules if r.audits(state.mode))
 
 
 def _ago(t: Optional[float]) -> str:
@@ -83,6 +88,9 @@ def format_status(doc: Status) -> str:
         f"drift:       {doc.drift_repairs} repair(s)",
         f"conntrack:   {doc.conntrack_deleted} connection(s) deleted",
     ]
+    if doc.audit:
+        lines.append(f"audit:       {len(doc.audit)} drop rule(s) in audit mode (accepting): "
+                     + ", ".join(doc.audit[:MAX_LISTED]))
     lines.append(f"errors:      {len(doc.errors)}" if doc.errors else "errors:      none")
     lines += [f"  {e}" for e in doc.errors]
     if doc.warnings:

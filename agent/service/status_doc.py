@@ -52,10 +52,11 @@ class Status:
     drift_repairs: int = 0
     conntrack_deleted: int = 0
     started_as: str = ""              # how the kernel was found at start: adopted, replaced, ...
+    audit: tuple[str, ...] = ()       # group/rule of the drop rules in audit mode (they accept)
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
-        for key in ("errors", "warnings"):
+        for key in ("errors", "warnings", "audit"):
             doc[key] = list(doc[key])
         doc["interfaces"]["missing"] = list(doc["interfaces"]["missing"])
         return doc
@@ -72,4 +73,4 @@ class Status:
                                   tuple(nics.get("missing") or ()), dict(nics.get("programmed") or {})),
             ruleset=RulesetFacts(**rs) if rs else None, applies=dict(doc.get("applies") or {}),
             drift_repairs=int(doc.get("drift_repairs", 0)), conntrack_deleted=int(doc.get("conntrack_deleted", 0)),
-            started_as=str(doc.get("started_as", "")))
+            started_as=str(doc.get("started_as", "")), audit=tuple(doc.get("audit") or ()))

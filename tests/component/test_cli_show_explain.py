@@ -108,7 +108,8 @@ def test_explain_json() -> None:
     got = json.loads(result.out)
     assert got == {
         "verdict": "accept", "stage": "user", "rule": "db-from-web", "group": "sg-db",
-        "priority": 1, "line": 5, "reason": None, "interface": "tap-db1", "direction": "ingress",
+        "priority": 1, "line": 5, "reason": None, "audit": False, "log": False,
+        "interface": "tap-db1", "direction": "ingress",
         "packet": {"src": "10.0.1.11", "dst": "10.0.2.21", "protocol": "tcp", "sport": 40000,
                    "dport": 5432, "icmp_type": None},
     }

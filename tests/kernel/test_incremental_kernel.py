@@ -55,9 +55,25 @@ def listing(ns: str) -> list[str]:
                               capture_output=True, text=True)
         if proc.returncode == 0:
             body = proc.stdout.strip().split("\n", 1)[1].rsplit("\n}", 1)[0]     # inside `table ... { }`
-            out += [f"{family}: {canonical(b.strip())}" for b in re.split(r"\n\s*\n", body)
+            out += [f"{family}: {b.strip()}" for b in re.split(r"\n\s*\n", body)
                     if not b.strip().startswith("set agent_stamp ")]     # the reconciler's stamp
-    return sorted(out)
+    return sorted(canonical(b) for b in renumber(out))
+
+
+def renumber(blocks: list[str]) -> list[str]:
+    """Verdict chain numbers replaced by their identity keys (the chains' comments): an
+    incremental apply keeps the previous build's numbers, a full apply of the same state
+    numbers afresh; what they name must be the same."""
+    keys = {}
+    for b in blocks:
+        m = re.search(r'chain (v_\d+) \{.*comment "([^"]+)"', b, re.S)
+        if m:
+            keys[m[1]] = m[2]
+    out = []
+    for b in blocks:
+        b = re.sub(r"ct mark set ct mark & \S+ \| \S+", "ct mark set <n>", b)
+        out.append(re.sub(r"\bv_\d+\b", lambda m: f"v<{keys.get(m[0], '?')}>", b))
+    return out
 
 
 def canonical(block: str) -> str:

@@ -71,9 +71,11 @@ def variant(doc: dict, path: tuple, char: str, suffix: bool) -> dict:
 
 
 def is_free_text(path: tuple) -> bool:
-    """Descriptions, group and prefix-list names, rule and instance ids (not group ids:
-    they name sets; not interface names: they are matched)."""
-    return path[-1] in FREE_TEXT and "interfaces" not in path and path[:1] + path[2:] != ("security_groups", "id")
+    """Descriptions, group and prefix-list names, instance ids (not group ids: they name
+    sets; not rule ids: they name verdict chains in their comments, docs/observability.md;
+    not interface names: they are matched)."""
+    return path[-1] in FREE_TEXT and "interfaces" not in path and path[:1] + path[2:] != ("security_groups", "id") \
+        and "rules" not in path
 
 
 def render(doc: dict) -> str | None:

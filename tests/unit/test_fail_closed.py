@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compile_sim import NotDispatched, Simulator  # noqa: E402
+from compile_helpers import by_key  # noqa: E402
 
 from agent.compiler.compile import build_ruleset  # noqa: E402
 from agent.compiler.render import render_ruleset  # noqa: E402
@@ -46,10 +47,12 @@ def errors(document: dict) -> list[str]:
 def test_default_patterns_and_their_rules():
     state = validate_document(doc(), "hv")
     assert state.instance_interfaces == ("tap*", "vnet*")
-    text = render_ruleset(build_ruleset(state))
-    for rule in ('iifname "tap*" counter drop', 'oifname "vnet*" counter drop',
-                 'oifname "tap*" oifname != @instance_ports counter drop',
-                 'iifname "vnet*" iifname != @ports counter drop'):
+    rs = build_ruleset(state)
+    text = "\n".join(by_key(rs, [r.strip() for r in render_ruleset(rs).splitlines()]))
+    for rule in ('iifname "tap*" => egress/unknown-interface/-/-/-/drop',      # inet: counted per direction
+                 'oifname "vnet*" => ingress/unknown-interface/-/-/-/drop',
+                 'oifname "tap*" oifname != @instance_ports => ingress/unknown-interface/-/-/-/drop',
+                 'iifname "vnet*" iifname != @ports counter drop'):           # bridge: its own counter
         assert rule in text, rule
     assert "type filter hook output priority 10;" in text and "type filter hook output priority -300;" in text
 
@@ -78,7 +81,9 @@ def test_option_overrides_the_document():
     other = with_instance_interfaces(state, ("vm-*",))
     assert other.instance_interfaces == ("vm-*",) and other.instances is state.instances
     assert with_instance_interfaces(state, None) is state
-    assert 'iifname "vm-*" counter drop' in render_ruleset(build_ruleset(other))
+    rs = build_ruleset(other)
+    assert 'iifname "vm-*" => egress/unknown-interface/-/-/-/drop' in by_key(
+        rs, [r.strip() for r in render_ruleset(rs).splitlines()])
 
 
 def test_max_connections_default_override_and_none():
@@ -92,7 +97,8 @@ def test_max_connections_default_override_and_none():
     (inet,) = [t for t in rs.tables if t.family == "inet"]
     chains = {c.name: c.rules for c in inet.chains}
     for name in ("eg_tap-a", "in_tap-a"):
-        assert chains[name][-2:-1] == ("ct count over 1000 counter drop",), chains[name]
+        direction = "egress" if name.startswith("eg") else "ingress"
+        assert by_key(rs, chains[name][-2:-1]) == [f"ct count over 1000 => {direction}/quota/-/-/-/drop"], chains[name]
     assert not any("ct count" in r for r in chains["eg_vnet0"])
     assert errors(doc(max_connections=-1)) == ["max_connections: -1: must be at least 0"]
     assert errors(doc(max_connections="many"))[0].startswith("max_connections: many:")
