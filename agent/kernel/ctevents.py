@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from agent.kernel import netlink
-from agent.kernel.ctnetlink import CT_GET, CTNETLINK, NLM_F_DUMP, _attrs, parse_tuple
+from agent.kernel.ctnetlink import CT_GET, CTNETLINK, NLM_F_DUMP, CtSocket, _attrs, parse_tuple
 
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
 CT_NEW, CT_DELETE = 0, 2
@@ -166,6 +166,23 @@ def dump_entries() -> list[CtEvent]:
                     return out
     finally:
         sock.close()
+
+
+NO_ADDRESS = b"\xff\xff\xff\xff"     # no connection's source: the reaping dump returns nothing
+
+
+def reap_expired() -> None:
+    """Make the kernel report connections that ended but are still in its table.
+
+    A closed connection's entry expires (TIME_WAIT, CLOSE, a UDP timeout) without an
+    event: the kernel sends DESTROY only when its garbage collector or a lookup finds
+    it, and on a quiet host the collector's scan interval grows to a minute, so a flow
+    record would come that late. A conntrack dump evicts the expired entries it walks
+    (ctnetlink_dump_table), which sends their DESTROY events now; filtered by the kernel
+    on a source no connection has (CTA_FILTER), it returns nothing to decode. The
+    recorder calls it every few seconds (RecordOptions.reap_every)."""
+    with CtSocket() as ct:
+        ct.dump(("src", NO_ADDRESS))
 
 
 def enable_accounting(root: Path = Path("/proc/sys/net/netfilter")) -> list[str]:

@@ -47,6 +47,7 @@ class RecordOptions:
     queue_size: int = 10000
     report_every: float = 60.0
     flow_update_every: float = 300.0
+    reap_every: float = 5.0             # ended connections reported (ctevents.reap_expired)
     max_connections: int = 65536        # connections whose first sight is remembered
     enable_accounting: bool = True
 
@@ -219,13 +220,23 @@ class Recorder:
     def _read_flows(self) -> None:
         assert self._events is not None
         next_dump = time.monotonic() + self.options.flow_update_every
+        next_reap = time.monotonic() + self.options.reap_every
         while not self._stop.is_set():
             for e in self._events.read(0.5):
                 self.handle_flow_event(e)
             self.stats.set("flow_overruns", self._events.overruns)
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + self.options.reap_every
+                self._reap()
             if time.monotonic() >= next_dump:
                 next_dump = time.monotonic() + self.options.flow_update_every
                 self.long_flows(ctevents.dump_entries(), time.time())
+
+    def _reap(self) -> None:
+        try:
+            ctevents.reap_expired()
+        except OSError as exc:
+            log.warning("records: reaping ended connections failed: %s", exc)
 
     def handle_flow_event(self, e: ctevents.CtEvent) -> None:
         if e.kind == "new":
