@@ -210,8 +210,11 @@ class Topology:
         """The kernel was changed behind `apply`'s back: the next apply must run."""
         self.applied = None
 
-    def nft_list(self, family: str = "inet") -> Optional[str]:
-        proc = run(["ip", "netns", "exec", self.hv, "nft", "list", "table", family, TABLE], check=False)
+    def nft_list(self, family: str = "inet", stateless: bool = False) -> Optional[str]:
+        """The table's listing; `stateless`: without counter values (`nft -s`), which
+        background packets (neighbour discovery of the instances) move at any time."""
+        proc = run(["ip", "netns", "exec", self.hv, "nft", *(["-s"] if stateless else []), "list", "table", family,
+                    TABLE], check=False)
         return proc.stdout if proc.returncode == 0 else None
 
     def hv_python(self, code: str) -> object:

@@ -39,24 +39,24 @@ def test_second_apply_changes_nothing(fresh):
     doc = doc_a(topo)
     first = topo.apply(doc)
     assert first.stdout.startswith("applied:"), first.stdout
-    inet, bridge = topo.nft_list("inet"), topo.nft_list("bridge")
+    inet, bridge = topo.nft_list("inet", stateless=True), topo.nft_list("bridge", stateless=True)
     assert (bridge is not None) == (topo.attachment == "bridged")
     second = topo.apply(doc, cached=False)
     assert second.stdout.startswith("unchanged:"), second.stdout
-    assert (topo.nft_list("inet"), topo.nft_list("bridge")) == (inet, bridge)
+    assert (topo.nft_list("inet", stateless=True), topo.nft_list("bridge", stateless=True)) == (inet, bridge)
     # a forced re-commit of the same state yields the very same kernel text, too
     path = topo.write(doc)
     changed = topo.hv_python(
         "import json; from agent.reconciler.oneshot import apply_once; from agent.model.validate import load_state\n"
         f"print(json.dumps(apply_once(load_state({str(path)!r}, {HOST!r}), force=True).changed))")
     assert changed is True
-    assert (topo.nft_list("inet"), topo.nft_list("bridge")) == (inet, bridge)
+    assert (topo.nft_list("inet", stateless=True), topo.nft_list("bridge", stateless=True)) == (inet, bridge)
     # a different state is applied; so is the same state after the table was removed by hand
     assert topo.apply(doc_a(topo, http_port=81)).stdout.startswith("applied:")
     assert topo.apply(doc).stdout.startswith("applied:")
     subprocess.run(["ip", "netns", "exec", topo.hv, "nft", "delete", "table", "inet", TABLE], check=True)
     assert topo.apply(doc, cached=False).stdout.startswith("applied:")
-    assert topo.nft_list("inet") == inet
+    assert topo.nft_list("inet", stateless=True) == inet
 
 
 # -- 4. hitless re-applies ----------------------------------------------------------------
@@ -129,8 +129,8 @@ def test_failed_apply_keeps_previous_table(fresh):
     topo = fresh
     before_doc = doc_a(topo, attachment="routed")
     topo.apply(before_doc)
-    inet = topo.nft_list("inet")
-    assert topo.nft_list("bridge") is None
+    inet = topo.nft_list("inet", stateless=True)
+    assert topo.nft_list("bridge", stateless=True) is None
     squatter = subprocess.Popen(["ip", "netns", "exec", topo.hv, "nft", "-i"], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -149,7 +149,7 @@ def test_failed_apply_keeps_previous_table(fresh):
         topo.forget()
         assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
         assert "nft refused" in proc.stderr and "Operation not permitted" in proc.stderr, proc.stderr
-        assert topo.nft_list("inet") == inet
+        assert topo.nft_list("inet", stateless=True) == inet
         if topo.attachment == "routed":            # the previous state still decides
             assert_connection(topo, "out", "i1", "tcp", 80)
             assert_no_connection(topo, "out", "i1", "tcp", 81)
@@ -165,7 +165,7 @@ def test_broken_script_in_process(fresh):
     for a chain that does not exist, at the end): nothing of it is committed."""
     topo = fresh
     topo.apply(doc_a(topo))
-    inet, bridge = topo.nft_list("inet"), topo.nft_list("bridge")
+    inet, bridge = topo.nft_list("inet", stateless=True), topo.nft_list("bridge", stateless=True)
     path = topo.write(doc_a(topo, http_port=81))
     result = topo.hv_python(
         "import json; from agent.compiler.compile import build_ruleset; from agent.compiler.render import render_ruleset\n"
@@ -175,7 +175,7 @@ def test_broken_script_in_process(fresh):
         "try:\n    apply_script(script); print(json.dumps('committed'))\n"
         "except KernelError as exc:\n    print(json.dumps(str(exc)))")
     assert "nothing was changed" in result and "No such file or directory" in result, result
-    assert (topo.nft_list("inet"), topo.nft_list("bridge")) == (inet, bridge)
+    assert (topo.nft_list("inet", stateless=True), topo.nft_list("bridge", stateless=True)) == (inet, bridge)
 
 
 # -- 6. flush, and the bridge table's life cycle --------------------------------------------
@@ -201,4 +201,4 @@ def test_apply_without_bridged_ports_removes_bridge_table(fresh):
     assert OWNED <= tables(topo)
     topo.apply(doc_a(topo, attachment="routed"))
     assert tables(topo) & OWNED == {f"table inet {TABLE}"}
-    assert topo.nft_list("bridge") is None
+    assert topo.nft_list("bridge", stateless=True) is None
