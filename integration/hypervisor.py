@@ -78,8 +78,11 @@ class Hypervisor:
                 return line[len("-- cursor: "):].strip()
         return ""
 
-    def ruleset(self) -> str:
-        return self.exec("nft", "list", "table", "inet", "secgroup_agent", check=False).stdout
+    def ruleset(self, stateless: bool = True) -> str:
+        """The agent's inet table; `stateless` (default): without counter values, which
+        any packet moves (every verdict has a counter)."""
+        return self.exec("nft", *(["-s"] if stateless else []), "list", "table", "inet", "secgroup_agent",
+                         check=False).stdout
 
     def conntrack(self) -> str:
         return self.exec("conntrack", "-L", check=False).stdout
