@@ -85,6 +85,16 @@ BRIDGE_TABLE = f"""table bridge secgroup_agent {{
 """
 
 
+def writable_proc_sys(cmd: tuple[str, ...]) -> list[str]:
+    """`cmd`, run with /proc/sys writable. In a container (Docker) /proc/sys is a
+    read-only mount; `ip netns exec` gives the command a mount namespace of its own, where
+    remounting it read-write touches nothing outside (as sandbox/hypervisor.py does). The
+    record writers set the namespace's conntrack accounting sysctls, as on a host."""
+    if not os.statvfs("/proc/sys").f_flag & os.ST_RDONLY:
+        return list(cmd)
+    return ["sh", "-c", 'mount -o remount,bind,rw /proc/sys && exec "$@"', "sh", *cmd]
+
+
 class Hypervisor:
     def __init__(self, tag: str, tmp: Path, bridged: bool = False) -> None:
         self.bridged = bridged
@@ -124,12 +134,14 @@ class Hypervisor:
         self.run(self.hv, "nft", "-f", str(path))
 
     def run(self, ns: str, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
-                              check=check, timeout=timeout)
+        writes = cmd[:1] == ("sysctl",) and "-qw" in cmd
+        return subprocess.run(["ip", "netns", "exec", ns, *(writable_proc_sys(cmd) if writes else cmd)],
+                              capture_output=True, text=True, check=check, timeout=timeout)
 
     def agent(self, *args: str) -> subprocess.Popen:
         """`secgroup-agent ARGS` in the hypervisor namespace (stdout, stderr piped)."""
-        return subprocess.Popen(["ip", "netns", "exec", self.hv, sys.executable, "-m", "agent.cli", *args],
+        return subprocess.Popen(["ip", "netns", "exec", self.hv,
+                                 *writable_proc_sys((sys.executable, "-m", "agent.cli", *args))],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def close(self) -> None:
