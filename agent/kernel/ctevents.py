@@ -24,7 +24,6 @@ events lost is not known: conntrack events carry no sequence number).
 from __future__ import annotations
 
 import errno
-import select
 import socket
 import struct
 from dataclasses import dataclass
@@ -123,23 +122,12 @@ class CtEvents:
         self.close()
 
     def read(self, timeout: float) -> list[CtEvent]:
-        ready, _, _ = select.select([self._sock], [], [], timeout)
+        batches, overruns = netlink.drain(self._sock, timeout)
+        self.overruns += overruns
         out: list[CtEvent] = []
-        while ready:
-            try:
-                data = self._recv()
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.overruns += 1
-                continue
+        for data in batches:
             out += parse_buffer(data)
         return out
-
-    def _recv(self) -> bytes:
-        return self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
 
     def close(self) -> None:
         self._sock.close()

@@ -7,6 +7,8 @@ A message is nlmsghdr (16 bytes) + nfgenmsg (4 bytes: family, version, res_id bi
 """
 from __future__ import annotations
 
+import errno
+import select
 import socket
 import struct
 from typing import Iterator, NamedTuple, Optional
@@ -134,3 +136,22 @@ def set_buffers(sock: socket.socket, size: int, send: bool = True) -> None:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
         except PermissionError:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def drain(sock: socket.socket, timeout: float) -> tuple[list[bytes], int]:
+    """What a subscribed socket holds after waiting up to `timeout` seconds for the
+    first message: the datagrams read without blocking, and how many reads failed with
+    ENOBUFS (the kernel could not queue some messages: an overrun, counted, not raised)."""
+    ready, _, _ = select.select([sock], [], [], timeout)
+    batches: list[bytes] = []
+    overruns = 0
+    while ready:
+        try:
+            batches.append(sock.recv(1 << 20, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            overruns += 1
+    return batches, overruns

@@ -32,7 +32,6 @@ PAYLOAD (from the network header), PREFIX (NUL-terminated), SEQ be32.
 from __future__ import annotations
 
 import errno
-import select
 import socket
 import struct
 from dataclasses import dataclass
@@ -197,18 +196,10 @@ class NflogReader:
 
     def read(self, timeout: float) -> list[LoggedPacket]:
         """The packets that arrived within `timeout` seconds (at least one batch if any)."""
-        ready, _, _ = select.select([self._sock], [], [], timeout)
+        batches, overruns = netlink.drain(self._sock, timeout)
+        self.overruns += overruns
         out: list[LoggedPacket] = []
-        while ready:
-            try:
-                data = self._recv()
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.overruns += 1
-                continue
+        for data in batches:
             out += self._packets(data)
         return out
 
@@ -224,9 +215,6 @@ class NflogReader:
                 self._next_seq = (p.seq + 1) & 0xFFFFFFFF
             out.append(p)
         return out
-
-    def _recv(self) -> bytes:
-        return self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
 
     def close(self) -> None:
         try:

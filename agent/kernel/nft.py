@@ -94,13 +94,11 @@ def apply_script(script: str, what: str = "apply") -> float:
     return took
 
 
-def list_table(family: str, name: str) -> Optional[str]:
-    """The table as nft prints it, or None when it does not exist. Listed by a child
-    process (`nft list table`, the same libnftables): a large table costs seconds and
-    about 1 GB (libnftables caches every element of every set, 1.2 GB at 800,000
-    elements) - the child's, not the daemon's."""
+def _nft_list(family: str, name: str, *options: str) -> Optional[str]:
+    """`nft [options] list table family name` in a child process: its output, or None
+    when the table does not exist."""
     try:
-        out = subprocess.run([shutil.which("nft") or "/usr/sbin/nft", "list", "table", family, name],
+        out = subprocess.run([shutil.which("nft") or "/usr/sbin/nft", *options, "list", "table", family, name],
                              capture_output=True, text=True, timeout=LIST_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise KernelError(f"cannot list table {family} {name}: {exc}") from exc
@@ -111,21 +109,23 @@ def list_table(family: str, name: str) -> Optional[str]:
     return out.stdout
 
 
+def list_table(family: str, name: str) -> Optional[str]:
+    """The table as nft prints it, or None when it does not exist. Listed by a child
+    process (`nft list table`, the same libnftables): a large table costs seconds and
+    about 1 GB (libnftables caches every element of every set, 1.2 GB at 800,000
+    elements) - the child's, not the daemon's."""
+    return _nft_list(family, name)
+
+
 def list_table_json(family: str, name: str) -> Optional[list[dict]]:
     """The table's chains and rules (counters included) as nft's JSON objects, set
     elements left out (`nft -j -t`); None when the table does not exist. A child
     process, like `list_table`."""
+    out = _nft_list(family, name, "-j", "-t")
+    if out is None:
+        return None
     try:
-        out = subprocess.run([shutil.which("nft") or "/usr/sbin/nft", "-j", "-t", "list", "table", family, name],
-                             capture_output=True, text=True, timeout=LIST_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise KernelError(f"cannot list table {family} {name}: {exc}") from exc
-    if out.returncode != 0:
-        if "No such file or directory" in out.stderr:
-            return None
-        raise KernelError(f"cannot list table {family} {name}: {_first_lines(out.stderr)}")
-    try:
-        return list(json.loads(out.stdout).get("nftables", []))
+        return list(json.loads(out).get("nftables", []))
     except ValueError as exc:
         raise KernelError(f"cannot parse the JSON listing of {family} {name}: {exc}") from exc
 
