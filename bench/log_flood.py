@@ -7,8 +7,8 @@ Prints figures; it is not a test. Needs root and trafgen (netsniff-ng). Everythi
 happens in network namespaces `sgbl<pid>-*` created here and deleted at the end (also
 on failure); the root namespace's ruleset, routes and sysctls are never touched.
 
-    .venv/bin/python bench/logging.py                       # 5 rounds of 5 s windows
-    .venv/bin/python bench/logging.py --rounds 3 --window 4 --rate 100
+    .venv/bin/python bench/log_flood.py                       # 5 rounds of 5 s windows
+    .venv/bin/python bench/log_flood.py --rounds 3 --window 4 --rate 100
 
 Method
 * hv routes vm1 (10.77.1.2, tap1) to vm2 (10.77.2.2, tap2). hv's table is in the
