@@ -109,12 +109,13 @@ def _nft_list(family: str, name: str, *options: str) -> Optional[str]:
     return out.stdout
 
 
-def list_table(family: str, name: str) -> Optional[str]:
+def list_table(family: str, name: str, elements: bool = True) -> Optional[str]:
     """The table as nft prints it, or None when it does not exist. Listed by a child
     process (`nft list table`, the same libnftables): a large table costs seconds and
     about 1 GB (libnftables caches every element of every set, 1.2 GB at 800,000
-    elements) - the child's, not the daemon's."""
-    return _nft_list(family, name)
+    elements) - the child's, not the daemon's. `elements=False`: sets without their
+    elements (`nft -t`), for readers of chains only."""
+    return _nft_list(family, name) if elements else _nft_list(family, name, "-t")
 
 
 def list_table_json(family: str, name: str) -> Optional[list[dict]]:
