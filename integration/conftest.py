@@ -20,7 +20,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import images  # noqa: E402
-from hypervisor import Hypervisor  # noqa: E402
+from hypervisor import UNIT, Hypervisor  # noqa: E402
+from states import BASE  # noqa: E402
 from topology import Container, Instance, Topology, sh  # noqa: E402
 
 PROJECT = os.environ.get("SGIT_PROJECT", f"sgit{os.getpid()}")
@@ -124,3 +125,23 @@ def topo(docker_services) -> Topology:
 @pytest.fixture(scope="session")
 def hv(topo) -> Hypervisor:
     return Hypervisor(topo.hv)
+
+
+def _ensure_running(hv: Hypervisor) -> None:
+    if not hv.daemon_active():              # a test stopped it (or it failed): start it again
+        hv.systemctl("reset-failed", UNIT, check=False)
+        hv.systemctl("start", UNIT)
+
+
+@pytest.fixture
+def running_service(hv):
+    """The packaged service running with the base document, before and after the test
+    (a test that stops the service or applies another document leaves it as it found it).
+    Skips when the hypervisor image has no unit."""
+    if not hv.has_unit():
+        pytest.skip(f"{UNIT} is not installed in the hypervisor image (no unit in systemd/)")
+    _ensure_running(hv)
+    hv.apply(BASE)
+    yield hv
+    _ensure_running(hv)
+    hv.apply(BASE)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from hypervisor import CONFIG, UNIT
-from states import BASE, variant, without_rule
+from states import variant, without_rule
 from topology import Hold, Probe as P, check
 
 # probes whose verdicts BASE fixes: one accepted, one dropped, each way of filtering
@@ -27,17 +27,7 @@ def baseline():
     return [(P(p.src, p.dst, p.proto, p.dport, v6=p.v6), want) for p, want in BASELINE]
 
 
-@pytest.fixture(autouse=True)
-def service(hv):
-    if not hv.has_unit():
-        pytest.skip(f"{UNIT} is not installed in the hypervisor image (no unit in systemd/)")
-    if not hv.daemon_active():
-        hv.systemctl("start", UNIT)
-    hv.apply(BASE)
-    yield
-    if not hv.daemon_active():          # a test stopped it: leave it running for the next
-        hv.systemctl("reset-failed", UNIT, check=False)
-        hv.systemctl("start", UNIT)
+pytestmark = pytest.mark.usefixtures("running_service")   # conftest.py
 
 
 def wait_active(hv, old_pid: int, timeout: float = 30) -> int:

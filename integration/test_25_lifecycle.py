@@ -33,19 +33,7 @@ def without_instance(ident: str) -> dict:
     return doc
 
 
-@pytest.fixture(autouse=True)
-def service(hv):
-    if not hv.has_unit():
-        pytest.skip(f"{UNIT} is not installed in the hypervisor image")
-    if not hv.daemon_active():
-        hv.systemctl("reset-failed", UNIT, check=False)
-        hv.systemctl("start", UNIT)
-    hv.apply(BASE)
-    yield
-    if not hv.daemon_active():
-        hv.systemctl("reset-failed", UNIT, check=False)
-        hv.systemctl("start", UNIT)
-    hv.apply(BASE)
+pytestmark = pytest.mark.usefixtures("running_service")   # conftest.py
 
 
 def drop_counters(hv) -> int:

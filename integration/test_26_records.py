@@ -19,15 +19,7 @@ from topology import Probe as P, check
 IDENT = "secgroup-agent-log"
 
 
-@pytest.fixture(autouse=True)
-def service(hv):
-    if not hv.has_unit():
-        pytest.skip(f"{UNIT} is not installed in the hypervisor image")
-    if not hv.daemon_active():
-        hv.systemctl("reset-failed", UNIT, check=False)
-        hv.systemctl("start", UNIT)
-    yield
-    hv.apply(BASE)
+pytestmark = pytest.mark.usefixtures("running_service")   # conftest.py
 
 
 def log_lines(hv, cursor: str) -> list[dict]:

@@ -93,7 +93,7 @@ class Instance(Container):
         try:
             return json.loads(p.stdout)
         except json.JSONDecodeError:
-            raise TopologyError(f"{self.name}: send failed: {p.stderr.strip() or p.stdout.strip()}")
+            raise TopologyError(f"{self.name}: send failed: {p.stderr.strip() or p.stdout.strip()}") from None
 
 
 def _veth(a: Container, name_a: str, b: Container, name_b: str, mac_b: Optional[str]) -> None:
