@@ -26,7 +26,7 @@ test: venv check
 ## The layer contracts (import-linter, pyproject.toml), the linter and the type checker.
 check: venv
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/ruff check agent sandbox tests scripts/gen-config scripts/gen-manpages
+	$(VENV)/bin/ruff check agent sandbox tests integration scripts/gen-config scripts/gen-manpages
 	$(VENV)/bin/mypy agent
 
 ## The unit tier alone, hypothesis profile `dev` (a tenth of the examples; `make test`: all).
