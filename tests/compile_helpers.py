@@ -64,7 +64,8 @@ def renumbered(rs: Ruleset) -> tuple:
     def chain_rules(c) -> tuple:
         if c.name not in keys:
             return tuple(sub(r) for r in c.rules)
-        return tuple(re.sub(r"ct mark set ct mark and \S+ or \S+", "ct mark set <n>", r) for r in c.rules)
+        return tuple(re.sub(r'prefix "sg:\d+:"', 'prefix "sg:<n>:"',
+                            re.sub(r"ct mark set ct mark and \S+ or \S+", "ct mark set <n>", r)) for r in c.rules)
     tables = tuple((t.family, t.name,
                     tuple(sorted((s.name, s.type, tuple(sorted(sub(e) for e in s.elements)), s.interval, s.map_to)
                                  for s in t.sets)),

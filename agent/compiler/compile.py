@@ -127,10 +127,31 @@ def live_verdicts(b: Builder, base: tuple[VerdictId, ...]) -> set[VerdictId]:
     return live
 
 
+def _verdicts_carried(b: Builder, base: tuple[VerdictId, ...]) -> bool:
+    """Whether this build's verdict chains are the previous build's (see add_verdict_chains)."""
+    previous = b.reuse.previous
+    if previous is None or previous.record is None or previous.record.verdicts != base or \
+            previous.inputs.log != b.reuse.inputs.log:
+        return False
+    now, before = b.reuse.regions, previous.regions
+    if len(now) != len(before) or any(now.get(k) is not e for k, e in before.items()):
+        return False
+    now_i, before_i = b.reuse.interfaces, previous.interfaces
+    return len(now_i) == len(before_i) and all(now_i.get(k) is e for k, e in before_i.items())
+
+
 def add_verdict_chains(b: Builder, base: tuple[VerdictId, ...]) -> None:
     """One chain `v_<n>` per live identity (agent.compiler.verdicts); the verdict chains
-    of identities no longer used (a patched build starts from the previous chains) go."""
+    of identities no longer used (a patched build starts from the previous chains) go.
+    When every policy chain and interface chain is the previous build's object and the
+    log settings are the same (a member joining, a prefix list edited), the identities
+    are the previous ones and so are their chains: carried, not rebuilt (at 100 x 50
+    with 10,000 remote members the rebuild was ~40 ms of a ~45 ms compile)."""
     numbering = b.reuse.numbering
+    if _verdicts_carried(b, base):
+        assert b.reuse.previous is not None
+        numbering.numbers = dict(b.reuse.previous.numbers)
+        return
     live = live_verdicts(b, base)
     numbering.numbers = {vid: numbering.number(vid) for vid in sorted(live)}
     wanted = {chain_name(n): vid for vid, n in numbering.numbers.items()}

@@ -111,6 +111,7 @@ class Inputs:
     prefix_lists: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
     parts: Mapping[str, tuple[Group, Mapping[str, tuple]]] = field(default_factory=dict)
     mode: str = "enforce"           # the document's default mode (audit rules accept)
+    log: Any = None                 # the document's log settings (verdict chains' log statements)
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ def canonicalise(state: DesiredState, previous: Optional[CompileMemo]) -> Reuse:
     prefix_lists = {pid: _same(prev.prefix_lists.get(pid), nets) for pid, nets in state.prefix_lists}
     parts = {gid: _group_parts(g, prev.parts.get(gid)) for gid, g in groups.items()}
     numbering = Numbering(previous.numbers if previous is not None else {})
-    return Reuse(Inputs(groups, networks, prefix_lists, parts, state.mode), previous, numbering=numbering)
+    return Reuse(Inputs(groups, networks, prefix_lists, parts, state.mode, state.log), previous, numbering=numbering)
 
 
 def _group_parts(group: Group, previous: Optional[tuple]) -> tuple[Group, Mapping[str, tuple]]:

@@ -49,7 +49,7 @@ def _rule(rng: random.Random, doc: dict) -> dict:
 def _edit(rng: random.Random, doc: dict) -> None:
     """One random, valid change of the kind the daemon sees."""
     groups, instances = doc["security_groups"], doc["instances"]
-    kind = rng.randrange(9)
+    kind = rng.randrange(11)
     group = rng.choice(groups)
     if kind == 0:
         group["rules"].append(_rule(rng, doc))
@@ -70,9 +70,14 @@ def _edit(rng: random.Random, doc: dict) -> None:
         group["inner_access"] = rng.choice(["accept", "drop"])
     elif kind == 7:
         doc["anti_spoofing"] = not doc.get("anti_spoofing", True)
-    else:
+    elif kind == 8:
         nic = rng.choice(instances)["interfaces"][0]
         nic["mac"] = rng.choice([None, "52:54:00:00:00:aa"])
+    elif kind == 9:                  # the log settings alone: every verdict chain may change
+        doc["log"] = rng.choice([{"drops": True}, {"drops": False}, {"drops": True, "rate": 5, "burst": 2}])
+    elif group["rules"]:             # one rule's log flag
+        rule = group["rules"][rng.randrange(len(group["rules"]))]
+        rule["log"] = not rule.get("log", False)
 
 
 @settings(max_examples=examples(40), deadline=None)
@@ -116,6 +121,21 @@ def test_one_rule_change_repaints_only_chains_of_that_group():
     changed = {s.name for s in second.tables[0].sets
                if s.name.startswith(("pin", "peg", "grp")) and old_sets.get(s.name) is not s}
     assert changed and all(s.startswith("pin_") and group["id"] in s for s in changed), changed
+
+
+def test_a_member_joining_carries_the_verdict_chains():
+    """No policy or interface chain changed: the verdict chains are the previous build's
+    objects (not rebuilt), and the build is still the fresh one."""
+    doc = copy.deepcopy(DOCS[0])
+    first, memo = compile_changes(validate_document(doc, HOST), None)
+    remote = next(i for i in doc["instances"] if i.get("host") != HOST)
+    remote["interfaces"][0]["addresses"] = ["10.77.0.9"]
+    state = validate_document(copy.deepcopy(doc), HOST)
+    second, _ = compile_changes(state, memo)
+    old = {c.name: c for c in first.tables[0].chains}
+    verdict = [c for c in second.tables[0].chains if c.name.startswith("v_")]
+    assert verdict and all(c is old[c.name] for c in verdict)
+    assert renumbered(second) == renumbered(build_ruleset(state)) and second != first
 
 
 def test_patched_build_is_taken_for_rule_prefix_and_group_setting_edits(monkeypatch):
