@@ -20,19 +20,17 @@ import hashlib
 from dataclasses import replace
 from typing import Optional
 
-from agent.compiler.attribution import (FINAL as FINAL_STAGE, INTRA_GROUP as INTRA_STAGE, USER as USER_STAGE,
-                                        VerdictId, chain_name,
-                                        number_of_chain)
+from agent.compiler.attribution import (FINAL as FINAL_STAGE, INTRA_GROUP as INTRA_STAGE, VerdictId, chain_name)
 from agent.compiler.boxes import Box, first_match_labels
 from agent.compiler.builder import Builder, safe_name
 from agent.compiler.dispatch import bridge_table, dispatch_objects
 from agent.compiler.guard import build_interface_rules
 from agent.compiler.intervals import render_interval
 from agent.compiler.match_space import match_boxes, match_tail
-from agent.compiler.logs import log_sets, logs
 from agent.compiler.memo import (BuildRecord, CompileMemo, InterfaceEntry, RegionEntry, RegionPart, VersionEntry,
                                  canonicalise)
-from agent.compiler.verdicts import quota_verdict, unknown_verdict, verdict_chain, verdict_of
+from agent.compiler.verdict_chains import add_verdict_chains
+from agent.compiler.verdicts import quota_verdict, unknown_verdict, verdict_of
 from agent.compiler import runs as compile_runs
 from agent.compiler.runs import (ADDR_BITS, ADDR_TYPE, FAMILY_KW, NFPROTO, Line, build_member_rules, build_points, build_runs,
                                  render_match)
@@ -113,63 +111,6 @@ def finish_build(b: Builder, record: BuildRecord) -> tuple[Ruleset, CompileMemo]
     tables = (Table("inet", TABLE, all_sets, all_chains),) + ((record.bridge,) if record.bridge else ())
     record = replace(record, owners=b.owners, sets=b.sets, shared_names=b.shared, errors=tuple(b.errors))
     return Ruleset(tables=tables, errors=tuple(b.errors)), b.reuse.freeze(record)
-
-
-def live_verdicts(b: Builder, base: tuple[VerdictId, ...]) -> set[VerdictId]:
-    """The identities the build's chains and maps jump to: those of its policy chains
-    (made or carried), interface chains and base chains."""
-    live = set(base)
-    for entry in b.reuse.regions.values():
-        live.update(entry.part.verdicts)
-        live.update(entry.verdicts)
-    for ientry in b.reuse.interfaces.values():
-        live.update(ientry.verdicts)
-    return live
-
-
-def _verdicts_carried(b: Builder, base: tuple[VerdictId, ...]) -> bool:
-    """Whether this build's verdict chains are the previous build's (see add_verdict_chains)."""
-    previous = b.reuse.previous
-    if previous is None or previous.record is None or previous.record.verdicts != base or \
-            previous.inputs.log != b.reuse.inputs.log:
-        return False
-    now, before = b.reuse.regions, previous.regions
-    if len(now) != len(before) or any(now.get(k) is not e for k, e in before.items()):
-        return False
-    now_i, before_i = b.reuse.interfaces, previous.interfaces
-    return len(now_i) == len(before_i) and all(now_i.get(k) is e for k, e in before_i.items())
-
-
-def add_verdict_chains(b: Builder, base: tuple[VerdictId, ...]) -> None:
-    """One chain `v_<n>` per live identity (agent.compiler.verdicts); the verdict chains
-    of identities no longer used (a patched build starts from the previous chains) go.
-    When every policy chain and interface chain is the previous build's object and the
-    log settings are the same (a member joining, a prefix list edited), the identities
-    are the previous ones and so are their chains: carried, not rebuilt (at 100 x 50
-    with 10,000 remote members the rebuild was ~40 ms of a ~45 ms compile)."""
-    numbering = b.reuse.numbering
-    if _verdicts_carried(b, base):
-        assert b.reuse.previous is not None
-        numbering.numbers = dict(b.reuse.previous.numbers)
-        return
-    live = live_verdicts(b, base)
-    numbering.numbers = {vid: numbering.number(vid) for vid in sorted(live)}
-    wanted = {chain_name(n): vid for vid, n in numbering.numbers.items()}
-    for name in [n for n in b.chains if number_of_chain(n) is not None and n not in wanted]:
-        b.drop_chain(name)
-    settings = b.state.log
-    asked = {(r.group_id, r.id) for g in b.state.groups for r in g.rules if r.log}
-    logging = False
-    for name, vid in wanted.items():
-        log = logs(vid.stage, vid.verdict, vid.audit, (vid.group, vid.rule) in asked and vid.stage == USER_STAGE,
-                   settings)
-        logging = logging or log
-        b.add_chain(name, verdict_chain(vid, numbering.numbers[vid], settings if log else None).rules)
-    for s in log_sets():
-        if logging:
-            b.sets[s.name] = b.sets.get(s.name) if b.sets.get(s.name) == s else s  # type: ignore[assignment]
-        else:
-            b.sets.pop(s.name, None)
 
 
 def interface_chain_name(nic: Interface, direction: str) -> str:

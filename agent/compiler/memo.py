@@ -125,6 +125,9 @@ class CompileMemo:
     wanted: Optional[SharedWanted] = None
     record: Optional[BuildRecord] = None
     numbers: Mapping[VerdictId, int] = field(default_factory=dict)     # identity -> its number
+    verdict_refs: Mapping[VerdictId, int] = field(default_factory=dict)    # identity -> entries jumping to it
+    verdict_logs: Mapping[VerdictId, bool] = field(default_factory=dict)   # identity -> its chain logs
+    verdict_asked: frozenset = frozenset()     # (group, rule) of the rules asking to log
 
 
 @dataclass
@@ -140,6 +143,10 @@ class Reuse:
     wanted: Optional[SharedWanted] = None
     group_inputs: dict[tuple, tuple] = field(default_factory=dict)     # (group, direction) -> inputs
     numbering: Numbering = field(default_factory=Numbering)
+    verdict_refs: Mapping[VerdictId, int] = field(default_factory=dict)
+    verdict_logs: Mapping[VerdictId, bool] = field(default_factory=dict)
+    verdict_asked: frozenset = frozenset()
+    carried: bool = False           # a patched build: it starts from the previous build's chains
 
     def interface_rules(self, key: tuple, inputs: tuple,
                         make: Callable[[], InterfaceEntry]) -> tuple[str, ...]:
@@ -176,6 +183,7 @@ class Reuse:
 
     def carry(self, previous: CompileMemo) -> None:
         """Start from every chain and interface of `previous` (a patched build)."""
+        self.carried = True
         self.chains.update(previous.chains)
         self.interfaces.update(previous.interfaces)
 
@@ -189,7 +197,8 @@ class Reuse:
 
     def freeze(self, record: BuildRecord) -> CompileMemo:
         return CompileMemo(self.inputs, self.regions, self.region_parts, self.interfaces, self.shared_sets,
-                           self.chains, self.wanted, record, dict(self.numbering.numbers))
+                           self.chains, self.wanted, record, dict(self.numbering.numbers),
+                           self.verdict_refs, self.verdict_logs, self.verdict_asked)
 
 
 def _same(old: Any, new: Any) -> Any:
