@@ -46,14 +46,16 @@ MAX_ELEMENTS_BYTES = 60_000        # per message: the elements attribute has a u
 TIMEOUT = 5.0
 
 
-SET_ELEM_DATA, DATA_VERDICT, VERDICT_CODE = 2, 2, 1
-VERDICT_CODES = {"accept": 1, "drop": 0}                 # NF_ACCEPT, NF_DROP
+SET_ELEM_DATA, DATA_VERDICT, VERDICT_CODE, VERDICT_CHAIN = 2, 2, 1, 2
+VERDICT_CODES = {"accept": 1, "drop": 0, "jump": -3, "goto": -4}   # NF_ACCEPT, NF_DROP, NFT_JUMP, NFT_GOTO
+CHAIN_NAME_MAX = 255                                     # NFT_CHAIN_MAXNAMELEN - 1
 
 
 def supported(set_type: str, interval: bool, map_to: Optional[str]) -> bool:
     """Whether commit_element_changes can encode the elements of this set: interval sets,
-    and verdict maps (accept/drop) keyed by a concatenation (pipapo) or by exact keys
-    (hash), as the compiler's member-path and points maps are."""
+    and verdict maps (accept, drop, `goto`/`jump` a chain) keyed by a concatenation
+    (pipapo) or by exact keys (hash), as the compiler's region, member-path and points
+    maps are."""
     fields = [f.strip() for f in set_type.split(".")]
     if not all(f in FIELD_BYTES for f in fields):
         return False
@@ -86,18 +88,31 @@ def _data(kind: int, value: bytes) -> bytes:
     return _nest(kind, _attr(DATA_VALUE, value))
 
 
+def _verdict(text: str, verdict: str) -> list[bytes]:
+    """NFTA_VERDICT_CODE (and NFTA_VERDICT_CHAIN, NUL-terminated, for goto and jump), as
+    libnftnl writes them."""
+    code, _, chain = verdict.partition(" ")
+    if code not in VERDICT_CODES or bool(chain) != (code in ("goto", "jump")):
+        raise ValueError(f"element {text!r}: verdict {verdict!r} is not accept, drop, goto CHAIN or jump CHAIN")
+    out = [_attr(VERDICT_CODE, struct.pack(">i", VERDICT_CODES[code]))]
+    if chain:
+        name = chain.encode()
+        if len(name) > CHAIN_NAME_MAX or not chain.isprintable() or " " in chain:
+            raise ValueError(f"element {text!r}: bad chain name {chain!r}")
+        out.append(_attr(VERDICT_CHAIN, name + b"\0"))
+    return out
+
+
 def encode_element(set_type: str, text: str, map_to: Optional[str] = None, interval: bool = True,
                    with_data: bool = True) -> list[bytes]:
     """The NFTA_LIST_ELEM attributes of one element text of a set (or of a verdict map:
-    `key : accept|drop`, its verdict as NFTA_SET_ELEM_DATA unless `with_data` is false,
-    as libnftnl leaves it out of deletions)."""
+    `key : accept|drop|goto CHAIN|jump CHAIN`, its verdict as NFTA_SET_ELEM_DATA unless
+    `with_data` is false, as libnftnl leaves it out of deletions)."""
     data = b""
     if map_to == "verdict" and (with_data or " : " in text):     # deletions may name the key alone
         text, _, verdict = text.rpartition(" : ")
-        if verdict not in VERDICT_CODES:
-            raise ValueError(f"element {text!r}: verdict {verdict!r} is not accept or drop")
         if with_data:
-            data = _nest(SET_ELEM_DATA, _nest(DATA_VERDICT, _attr(VERDICT_CODE, struct.pack(">I", VERDICT_CODES[verdict]))))
+            data = _nest(SET_ELEM_DATA, _nest(DATA_VERDICT, *_verdict(text, verdict)))
     kinds = [f.strip() for f in set_type.split(".")]
     parts = [p.strip() for p in text.split(" . ")]
     if len(parts) != len(kinds):

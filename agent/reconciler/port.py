@@ -49,7 +49,10 @@ class RealKernel:
         from agent.kernel import elements
         if not all(elements.supported(c.set.type, c.set.interval, c.set.map_to) for c in changes):
             raise KernelError("not a change of element sets the netlink path handles")
-        return elements.commit_element_changes(changes)
+        try:
+            return elements.commit_element_changes(changes)
+        except ValueError as exc:           # an element it cannot encode: the caller goes on with nft
+            raise KernelError(f"cannot encode the element changes: {exc}") from exc
 
     def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]:
         from agent.kernel import nft

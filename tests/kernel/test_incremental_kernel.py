@@ -250,3 +250,30 @@ def test_daemon_reconciler_on_generated_configs(ns, tmp_path):
         assert incremental == listing(ns), modes
         nft(ns, render_flush(last.owned), tmp_path)
     assert modes[2] == modes[4] == "elements", modes          # the membership changes
+
+
+def _region_doc(port: int) -> dict:
+    """One local instance whose ingress list is 24 CIDR lines of one group and no group
+    peer: a region verdict map (more than INLINE_MAX boxes), no member path."""
+    rules = [{"id": f"r{i}", "direction": "ingress", "policy": "accept" if i % 3 else "drop", "priority": 1 + i,
+              "protocol": "tcp", "port_range": f"{1000 + i}/{1000 + i}", "source_cidr": f"198.51.{i}.0/24"}
+             for i in range(24)]
+    rules[5]["port_range"] = f"{port}/{port}"
+    return {"host": "hv-inc", "security_groups": [{"id": "sg-r", "type": "custom", "rules": rules}],
+            "instances": [{"id": "i1", "host": "hv-inc", "security_groups": ["sg-r"],
+                           "interfaces": [{"name": "tap-r1", "addresses": ["10.0.0.5"]}]}]}
+
+
+def test_a_rule_edit_inside_a_region_map_is_an_element_change(ns, tmp_path):
+    """Issue 13: a CIDR line moving port changes only `box : goto v_<n>` elements of the
+    region map; the keeper commits them over netlink (goto verdicts encoded as libnftnl
+    does), and the kernel then holds what a full apply holds."""
+    docs = [_region_doc(2000), _region_doc(2001), _region_doc(2000)]
+    for end in (2, 3):
+        modes = keeper_applies(ns, tmp_path, docs[:end])
+        incremental, last = listing(ns), compiled(docs[end - 1])
+        nft(ns, render_flush(last.owned), tmp_path)
+        nft(ns, render_ruleset(last), tmp_path)
+        assert incremental == listing(ns), modes
+        nft(ns, render_flush(last.owned), tmp_path)
+        assert modes[0] == "full" and set(modes[1:]) == {"elements"}, modes

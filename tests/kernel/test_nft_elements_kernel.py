@@ -106,11 +106,18 @@ MAPS = {
     "p": ("ipv4_addr . inet_proto . inet_service", False, ["10.0.0.1 . 17 . 9 : drop", "10.0.0.3 . 6 . 22 : accept"],
           ["10.0.0.1 . 17 . 9"], ["10.0.0.1 . 17 . 9 : accept", "10.0.0.2 . 6 . 80 : drop"]),
     "q": ("inet_proto . inet_service", True, ["6 . 22 : accept"], [], ["17 . 1000-2000 : drop"]),
+    # region maps since issue 16: each box jumps to its line's verdict chain
+    "g": ("ipv4_addr . inet_proto . inet_service", True,
+          ["10.0.0.0-10.0.0.255 . 6 . 80 : goto v_1", "10.1.0.0-10.1.0.255 . 17 . 53 : goto v_2"],
+          ["10.0.0.0-10.0.0.255 . 6 . 80"],
+          ["10.0.0.0-10.0.0.255 . 6 . 80 : goto v_2", "10.3.0.0-10.3.0.255 . 0-255 . 0-65535 : jump v_1"]),
+    "h": ("ipv4_addr . inet_proto . inet_service", False, ["10.0.0.1 . 17 . 9 : goto v_1"],
+          ["10.0.0.1 . 17 . 9"], ["10.0.0.1 . 17 . 9 : goto v_2", "10.0.0.2 . 6 . 80 : goto v_1"]),
 }
 
 
 def map_script(table: str, maps: dict[str, tuple[str, bool, list[str]]]) -> str:
-    lines = [f"table inet {table} {{"]
+    lines = [f"table inet {table} {{", "  chain v_1 { counter accept; }", "  chain v_2 { counter drop; }"]
     for name, (typ, interval, elements) in maps.items():
         elems = f" elements = {{ {', '.join(elements)} }};" if elements else ""
         lines.append(f"  map {name} {{ type {typ} : verdict;{' flags interval;' if interval else ''}{elems} }}")

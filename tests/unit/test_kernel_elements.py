@@ -200,3 +200,20 @@ def test_missing_answers_and_empty_changes(monkeypatch):
     assert ne.commit_element_changes([change("c", "ipv4_addr", True, (), ())]) == 0.0
     with pytest.raises(ValueError):
         build_batch([change("m", "ipv4_addr", False, (), ("10.0.0.2",))])
+
+
+def test_goto_verdicts_carry_the_chain_name():
+    # libnftnl: NFTA_SET_ELEM_DATA { NFTA_DATA_VERDICT { CODE = htonl(NFT_GOTO = -4), CHAIN = "v_12\0" } }
+    (elem,) = encode_element(V4_CONCAT, "10.9.0.5 . 6 . 80 : goto v_12", map_to="verdict")
+    data = b("1c000280 18000280 08000100 fffffffc 09000200") + b"v_12\0" + b"\0\0\0"
+    assert elem.endswith(data)
+    (accept,) = encode_element(V4_CONCAT, "10.9.0.5 . 6 . 80 : accept", map_to="verdict")
+    assert accept.endswith(b("10000280 0c000280 08000100 00000001"))
+    (deleted,) = encode_element(V4_CONCAT, "10.9.0.5 . 6 . 80", map_to="verdict", with_data=False)
+    assert deleted[4:] == elem[4:len(deleted)] and len(deleted) < len(elem)     # the key alone
+
+
+@pytest.mark.parametrize("verdict", ["goto", "jump", "accept v_1", "return", "goto v 1", "goto " + "x" * 256])
+def test_bad_verdicts(verdict):
+    with pytest.raises(ValueError):
+        encode_element(V4_CONCAT, f"10.9.0.5 . 6 . 80 : {verdict}", map_to="verdict")
