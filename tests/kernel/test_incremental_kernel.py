@@ -206,18 +206,25 @@ def keeper_applies(ns: str, tmp_path: Path, docs: list[dict]) -> list[str]:
     return json.loads(proc.stdout)
 
 
+def keeper_equals_full(ns: str, tmp_path: Path, docs: list[dict]) -> list[str]:
+    """`docs` through the keeper (keeper_applies); the kernel then holds exactly what a
+    full apply of the last one holds. The modes the keeper chose."""
+    modes = keeper_applies(ns, tmp_path, docs)
+    incremental, last = listing(ns), compiled(docs[-1])
+    nft(ns, render_flush(last.owned), tmp_path)
+    nft(ns, render_ruleset(last), tmp_path)
+    assert incremental == listing(ns), modes
+    nft(ns, render_flush(last.owned), tmp_path)
+    return modes
+
+
 @pytest.mark.parametrize("change", sorted(WEBSHOP_CHANGES))
 def test_daemon_reconciler_leaves_what_a_full_apply_leaves(ns, tmp_path, change):
     """Old -> new, and old -> new -> old, through the keeper: the kernel then holds
     exactly what a full apply of the last document holds (the element path included)."""
     new = _mutated(WEBSHOP_CHANGES[change])
     for docs in ([WEBSHOP, new], [WEBSHOP, new, WEBSHOP]):
-        modes = keeper_applies(ns, tmp_path, docs)
-        incremental, last = listing(ns), compiled(docs[-1])
-        nft(ns, render_flush(last.owned), tmp_path)
-        nft(ns, render_ruleset(last), tmp_path)
-        assert incremental == listing(ns), modes
-        nft(ns, render_flush(last.owned), tmp_path)
+        modes = keeper_equals_full(ns, tmp_path, docs)
         assert modes[0] == "full" and set(modes[1:]) <= {"elements", "incremental"}, modes
         if change == "remote joins":                 # a member: the shared sets only
             assert set(modes[1:]) == {"elements"}, modes
@@ -243,12 +250,7 @@ def test_daemon_reconciler_on_generated_configs(ns, tmp_path):
                                          if g["id"] not in remote["security_groups"]][:1]
         docs.append(new)
     for end in range(2, len(docs) + 1):
-        modes = keeper_applies(ns, tmp_path, docs[:end])
-        incremental, last = listing(ns), compiled(docs[end - 1])
-        nft(ns, render_flush(last.owned), tmp_path)
-        nft(ns, render_ruleset(last), tmp_path)
-        assert incremental == listing(ns), modes
-        nft(ns, render_flush(last.owned), tmp_path)
+        modes = keeper_equals_full(ns, tmp_path, docs[:end])
     assert modes[2] == modes[4] == "elements", modes          # the membership changes
 
 
@@ -270,10 +272,5 @@ def test_a_rule_edit_inside_a_region_map_is_an_element_change(ns, tmp_path):
     does), and the kernel then holds what a full apply holds."""
     docs = [_region_doc(2000), _region_doc(2001), _region_doc(2000)]
     for end in (2, 3):
-        modes = keeper_applies(ns, tmp_path, docs[:end])
-        incremental, last = listing(ns), compiled(docs[end - 1])
-        nft(ns, render_flush(last.owned), tmp_path)
-        nft(ns, render_ruleset(last), tmp_path)
-        assert incremental == listing(ns), modes
-        nft(ns, render_flush(last.owned), tmp_path)
+        modes = keeper_equals_full(ns, tmp_path, docs[:end])
         assert modes[0] == "full" and set(modes[1:]) == {"elements"}, modes
