@@ -151,6 +151,19 @@ def test_build_points_keeps_the_first_match(case, span):
                     assert (got if got is not None else first(left, pkt)) == first(items, pkt), (pkt, hashed, left)
 
 
+def _one_list(rules: list[dict]) -> tuple:
+    """`rules` as one group's ingress list on one interface: the state, the ruleset, its
+    sets by name and the policy chain's points map."""
+    document = {"host": HOST, "security_groups": [{"id": "sg", "rules": rules}],
+                "instances": [{"id": "x", "security_groups": ["sg"],
+                               "interfaces": [{"name": "tap-x", "addresses": ["10.0.0.1"]}]}]}
+    state = validate_document(document, host=HOST)
+    rs = build_ruleset(state)
+    sets = {s.name: s for s in inet_table(rs).sets}
+    (points,) = [s for name, s in sets.items() if name.endswith("_p4")]
+    return state, rs, sets, points
+
+
 def test_points_map_decides_single_points_before_the_region():
     """A blocklist of single points (one address, udp, one port) before a wide accept:
     the points go into the hashed map with their first-match verdicts, and the region
@@ -161,13 +174,7 @@ def test_points_map_decides_single_points_before_the_region():
                "priority": 1, "source_cidr": "10.1.0.7/32"},                  # shadowed by a drop
               {"direction": "ingress", "protocol": "udp", "port_range": "1/65535", "policy": "accept",
                "priority": 2, "source_cidr": "0.0.0.0/0"}]
-    document = {"host": HOST, "security_groups": [{"id": "sg", "rules": rules}],
-                "instances": [{"id": "x", "security_groups": ["sg"],
-                               "interfaces": [{"name": "tap-x", "addresses": ["10.0.0.1"]}]}]}
-    state = validate_document(document, host=HOST)
-    rs = build_ruleset(state)
-    sets = {s.name: s for s in inet_table(rs).sets}
-    (points,) = [s for name, s in sets.items() if name.endswith("_p4")]
+    state, rs, sets, points = _one_list(rules)
     named = by_key(rs, points.elements)
     assert len(points.elements) == 300 and any(re.fullmatch(r"10\.1\.0\.7 \. 17 \. 9 : => ingress/user/sg/\S+/1/drop", e)
                                                for e in named), named
@@ -196,13 +203,7 @@ def test_points_map_expands_small_port_ranges():
                "policy": "accept", "priority": 5, "source_cidr": "10.2.0.1/32"},   # one port too many
               {"direction": "ingress", "protocol": "udp", "port_range": "1/65535", "policy": "drop",
                "priority": 10, "source_cidr": "0.0.0.0/0"}]
-    document = {"host": HOST, "security_groups": [{"id": "sg", "rules": rules}],
-                "instances": [{"id": "x", "security_groups": ["sg"],
-                               "interfaces": [{"name": "tap-x", "addresses": ["10.0.0.1"]}]}]}
-    state = validate_document(document, host=HOST)
-    rs = build_ruleset(state)
-    sets = {s.name: s for s in inet_table(rs).sets}
-    (points,) = [s for name, s in sets.items() if name.endswith("_p4")]
+    state, rs, sets, points = _one_list(rules)
     named = set(by_key(rs, points.elements))
     keys = {e.split(" : ")[0]: e.split(" : ")[1] for e in named}
     assert keys["10.1.0.2 . 17 . 100"].endswith("/5/accept") and keys["10.1.0.2 . 17 . 101"].endswith("/1/drop")
