@@ -179,6 +179,11 @@ V6_EXTRA = ["::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fd00::", "fd00::3"
             "fd00::ffff:ffff:ffff:ffff", "fd00:1::", "fe80::1", "2001:db8::1", "fcff:ffff::1"]
 
 
+# single addresses in and out of the group members: point lines (agent.compiler.runs.build_points)
+HOST_CIDRS = ["10.0.0.5/32", "10.0.0.9/32", "10.0.1.0/32", "8.8.8.8/32", "fd00::5/128", "fd00::9/128",
+              "fd00:1::/128"]
+
+
 PORT_RANGES = ["1/65535", "80/80", "22/22", "79/81", "1/1023", "1024/65535", "443/443",
                "53/53", "80/443", "65535/65535", "1/1"]
 
@@ -206,21 +211,25 @@ def _cidr_for(protocol: str):
 
 
 @st.composite
-def rules(draw, network: str, basic_groups: list[str], prefix_lists: list[str], peer_heavy: bool = False):
+def rules(draw, network: str, basic_groups: list[str], prefix_lists: list[str], peer_heavy: bool = False,
+          points_heavy: bool = False):
     direction = draw(st.sampled_from(["ingress", "egress"]))
-    protocol = draw(st.sampled_from(["tcp", "udp", "icmp", "icmpv6", "gre", "all"]))
+    protocol = draw(st.sampled_from(["tcp", "udp", "icmp", "icmpv6", "gre", "all"] + ["tcp", "udp"] * 2 * points_heavy))
     side = "source" if direction == "ingress" else "dest"
     r = {"direction": direction, "protocol": protocol,
          "policy": draw(st.sampled_from(["accept", "drop"])),
          "priority": draw(st.sampled_from(PRIORITIES))}
     if protocol in ("tcp", "udp"):
-        r["port_range"] = draw(st.sampled_from(PORT_RANGES))
+        r["port_range"] = draw(st.sampled_from(PORT_RANGES + ["79/81", "21/36", "52/54"] * 2 * points_heavy))
         if draw(st.booleans()):
             r["source_port_range"] = draw(st.sampled_from(PORT_RANGES))
     kinds = ["cidr", "cidr"] + ["group"] * bool(basic_groups) * (1 + 2 * peer_heavy) + \
-        ["prefix_list"] * bool(prefix_lists) * (1 + peer_heavy)
+        ["prefix_list"] * bool(prefix_lists) * (1 + peer_heavy) + ["host"] * 6 * points_heavy
     kind = draw(st.sampled_from(kinds))
-    if kind == "cidr":
+    if kind == "host" and protocol not in ("icmp", "icmpv6"):
+        r[f"{side}_cidr"] = draw(st.sampled_from(HOST_CIDRS))
+        r.pop("source_port_range", None)            # a point line (any source port)
+    elif kind in ("cidr", "host"):
         r[f"{side}_cidr"] = draw(_cidr_for(protocol))
     elif kind == "group":
         r[f"{side}_group"] = draw(st.sampled_from(basic_groups))
@@ -237,7 +246,7 @@ def rules(draw, network: str, basic_groups: list[str], prefix_lists: list[str], 
 
 
 @st.composite
-def documents(draw, peer_heavy: bool = False):
+def documents(draw, peer_heavy: bool = False, points_heavy: bool = False):
     network = draw(st.sampled_from(["vpc", "vpc", "classic"]))
     n_pl = draw(st.integers(0, 2))
     prefix_lists = [{"id": f"pl{i}", "entries": draw(st.lists(
@@ -253,7 +262,8 @@ def documents(draw, peer_heavy: bool = False):
     groups = []
     for gid, gtype in zip(ids, types):
         g = {"id": gid, "type": gtype, "network": network,
-             "rules": draw(st.lists(rules(network, basic, pl_ids, peer_heavy), max_size=20 if peer_heavy else 8))}
+             "rules": draw(st.lists(rules(network, basic, pl_ids, peer_heavy, points_heavy), min_size=6 * points_heavy,
+                                   max_size=20 if peer_heavy or points_heavy else 8))}
         if gtype == "enterprise":
             if draw(st.booleans()):
                 g["inner_access"] = "drop"

@@ -10,8 +10,9 @@ compiled into two paths (docs/datapath.md, "Policy chains"):
 * the *static path*, for an address in no shared set that any line of this host names
   (`@peers4`, the union of those sets, says which): dynamic lines cannot match it, so the
   first match among the CIDR lines decides, painted into ONE region lookup as before
-  (`agent.compiler.boxes.first_match_region`), preceded by a hashed verdict map of the lines that
-  match single points when there are many (`build_points`);
+  (`agent.compiler.boxes.first_match_region`), preceded by a hashed verdict map of the points
+  of the lines that match one address, protocol and a few ports, when there are many
+  (`build_points`);
 * the *member path* (`<chain>_m4`), for the other addresses: the list in order, as
   *runs*: consecutive lines with the same lookup (CIDRs; or one shared set). The order
   is kept even among lines of one verdict, because the line that decides is what its
@@ -44,7 +45,8 @@ FULL_PORTS, FULL_PROTO = (0, 65535), (0, 255)
 # (measured on 6.18: 2,000 one-element sets, docs/kernel-facts.md), a plain rule ~0.5 KB:
 # runs and regions of at most this many boxes are written as plain rules.
 INLINE_MAX = 16
-POINTS_MIN = 256        # single-point lines worth a hashed map before the region
+POINTS_MIN = 256        # point lines (build_points) worth a hashed map before the region
+POINTS_SPAN = 16        # a point line has at most this many destination ports, each a point
 POINTS_BUDGET = 2_000_000   # points x earlier wide lines checked, at most
 
 
@@ -149,31 +151,43 @@ def build_member_rules(runs: list[Run], v: int, key_kw: str, with_sport: bool, w
 
 def build_points(items: list[tuple[Box, int]], with_sport: bool, with_dport: bool
                  ) -> tuple[dict[tuple[int, int, int], int], list[tuple[Box, int]]]:
-    """Single-point lines (one address, tcp or udp, one destination port, any source
-    port) for a hashed verdict map looked up before the region: {(address, protocol,
-    port): label} where the list's deciding line is the same for every source port there,
-    and the lines left for the region (the hashed lines removed: the points they match
-    are decided by the map, and they match no other point). Empty when not worth it."""
+    """Point lines (one address, tcp or udp, at most POINTS_SPAN destination ports, any
+    source port) for a hashed verdict map looked up before the region, each expanded into
+    its points: {(address, protocol, port): label} where the list's deciding line is the
+    same for every source port there, and the lines left for the region (a point line
+    all of whose points are hashed is removed: the map decides them, and it matches no
+    other point; one with a point left unhashed stays whole, the map deciding the rest
+    before the region is looked up). Empty when fewer than POINTS_MIN lines fit (lines,
+    not points: each line removed is an element less in the region, the lookup the map
+    is there to shorten) or when points x earlier wide lines exceed POINTS_BUDGET."""
     if not with_dport:
         return {}, items
-    def is_point(bx: Box) -> bool:
-        return (bx[0][0] == bx[0][1] and bx[1][0] == bx[1][1] and bx[1][0] in (6, 17)
-                and bx[-1][0] == bx[-1][1] and (not with_sport or bx[2] == FULL_PORTS))
-    points = [i for i, (bx, _) in enumerate(items) if is_point(bx)]
-    wide = [i for i, (bx, _) in enumerate(items) if not is_point(bx)]
-    if len(points) < POINTS_MIN or len(points) * len(wide) > POINTS_BUDGET:
+    fits = [i for i, (bx, _) in enumerate(items) if _is_point_line(bx, with_sport)]
+    wide = [i for i, (bx, _) in enumerate(items) if not _is_point_line(bx, with_sport)]
+    n_points = sum(items[i][0][-1][1] - items[i][0][-1][0] + 1 for i in fits)
+    if len(fits) < POINTS_MIN or n_points * len(wide) > POINTS_BUDGET:
         return {}, items
-    key = {i: (items[i][0][0][0], items[i][0][1][0], items[i][0][-1][0]) for i in points}
     verdicts: dict[tuple[int, int, int], Optional[int]] = {}
-    for i in points:                                # the first line of a point decides it
-        if key[i] not in verdicts:
-            verdicts[key[i]] = _slab_verdict(items, wide, i, key[i], items[i][1], with_sport)
-    hashed = {k: acc for k, acc in verdicts.items() if acc is not None}
-    return hashed, [items[i] for i in sorted(wide + [i for i in points if key[i] not in hashed])]
+    for i in fits:                                  # the first line of a point decides it
+        for key in _point_keys(items[i][0]):
+            if key not in verdicts:
+                verdicts[key] = _slab_verdict(items, wide, i, key, items[i][1], with_sport)
+    hashed = {k: label for k, label in verdicts.items() if label is not None}
+    kept = [i for i in fits if any(k not in hashed for k in _point_keys(items[i][0]))]
+    return hashed, [items[i] for i in sorted(wide + kept)]
+
+
+def _is_point_line(bx: Box, with_sport: bool) -> bool:
+    return (bx[0][0] == bx[0][1] and bx[1][0] == bx[1][1] and bx[1][0] in (6, 17)
+            and bx[-1][1] - bx[-1][0] < POINTS_SPAN and (not with_sport or bx[2] == FULL_PORTS))
+
+
+def _point_keys(bx: Box) -> list[tuple[int, int, int]]:
+    return [(bx[0][0], bx[1][0], port) for port in range(bx[-1][0], bx[-1][1] + 1)]
 
 
 def _slab_verdict(items: list[tuple[Box, int]], wide: list[int], upto: int, key: tuple[int, int, int],
-                  accept: int, with_sport: bool) -> Optional[int]:
+                  label: int, with_sport: bool) -> Optional[int]:
     """The deciding line's label at (address, protocol, port) for every source port: the first line
     (before `upto`, else the point line itself) that meets it must contain it whole."""
     addr, proto, port = key
@@ -183,4 +197,4 @@ def _slab_verdict(items: list[tuple[Box, int]], wide: list[int], upto: int, key:
         bx = items[j][0]
         if bx[0][0] <= addr <= bx[0][1] and bx[1][0] <= proto <= bx[1][1] and bx[-1][0] <= port <= bx[-1][1]:
             return items[j][1] if not with_sport or bx[2] == FULL_PORTS else None
-    return accept
+    return label

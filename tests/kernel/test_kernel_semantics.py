@@ -215,6 +215,34 @@ def test_remote_member_in_compiled_sets(topo):
     assert "198.51.100.7" in text and "2001:db8:77::7" in text, text
 
 
+def point_lines(t):
+    """The hashed points map (agent.compiler.runs.build_points): 300 single-address lines
+    per IP version with 1-3 tcp ports each are expanded into points. `out`'s own line
+    (tcp 7001-7003, priority 5) is decided point by point: 7002 by an earlier drop of its
+    /24 (/64), 7001 by the line itself, 7003 too but from the region (an earlier drop there
+    restricted to source ports 1-1023, which the probe's port is not in, leaves that point
+    and so the whole line to the region), 8080 by no line (the final drop)."""
+    rules = []
+    for v, net in ((4, "192.0.2.0/24"), (6, "2001:db8:f::/64")):
+        out = t.addr("out", v)
+        fill = [f"10.200.{i // 250}.{i % 250 + 1}/32" if v == 4 else f"fd99::{i + 1:x}/128" for i in range(300)]
+        rules += [rule("ingress", "tcp", ports=f"6000/{6000 + i % 3}", priority=5, cidr=c) for i, c in enumerate(fill)]
+        rules += [rule("ingress", "tcp", ports="7001/7003", priority=5, cidr=f"{out}/{32 if v == 4 else 128}"),
+                  rule("ingress", "tcp", "drop", ports="7002/7002", cidr=net),
+                  {**rule("ingress", "tcp", "drop", ports="7003/7003", cidr=net), "source_port_range": "1/1023"}]
+    doc = t.doc([group("sg-pt", *rules)], {"i1": ["sg-pt"]})
+    cases = [C("out", "i1", "tcp", 7001, ACCEPT), C("out", "i1", "tcp", 7002, DROP),
+             C("out", "i1", "tcp", 7003, ACCEPT), C("out", "i1", "tcp", 8080, DROP)]
+    return doc, cases
+
+
+def test_point_lines_through_the_points_map(topo):
+    doc, cases = point_lines(topo)
+    check_and_explain(topo, doc, cases)
+    text = topo.nft_list(stateless=True)
+    assert text and "_p4 {" in text and "_p6 {" in text, text
+
+
 # -- anti-spoofing -----------------------------------------------------------------------
 def spoofing_doc(t, anti_spoofing: bool):
     """i4 sends; i1 accepts any UDP and ICMP. No shared group, so no intra-group shortcut."""

@@ -81,10 +81,87 @@ def test_peer_heavy_lists_judge_like_explain(data):
     state = validate_document(document, host=HOST)
     inline = data.draw(st.sampled_from([0, 1, 3]), label="INLINE_MAX")
     points = data.draw(st.sampled_from([1, 2, 256]), label="POINTS_MIN")
-    with mock.patch.object(compile_runs, "INLINE_MAX", inline), mock.patch.object(compile_runs, "POINTS_MIN", points):
+    span = data.draw(st.sampled_from([1, 3, 16]), label="POINTS_SPAN")     # 3: "79/81" just fits
+    with mock.patch.object(compile_runs, "INLINE_MAX", inline), mock.patch.object(compile_runs, "POINTS_MIN", points), \
+            mock.patch.object(compile_runs, "POINTS_SPAN", span):
         rs = build_ruleset(state)
     assert rs.errors == ()
     assert check_equivalence(state, rs, pkts) > 0
+
+
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.data_too_large])
+@given(st.data())
+def test_point_heavy_lists_judge_like_explain(data):
+    """Lists dense in point lines (one address, tcp/udp, a few destination ports) among
+    wide CIDR lines of either verdict, some restricted to source ports, and peers: with
+    the hashed points map forced on (POINTS_MIN 1-2) and POINTS_SPAN at 1, 3 ("79/81"
+    just fits) or 16, every point's verdict and deciding line are the semantics engine's."""
+    document = data.draw(documents(peer_heavy=data.draw(st.booleans()), points_heavy=True), label="document")
+    pkts = data.draw(st.lists(packets(document), min_size=10, max_size=30), label="packets")
+    state = validate_document(document, host=HOST)
+    points = data.draw(st.sampled_from([1, 2]), label="POINTS_MIN")
+    span = data.draw(st.sampled_from([1, 3, 16]), label="POINTS_SPAN")
+    inline = data.draw(st.sampled_from([0, 16]), label="INLINE_MAX")
+    with mock.patch.object(compile_runs, "INLINE_MAX", inline), mock.patch.object(compile_runs, "POINTS_MIN", points), \
+            mock.patch.object(compile_runs, "POINTS_SPAN", span):
+        rs = build_ruleset(state)
+    assert rs.errors == ()
+    assert check_equivalence(state, rs, pkts) > 0
+
+
+_ADDRS = [(0, 0), (3, 3), (5, 5), (0, 3), (2, 7), (0, 8)]
+_SPORTS = [(0, 65535), (0, 9), (10, 20)]
+_DPORTS = [(0, 65535), (5, 5), (4, 6), (3, 10), (0, 3), (6, 6), (2, 2)]
+
+
+@st.composite
+def _point_items(draw):
+    """Lines as boxes, half of them point lines or nearly (one address, tcp/udp, a few ports)."""
+    with_sport = draw(st.booleans())
+    items = []
+    for label in range(draw(st.integers(1, 12))):
+        if draw(st.booleans()):
+            box = (draw(st.sampled_from(_ADDRS[:3])), draw(st.sampled_from([(6, 6), (17, 17)])))
+            box += ((0, 65535),) * with_sport + (draw(st.sampled_from(_DPORTS[1:])),)
+        else:
+            box = (draw(st.sampled_from(_ADDRS)), draw(st.sampled_from([(6, 6), (17, 17), (1, 1), (0, 255)])))
+            box += (draw(st.sampled_from(_SPORTS)),) * with_sport + (draw(st.sampled_from(_DPORTS)),)
+        items.append((box, label))
+    return items, with_sport
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(_point_items(), st.sampled_from([1, 3, 8]))
+def test_build_points_keeps_the_first_match(case, span):
+    """build_points alone, on every packet of a small space: the hashed map (looked up
+    first, keyed by address, protocol and destination port) and then the first match
+    among the lines it leaves decide what the first match of the whole list decides."""
+    items, with_sport = case
+    with mock.patch.object(compile_runs, "POINTS_MIN", 1), mock.patch.object(compile_runs, "POINTS_SPAN", span):
+        hashed, left = compile_runs.build_points(items, with_sport, True)
+    def first(lines, pkt):
+        return next((label for bx, label in lines if all(lo <= x <= hi for (lo, hi), x in zip(bx, pkt))), None)
+    for addr in range(10):
+        for proto in (1, 6, 17):
+            for sport in ((0, 9, 10, 21) if with_sport else (None,)):
+                for dport in range(12):
+                    pkt = (addr, proto) + (sport,) * with_sport + (dport,)
+                    got = hashed.get((addr, proto, dport)) if proto != 1 else None
+                    assert (got if got is not None else first(left, pkt)) == first(items, pkt), (pkt, hashed, left)
+
+
+def _one_list(rules: list[dict]) -> tuple:
+    """`rules` as one group's ingress list on one interface: the state, the ruleset, its
+    sets by name and the policy chain's points map."""
+    document = {"host": HOST, "security_groups": [{"id": "sg", "rules": rules}],
+                "instances": [{"id": "x", "security_groups": ["sg"],
+                               "interfaces": [{"name": "tap-x", "addresses": ["10.0.0.1"]}]}]}
+    state = validate_document(document, host=HOST)
+    rs = build_ruleset(state)
+    sets = {s.name: s for s in inet_table(rs).sets}
+    (points,) = [s for name, s in sets.items() if name.endswith("_p4")]
+    return state, rs, sets, points
 
 
 def test_points_map_decides_single_points_before_the_region():
@@ -97,13 +174,7 @@ def test_points_map_decides_single_points_before_the_region():
                "priority": 1, "source_cidr": "10.1.0.7/32"},                  # shadowed by a drop
               {"direction": "ingress", "protocol": "udp", "port_range": "1/65535", "policy": "accept",
                "priority": 2, "source_cidr": "0.0.0.0/0"}]
-    document = {"host": HOST, "security_groups": [{"id": "sg", "rules": rules}],
-                "instances": [{"id": "x", "security_groups": ["sg"],
-                               "interfaces": [{"name": "tap-x", "addresses": ["10.0.0.1"]}]}]}
-    state = validate_document(document, host=HOST)
-    rs = build_ruleset(state)
-    sets = {s.name: s for s in inet_table(rs).sets}
-    (points,) = [s for name, s in sets.items() if name.endswith("_p4")]
+    state, rs, sets, points = _one_list(rules)
     named = by_key(rs, points.elements)
     assert len(points.elements) == 300 and any(re.fullmatch(r"10\.1\.0\.7 \. 17 \. 9 : => ingress/user/sg/\S+/1/drop", e)
                                                for e in named), named
@@ -113,6 +184,39 @@ def test_points_map_decides_single_points_before_the_region():
                for r in by_key(rs, chain.rules)), chain.rules
     pkts = [Packet(ipaddress.ip_address(src), ipaddress.ip_address("10.0.0.1"), 17, 40000, port)
             for src in ("10.1.0.7", "10.1.1.50", "10.1.1.51", "10.9.9.9") for port in (8, 9, 10)]
+    assert check_equivalence(state, rs, pkts) > 0
+
+
+def test_points_map_expands_small_port_ranges():
+    """Point lines with a destination port range of at most POINTS_SPAN ports are expanded
+    into their points; each point takes the verdict of the list's first match there: an
+    earlier wide drop of the other verdict wins where it covers a point, an earlier wide
+    line restricted to some source ports leaves its points to the region (the point line
+    stays there whole), a range one port longer than POINTS_SPAN is not expanded."""
+    rules = [{"direction": "ingress", "protocol": "udp", "port_range": f"100/{100 + i % 3}", "policy": "accept",
+              "priority": 5, "source_cidr": f"10.1.{i // 250}.{i % 250 + 1}/32"} for i in range(300)]
+    rules += [{"direction": "ingress", "protocol": "udp", "port_range": "101/101", "policy": "drop",
+               "priority": 1, "source_cidr": "10.1.0.0/28"},                 # 10.1.0.1-15 at 101: drop
+              {"direction": "ingress", "protocol": "udp", "port_range": "102/102", "policy": "drop",
+               "priority": 1, "source_port_range": "1000/2000", "source_cidr": "10.1.0.16/28"},
+              {"direction": "ingress", "protocol": "udp", "port_range": f"100/{100 + compile_runs.POINTS_SPAN}",
+               "policy": "accept", "priority": 5, "source_cidr": "10.2.0.1/32"},   # one port too many
+              {"direction": "ingress", "protocol": "udp", "port_range": "1/65535", "policy": "drop",
+               "priority": 10, "source_cidr": "0.0.0.0/0"}]
+    state, rs, sets, points = _one_list(rules)
+    named = set(by_key(rs, points.elements))
+    keys = {e.split(" : ")[0]: e.split(" : ")[1] for e in named}
+    assert keys["10.1.0.2 . 17 . 100"].endswith("/5/accept") and keys["10.1.0.2 . 17 . 101"].endswith("/1/drop")
+    assert keys["10.1.0.18 . 17 . 100"].endswith("/5/accept") and "10.1.0.18 . 17 . 102" not in keys
+    assert keys["10.1.1.50 . 17 . 102"].endswith("/5/accept") and not [k for k in keys if k.startswith("10.2.")]
+    # 300 lines, 1-3 ports each: 600 points, less those at 102 behind the sport-restricted drop
+    assert len(points.elements) == 600 - sum(1 for i in range(15, 31) if i % 3 == 2)
+    (region,) = [s for name, s in sets.items() if name.endswith("_4") and not name.endswith("_p4")]
+    accepts = [e.split(" . ")[0] for e in by_key(rs, region.elements) if e.endswith("/5/accept")]
+    assert "10.1.0.18" in accepts and not [a for a in accepts if a.startswith("10.1.0.1") and a != "10.1.0.18"]
+    pkts = [Packet(ipaddress.ip_address(src), ipaddress.ip_address("10.0.0.1"), 17, sport, port)
+            for src in ("10.1.0.2", "10.1.0.3", "10.1.0.18", "10.1.0.19", "10.1.1.50", "10.2.0.1", "10.9.9.9")
+            for sport in (500, 1500) for port in (99, 100, 101, 102, 103, 116, 117)]
     assert check_equivalence(state, rs, pkts) > 0
 
 
