@@ -42,6 +42,9 @@ from agent.model.objects import ACCEPT, CLASSIC, DIRECTIONS, EGRESS, INGRESS, De
 from agent.policy.effective import DEFAULTS, FINAL, USER, Entry, build_effective_list, essential_entries, intra_group_ids
 from agent.compiler.ruleset import TABLE, Chain, NftSet, Ruleset, Table
 
+# Boxes spanning every address written as rules after the region's map, at most.
+WIDE_MAX = 8
+
 __all__ = ["TABLE", "Chain", "NftSet", "Ruleset", "Table", "build_ruleset", "compile_ruleset", "safe_name"]
 
 
@@ -412,14 +415,35 @@ def _paint_region(b: Builder, prefix: str, v: int, items: list, with_sport: bool
     """The region's lookup and map: every point some line matches, as disjoint boxes
     labelled with the verdict chain of the first line that matches there (accept and
     drop lines alike: one lookup decides and attributes). Or, for at most INLINE_MAX
-    boxes (disjoint: their order does not matter), one plain rule per box and no map."""
-    boxes = first_match_labels(items)
+    boxes (disjoint: their order does not matter), one plain rule per box and no map.
+    Lines for every address of the version are left out of the map (`split_wide`)."""
+    boxes, wide = split_wide(v, items)
+    after = [f"{render_match(v, None, bx[1:], peer_kw, with_sport, with_dport)} goto {chain_name(label)}"
+             for bx, label in wide]
     if len(boxes) <= compile_runs.INLINE_MAX:
         return [f"{render_match(v, _addr_text(v, bx[0]), bx[1:], peer_kw, with_sport, with_dport)} "
-                f"goto {chain_name(label)}" for bx, label in boxes], None
+                f"goto {chain_name(label)}" for bx, label in boxes] + after, None
     key = [f"{FAMILY_KW[v]} {peer_kw}", "meta l4proto"] + ["th sport"] * with_sport + \
         ["th dport"] * with_dport
     types = [ADDR_TYPE[v], "inet_proto"] + ["inet_service"] * (with_sport + with_dport)
     elements = tuple(f"{b.element(v, bx)} : goto {chain_name(label)}" for bx, label in boxes)
     sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements, map_to="verdict"), ("region", prefix, v))
-    return [f"{' . '.join(key)} vmap @{sname}"], b.sets[sname]
+    return [f"{' . '.join(key)} vmap @{sname}"] + after, b.sets[sname]
+
+
+def split_wide(v: int, items: list[tuple[Box, int]]) -> tuple[tuple[tuple[Box, int], ...], list[tuple[Box, int]]]:
+    """The map's boxes and the lines written as plain rules after it, in their order:
+    the boxes for every address of the version (at most WIDE_MAX; default rules such as
+    ssh from anywhere). Painted, such a line is cut at the address boundaries of every
+    other line it overlaps, into address ranges that are not prefixes (the kernel
+    expands each into up to 62 or 254 prefixes in every element's lookup table). Exact:
+    the map holds the points whose first match is another line; a point it misses is
+    decided, if at all, by its first matching line among these, which the rules after
+    it meet in the list's order (docs/datapath.md, "Wide lines")."""
+    full = (0, 2 ** ADDR_BITS[v] - 1)
+    wide = [i for i, (bx, _) in enumerate(items) if bx[0] == full][:WIDE_MAX]
+    if not wide:
+        return first_match_labels(items), []
+    marked = set(wide)
+    painted = [(bx, -1 - i if i in marked else label) for i, (bx, label) in enumerate(items)]
+    return first_match_labels(painted, lambda label: label >= 0), [items[i] for i in wide]

@@ -81,7 +81,9 @@ def test_peer_heavy_lists_judge_like_explain(data):
     state = validate_document(document, host=HOST)
     inline = data.draw(st.sampled_from([0, 1, 3]), label="INLINE_MAX")
     points = data.draw(st.sampled_from([1, 2, 256]), label="POINTS_MIN")
-    with mock.patch.object(compile_runs, "INLINE_MAX", inline), mock.patch.object(compile_runs, "POINTS_MIN", points):
+    wide = data.draw(st.sampled_from([0, 1, 8]), label="WIDE_MAX")
+    with mock.patch.object(compile_runs, "INLINE_MAX", inline), mock.patch.object(compile_runs, "POINTS_MIN", points), \
+            mock.patch.object(compile_mod, "WIDE_MAX", wide):
         rs = build_ruleset(state)
     assert rs.errors == ()
     assert check_equivalence(state, rs, pkts) > 0
