@@ -336,10 +336,10 @@ def _paint_version(b: Builder, prefix: str, v: int, lines: list[Line], with_spor
     end = f"goto {chain_name(tail)}" if tail is not None else final
     refs = tuple(sorted({(_ref_key(b, ln.ref), ln.ref, True) for ln in lines if ln.ref}))
     if refs:
-        chain, maps = _member_path(b, prefix, v, lines, with_sport, with_dport, peer_kw, end)
+        chain, maps = _member_path(b, prefix, v, member_lines(v, lines), with_sport, with_dport, peer_kw)
         peers = b.shared_name("peers", "", v)
         refs += ((("peers", "", v), peers, False),)
-        rules.append(f"{FAMILY_KW[v]} {peer_kw} @{peers} goto {chain.name}")
+        rules.append(f"{FAMILY_KW[v]} {peer_kw} @{peers} jump {chain.name}")
         chains.append((("chain", "members", prefix, v), chain))
         sets += maps
     items = [(bx, ln.label) for ln in lines if ln.ref is None for bx in ln.boxes]
@@ -371,8 +371,41 @@ def _ref_key(b: Builder, name: str) -> tuple:
     return b.owners[name][2:]
 
 
+def member_lines(v: int, lines: list[Line]) -> list[Line]:
+    """The lines the member path needs; it is entered by `jump` and returns, when no line
+    of it matched, to the static path, which decides by the first matching CIDR line.
+    Kept: every set line, and a CIDR line when a kept line after it shares a point with it
+    (a set line's address taken as any). Exact: if a packet's first match is a CIDR line
+    left out, no kept line after it matches the packet (it would share that point), none
+    before it does (it is the first), so the path returns and the static path decides by
+    that very line; any other first match is in the path, met in order. The lines after
+    the last set line all go (~31 % of the member-path rules at 1,000 x 100)."""
+    last = max(i for i, ln in enumerate(lines) if ln.ref)
+    full = (0, 2 ** ADDR_BITS[v] - 1)
+    kept: list[Line] = []
+    later: list[Box] = []
+    for ln in reversed(lines[:last + 1]):
+        if ln.ref is not None:
+            later.extend((full,) + tail for tail in ln.boxes)
+        elif any(_meets(box, other) for box in ln.boxes for other in later):
+            later.extend(ln.boxes)
+        else:
+            continue
+        kept.append(ln)
+    kept.reverse()
+    return kept
+
+
+def _meets(a: Box, b: Box) -> bool:
+    """Whether two boxes share a point (tails first: addresses mostly overlap here)."""
+    for i in range(len(a) - 1, -1, -1):
+        if a[i][0] > b[i][1] or b[i][0] > a[i][1]:
+            return False
+    return True
+
+
 def _member_path(b: Builder, prefix: str, v: int, lines: list[Line], with_sport: bool, with_dport: bool,
-                 peer_kw: str, final: str) -> tuple[Chain, list[tuple[tuple, NftSet]]]:
+                 peer_kw: str) -> tuple[Chain, list[tuple[tuple, NftSet]]]:
     cname = b.claim(f"{prefix}_m{v}", ("chain", "members", prefix, v))
 
     def map_name(i: int) -> str:
@@ -386,7 +419,7 @@ def _member_path(b: Builder, prefix: str, v: int, lines: list[Line], with_sport:
         made = NftSet(spec.name, " . ".join(spec.types), elements, interval=True, map_to="verdict")
         b.sets[spec.name] = made
         maps.append((("set",) + b.owners[spec.name][1:], made))
-    chain = Chain(cname, tuple(rules) + (final,))
+    chain = Chain(cname, tuple(rules))
     b.add_chain(cname, chain.rules)
     return b.chains[cname], maps
 
