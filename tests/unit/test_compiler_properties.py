@@ -118,6 +118,37 @@ def test_points_map_decides_single_points_before_the_region():
     assert check_equivalence(state, rs, pkts) > 0
 
 
+def test_member_path_keeps_only_lines_that_can_decide_and_returns_to_the_region():
+    """A member address matched by CIDR lines before, between and after the set lines:
+    the member path (entered by `jump`) keeps the set lines and the CIDR line that
+    overlaps a later set line; the others (a port no set line has, the lines after the
+    last set line) are decided by the static path after the path returns. Verdicts and
+    deciding lines are the semantics engine's."""
+    def rule(prio: int, policy: str, ports: str, **peer: str) -> dict:
+        return {"direction": "ingress", "protocol": "tcp", "port_range": ports, "policy": policy,
+                "priority": prio, **peer}
+    rules = [rule(1, "drop", "22/22", source_cidr="10.0.0.0/8"),          # no set line has port 22: left out
+             rule(1, "accept", "70/90", source_cidr="10.5.0.0/16"),       # overlaps the set line: kept
+             rule(2, "drop", "80/80", source_group="sg-peer"),
+             rule(3, "accept", "80/80", source_cidr="10.5.0.0/16"),       # after the last set line: left out
+             rule(3, "accept", "443/443", source_cidr="0.0.0.0/0")]       # after it too, and a wide line
+    document = {"host": HOST, "security_groups": [{"id": "sg", "rules": rules}, {"id": "sg-peer", "rules": []}],
+                "instances": [{"id": "x", "security_groups": ["sg"],
+                               "interfaces": [{"name": "tap-x", "addresses": ["10.0.0.1"]}]},
+                              {"id": "y", "host": "hv-02", "security_groups": ["sg-peer"],
+                               "interfaces": [{"name": "tap-y", "addresses": ["10.5.0.5"]}]}]}
+    state = validate_document(document, host=HOST)
+    rs = build_ruleset(state)
+    chain = _chain(rs, policy_chain_of(rs, "tap-x", INGRESS))
+    (enter,) = [r for r in chain.rules if "@peers4" in r]
+    member = _chain(rs, enter.split(" jump ")[1])
+    assert len(member.rules) == 2 and "th dport 70-90" in member.rules[0] and "@grp4_sg-peer" in member.rules[1], \
+        member.rules
+    pkts = [Packet(ipaddress.ip_address(src), ipaddress.ip_address("10.0.0.1"), 6, 40000, port)
+            for src in ("10.5.0.5", "10.5.0.6", "10.6.0.1", "192.0.2.1") for port in (22, 75, 80, 443, 444)]
+    assert check_equivalence(state, rs, pkts) > 0
+
+
 @settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(st.data())
