@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from compile_sim import Simulator, parse_set
 from hypothesis import strategies as st
 
+import agent.compiler.compile as compile_mod
 import agent.compiler.runs as compile_runs
 from agent.compiler.boxes import intersect
 from agent.compiler.compile import Ruleset, interface_chain_name
@@ -128,12 +129,12 @@ def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
             dynamic = [e for e in elist.entries if e.stage == "user" and e.peer.kind != "cidr"]
             kinds = []
             for r in body:
-                m = re.fullmatch(r"(ip6?) [sd]addr @peers[46] goto (\S+_m[46])", r)
-                if m:
+                m = re.fullmatch(r"(ip6?) [sd]addr @peers[46] jump (\S+_m[46])", r)
+                if m:               # the member path returns to the static path (compile.member_lines)
                     assert dynamic, (chain.name, r)
                     kinds.append((m[1], "members"))
                     member = list(_chain(rs, m[2]).rules)
-                    assert re.fullmatch(r"goto v_\d+", member[-1]) and len(member) - 1 <= len(elist.entries), \
+                    assert member and not member[-1].startswith("goto") and len(member) <= len(elist.entries), \
                         (m[2], member)
                     continue
                 m = re.fullmatch(r"(ip6?) [sd]addr \. meta l4proto \. th dport vmap @\S+_p[46]", r)
@@ -144,6 +145,10 @@ def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
                 if m:
                     kinds.append(("ip" + ("6" if m[1] == "6" else "") if m[1] else "both", "catch-all"))
                     continue
+                m = re.fullmatch(r"meta nfproto ipv(4|6) (?!goto ).* goto v_\d+", r)
+                if m:       # a line for every address, after the region (compile.split_wide)
+                    kinds.append(("ip" + ("6" if m[1] == "6" else ""), "wide"))
+                    continue
                 family = r.split()[0] if not r.startswith("meta") else "ip" + ("6" if "ipv6" in r else "")
                 if r.endswith(" vmap @" + r.split("@")[-1]) and " . " in r:
                     kinds.append((family, "region"))
@@ -152,7 +157,9 @@ def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
                 kinds.append((family, "region (plain rules)"))
             plain = [k for k in kinds if k[1] == "region (plain rules)"]
             assert all(plain.count(k) <= compile_runs.INLINE_MAX for k in plain), (chain.name, body)
-            once = [k for k in kinds if k[1] != "region (plain rules)"]
+            assert all(kinds.count(k) <= compile_mod.WIDE_MAX + compile_runs.INLINE_MAX
+                       for k in kinds if k[1] == "wide"), (chain.name, body)
+            once = [k for k in kinds if k[1] not in ("region (plain rules)", "wide")]
             assert len(once) == len(set(once)), (chain.name, body)
             assert not any((f, "region") in once and (f, "region (plain rules)") in plain for f in ("ip", "ip6"))
 

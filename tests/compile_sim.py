@@ -26,7 +26,7 @@ Grammar (VERDICT is `accept` or `drop`; an optional leading `counter` is a no-op
     ip saddr != { ADDR|CIDR, ... } drop          ip6 saddr != { ... } drop
     meta nfproto ipv4|ipv6 VERDICT
     ip|ip6 saddr|daddr @SET VERDICT
-    ip|ip6 saddr|daddr @SET goto CHAIN
+    ip|ip6 saddr|daddr @SET goto CHAIN | jump CHAIN (the member path: at its end, back)
     ip|ip6 saddr|daddr . meta l4proto [. th sport] [. th dport] @SET VERDICT
     ip|ip6 saddr|daddr . meta l4proto [. th sport] [. th dport] vmap @MAP      (no element: next rule)
     ip|ip6 saddr|daddr @SET meta l4proto [. th sport] [. th dport] vmap @MAP
@@ -52,8 +52,8 @@ Modelling choices:
   portless protocols the full 0-65535 range: whatever is read there, it matches.
 * `ip`/`ip6` matches carry the implicit `meta nfproto` dependency: an IPv6 packet never
   matches an `ip saddr ...` rule, whatever the set holds.
-* falling off the end of the chain reached through `goto` returns to the base chain,
-  whose policy is accept (the compiler always ends policy chains with `drop`).
+* falling off the end of a chain reached through `jump` goes on after the jump; of one
+  reached through `goto`, returns to the base chain, whose policy is accept (the compiler always ends policy chains with `drop`).
 """
 from __future__ import annotations
 
@@ -240,6 +240,7 @@ class ParsedRule:
     goto: Optional[str] = None
     vmap: Optional[dict] = None      # ct state vmap: state -> verdict
     decide: Optional[Callable[[Packet], Optional[str]]] = None   # verdict-map lookup (None: next rule)
+    jump: Optional[str] = None       # `jump`: the chain, then back to the next rule here
 
 
 _V = r"(?P<verdict>accept|drop)"
@@ -421,11 +422,13 @@ def _check_types(want: tuple[str, ...], have: tuple[str, ...], name: str) -> Non
 
 def _parse_lookup_rule(text: str, raw: str, sets: dict, chains: set, maps: dict) -> Optional[ParsedRule]:
     """The member-path forms: set lookups that goto, verdict maps, plain matches."""
-    m = re.fullmatch(_ADDRKEY + r" @(?P<set>[A-Za-z0-9_.-]+) goto (?P<chain>[A-Za-z0-9_.-]+)", text)
+    m = re.fullmatch(_ADDRKEY + r" @(?P<set>[A-Za-z0-9_.-]+) (?P<how>goto|jump) (?P<chain>[A-Za-z0-9_.-]+)", text)
     if m:
         pred = _set_pred(f"{m['fam']} {m['dir']}", m["set"], sets, raw)
         if m["chain"] not in chains:
-            raise UnknownRule(f"goto to a missing chain: {raw!r}")
+            raise UnknownRule(f"{m['how']} to a missing chain: {raw!r}")
+        if m["how"] == "jump":
+            return ParsedRule(raw, pred, jump=m["chain"])
         return ParsedRule(raw, pred, goto=m["chain"])
     m = re.fullmatch(_ADDRKEY + r"(?: @(?P<set>[A-Za-z0-9_.-]+) | \. )(?P<tail>[a-z0-9 .]+) vmap @(?P<map>[A-Za-z0-9_.-]+)", text)
     if m:
@@ -803,7 +806,9 @@ class Simulator:
         expected = interface_chain_name(SimpleNamespace(name=iface), direction)  # type: ignore[arg-type]
         if kind != "goto" or (chain != expected and not re.fullmatch(re.escape(expected) + r"_\d+", chain)):
             raise NotDispatched(f"{iface} {direction} dispatches to {kind} {chain}, expected {expected}")
-        for _hop in range(16):                       # gotos only; no loops expected
+        returns: list[tuple[str, int]] = []        # `jump`: where to go on at a chain's end
+        start = 0
+        for _hop in range(16):                       # no loops expected
             if chain in self.verdicts:              # a verdict chain: counts, marks, decides
                 verdict, key, text = self.verdicts[chain]
                 trace.append(f"{chain}[0] {text}")
@@ -811,8 +816,13 @@ class Simulator:
             if chain not in self.chains:
                 raise UnknownRule(f"missing chain {chain}")
             for i, rule in enumerate(self.chains[chain]):
-                if not rule.match(packet):
+                if i < start or not rule.match(packet):
                     continue
+                if rule.jump is not None:
+                    trace.append(f"{chain}[{i}] {rule.text}")
+                    returns.append((chain, i + 1))
+                    chain, start = rule.jump, 0
+                    break
                 if rule.decide is not None:
                     decided = rule.decide(packet)
                     if decided is None:
@@ -827,11 +837,15 @@ class Simulator:
                     return SimResult(rule.vmap[packet.state], chain, i, rule.text, tuple(trace))
                 if rule.goto is not None:
                     trace.append(f"{chain}[{i}] {rule.text}")
-                    chain = rule.goto
+                    chain, start = rule.goto, 0
                     break
                 trace.append(f"{chain}[{i}] {rule.text}")
                 return SimResult(rule.verdict, chain, i, rule.text, tuple(trace))
             else:
+                if returns:                          # the end of a jumped-to chain: back
+                    trace.append(f"{chain}: end of chain, return")
+                    chain, start = returns.pop()
+                    continue
                 trace.append(f"{chain}: end of chain, base chain policy accept")
                 return SimResult("accept", chain, None, "", tuple(trace))
         raise UnknownRule("goto loop")

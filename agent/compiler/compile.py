@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from typing import Optional
+from typing import Callable, Optional
 
 from agent.compiler.attribution import (FINAL as FINAL_STAGE, INTRA_GROUP as INTRA_STAGE, VerdictId, chain_name)
 from agent.compiler.boxes import Box, first_match_labels
@@ -39,6 +39,9 @@ from agent.model.validate import collector_paused
 from agent.model.objects import ACCEPT, CLASSIC, DIRECTIONS, EGRESS, INGRESS, DesiredState, Interface
 from agent.policy.effective import DEFAULTS, FINAL, USER, Entry, build_effective_list, essential_entries, intra_group_ids
 from agent.compiler.ruleset import TABLE, Chain, NftSet, Ruleset, Table
+
+# Boxes spanning every address written as rules after the region's map, at most.
+WIDE_MAX = 8
 
 __all__ = ["TABLE", "Chain", "NftSet", "Ruleset", "Table", "build_ruleset", "compile_ruleset", "safe_name"]
 
@@ -106,11 +109,22 @@ def finish_build(b: Builder, record: BuildRecord) -> tuple[Ruleset, CompileMemo]
     build_shared_sets(b)
     add_verdict_chains(b, record.verdicts)
     dispatch_sets, dispatch_chains = record.dispatch
-    all_sets = tuple(sorted(list(b.sets.values()) + list(dispatch_sets), key=lambda s: s.name))
+    all_sets = tuple(sorted(list(b.sets.values()) + list(dispatch_sets), key=set_order(b)))
     all_chains = dispatch_chains + tuple(sorted(b.chains.values(), key=lambda c: c.name))
     tables = (Table("inet", TABLE, all_sets, all_chains),) + ((record.bridge,) if record.bridge else ())
     record = replace(record, owners=b.owners, sets=b.sets, shared_names=b.shared, errors=tuple(b.errors))
     return Ruleset(tables=tables, errors=tuple(b.errors)), b.reuse.freeze(record)
+
+
+def set_order(b: Builder) -> Callable[[NftSet], tuple]:
+    """The declaration order of the table's sets: the shared sets first (`peers4/6`, then
+    the group and prefix-list sets), then the rest by name. The kernel finds the set a
+    rule names by walking the table's sets in declaration order comparing names, and
+    the shared sets are the ones many rules name (every policy chain `@peers4`, each
+    member-path line its group's set): declared first, ~2 s less kernel time at
+    1,000 x 100 (docs/kernel-facts.md section 9)."""
+    shared = set(b.shared.values())
+    return lambda s: (s.name not in shared, not s.name.startswith("peers"), s.name)
 
 
 def interface_chain_name(nic: Interface, direction: str) -> str:
@@ -261,7 +275,8 @@ def _version_part(b: Builder, prefix: str, v: int, lines: list[Line], shape: tup
     """One IP version's part; the previous build's when its lines in this version are
     the same (an IPv4 rule edited leaves the IPv6 objects alone). The memo keeps a
     SHA-256 of the lines, not the lines (~140 MB at 1,000 interfaces x 100 rules)."""
-    digest = hashlib.sha256(repr((lines, shape)).encode()).digest()
+    digest = hashlib.sha256(repr(([(ln.order, ln.accept, ln.ref, ln.boxes, ln.label) for ln in lines], shape))
+                            .encode()).digest()
     part = b.reuse.version_part((prefix, v), digest)
     if part is not None and _names_hold(b, part):
         _adopt(b, part)
@@ -283,10 +298,10 @@ def _paint_version(b: Builder, prefix: str, v: int, lines: list[Line], with_spor
     end = f"goto {chain_name(tail)}" if tail is not None else final
     refs = tuple(sorted({(_ref_key(b, ln.ref), ln.ref, True) for ln in lines if ln.ref}))
     if refs:
-        chain, maps = _member_path(b, prefix, v, lines, with_sport, with_dport, peer_kw, end)
+        chain, maps = _member_path(b, prefix, v, member_lines(v, lines), with_sport, with_dport, peer_kw)
         peers = b.shared_name("peers", "", v)
         refs += ((("peers", "", v), peers, False),)
-        rules.append(f"{FAMILY_KW[v]} {peer_kw} @{peers} goto {chain.name}")
+        rules.append(f"{FAMILY_KW[v]} {peer_kw} @{peers} jump {chain.name}")
         chains.append((("chain", "members", prefix, v), chain))
         sets += maps
     items = [(bx, ln.label) for ln in lines if ln.ref is None for bx in ln.boxes]
@@ -318,8 +333,41 @@ def _ref_key(b: Builder, name: str) -> tuple:
     return b.owners[name][2:]
 
 
+def member_lines(v: int, lines: list[Line]) -> list[Line]:
+    """The lines the member path needs; it is entered by `jump` and returns, when no line
+    of it matched, to the static path, which decides by the first matching CIDR line.
+    Kept: every set line, and a CIDR line when a kept line after it shares a point with it
+    (a set line's address taken as any). Exact: if a packet's first match is a CIDR line
+    left out, no kept line after it matches the packet (it would share that point), none
+    before it does (it is the first), so the path returns and the static path decides by
+    that very line; any other first match is in the path, met in order. The lines after
+    the last set line all go (~31 % of the member-path rules at 1,000 x 100)."""
+    last = max(i for i, ln in enumerate(lines) if ln.ref)
+    full = (0, 2 ** ADDR_BITS[v] - 1)
+    kept: list[Line] = []
+    later: list[Box] = []
+    for ln in reversed(lines[:last + 1]):
+        if ln.ref is not None:
+            later.extend((full,) + tail for tail in ln.boxes)
+        elif any(_meets(box, other) for box in ln.boxes for other in later):
+            later.extend(ln.boxes)
+        else:
+            continue
+        kept.append(ln)
+    kept.reverse()
+    return kept
+
+
+def _meets(a: Box, b: Box) -> bool:
+    """Whether two boxes share a point (tails first: addresses mostly overlap here)."""
+    for i in range(len(a) - 1, -1, -1):
+        if a[i][0] > b[i][1] or b[i][0] > a[i][1]:
+            return False
+    return True
+
+
 def _member_path(b: Builder, prefix: str, v: int, lines: list[Line], with_sport: bool, with_dport: bool,
-                 peer_kw: str, final: str) -> tuple[Chain, list[tuple[tuple, NftSet]]]:
+                 peer_kw: str) -> tuple[Chain, list[tuple[tuple, NftSet]]]:
     cname = b.claim(f"{prefix}_m{v}", ("chain", "members", prefix, v))
 
     def map_name(i: int) -> str:
@@ -333,7 +381,7 @@ def _member_path(b: Builder, prefix: str, v: int, lines: list[Line], with_sport:
         made = NftSet(spec.name, " . ".join(spec.types), elements, interval=True, map_to="verdict")
         b.sets[spec.name] = made
         maps.append((("set",) + b.owners[spec.name][1:], made))
-    chain = Chain(cname, tuple(rules) + (final,))
+    chain = Chain(cname, tuple(rules))
     b.add_chain(cname, chain.rules)
     return b.chains[cname], maps
 
@@ -363,14 +411,35 @@ def _paint_region(b: Builder, prefix: str, v: int, items: list, with_sport: bool
     """The region's lookup and map: every point some line matches, as disjoint boxes
     labelled with the verdict chain of the first line that matches there (accept and
     drop lines alike: one lookup decides and attributes). Or, for at most INLINE_MAX
-    boxes (disjoint: their order does not matter), one plain rule per box and no map."""
-    boxes = first_match_labels(items)
+    boxes (disjoint: their order does not matter), one plain rule per box and no map.
+    Lines for every address of the version are left out of the map (`split_wide`)."""
+    boxes, wide = split_wide(v, items)
+    after = [f"{render_match(v, None, bx[1:], peer_kw, with_sport, with_dport)} goto {chain_name(label)}"
+             for bx, label in wide]
     if len(boxes) <= compile_runs.INLINE_MAX:
         return [f"{render_match(v, _addr_text(v, bx[0]), bx[1:], peer_kw, with_sport, with_dport)} "
-                f"goto {chain_name(label)}" for bx, label in boxes], None
+                f"goto {chain_name(label)}" for bx, label in boxes] + after, None
     key = [f"{FAMILY_KW[v]} {peer_kw}", "meta l4proto"] + ["th sport"] * with_sport + \
         ["th dport"] * with_dport
     types = [ADDR_TYPE[v], "inet_proto"] + ["inet_service"] * (with_sport + with_dport)
     elements = tuple(f"{b.element(v, bx)} : goto {chain_name(label)}" for bx, label in boxes)
     sname = b.add_set(NftSet(f"{prefix}_{v}", " . ".join(types), elements, map_to="verdict"), ("region", prefix, v))
-    return [f"{' . '.join(key)} vmap @{sname}"], b.sets[sname]
+    return [f"{' . '.join(key)} vmap @{sname}"] + after, b.sets[sname]
+
+
+def split_wide(v: int, items: list[tuple[Box, int]]) -> tuple[tuple[tuple[Box, int], ...], list[tuple[Box, int]]]:
+    """The map's boxes and the lines written as plain rules after it, in their order:
+    the boxes for every address of the version (at most WIDE_MAX; default rules such as
+    ssh from anywhere). Painted, such a line is cut at the address boundaries of every
+    other line it overlaps, into address ranges that are not prefixes (the kernel
+    expands each into up to 62 or 254 prefixes in every element's lookup table). Exact:
+    the map holds the points whose first match is another line; a point it misses is
+    decided, if at all, by its first matching line among these, which the rules after
+    it meet in the list's order (docs/datapath.md, "Wide lines")."""
+    full = (0, 2 ** ADDR_BITS[v] - 1)
+    wide = [i for i, (bx, _) in enumerate(items) if bx[0] == full][:WIDE_MAX]
+    if not wide:
+        return first_match_labels(items), []
+    marked = set(wide)
+    painted = [(bx, -1 - i if i in marked else label) for i, (bx, label) in enumerate(items)]
+    return first_match_labels(painted, lambda label: label >= 0), [items[i] for i in wide]

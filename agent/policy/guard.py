@@ -9,6 +9,7 @@ packet matches one. ARP is not an IP packet: its guard lives in the bridge table
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,12 +39,18 @@ DHCP_CLIENT = ("dhcp-client", "accept", "DHCP/DHCPv6 client request (from 0.0.0.
 def nd_targets(nic: Interface) -> tuple[IPNetwork, ...]:
     """The addresses an interface may advertise or probe with ND: its own IPv6
     addresses, its allowed IPv6 networks, and link-local (as anti-spoofing allows)."""
-    return tuple(ipaddress.collapse_addresses(nic.source_networks(6) + (LINK_LOCAL6,)))
+    return _collapsed(nic.source_networks(6) + (LINK_LOCAL6,))
 
 
 def nd_sources(nic: Interface) -> tuple[IPNetwork, ...]:
     """The sources an interface may send RS/NS/NA from: `nd_targets` and `::` (DAD)."""
-    return tuple(ipaddress.collapse_addresses(nd_targets(nic) + (ipaddress.ip_network("::/128"),)))
+    return _collapsed(nd_targets(nic) + (ipaddress.ip_network("::/128"),))
+
+
+@lru_cache(maxsize=1 << 14)
+def _collapsed(nets: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
+    """Merged networks, once per distinct input (a compile asks ~7 times per interface)."""
+    return tuple(ipaddress.collapse_addresses(nets))
 
 
 def guard_matches(kind: str, nic: Interface, packet) -> Optional[bool]:

@@ -117,9 +117,9 @@ def test_one_rule_change_repaints_only_chains_of_that_group():
     group["rules"].append({"direction": "ingress", "policy": "accept", "priority": 1, "protocol": "udp",
                            "port_range": "4242/4242", "source_cidr": "192.0.2.0/24"})
     second, _ = compile_ruleset(validate_document(doc, HOST), memo)
-    old_sets = {s.name: s for s in first.tables[0].sets}
-    changed = {s.name for s in second.tables[0].sets
-               if s.name.startswith(("pin", "peg", "grp")) and old_sets.get(s.name) is not s}
+    old = {o.name: o for o in first.tables[0].sets + first.tables[0].chains}
+    changed = {o.name for o in second.tables[0].sets + second.tables[0].chains
+               if o.name.startswith(("pin", "peg", "grp")) and old.get(o.name) is not o}
     assert changed and all(s.startswith("pin_") and group["id"] in s for s in changed), changed
 
 

@@ -82,8 +82,9 @@ def test_peer_heavy_lists_judge_like_explain(data):
     inline = data.draw(st.sampled_from([0, 1, 3]), label="INLINE_MAX")
     points = data.draw(st.sampled_from([1, 2, 256]), label="POINTS_MIN")
     span = data.draw(st.sampled_from([1, 3, 16]), label="POINTS_SPAN")     # 3: "79/81" just fits
+    wide = data.draw(st.sampled_from([0, 1, 8]), label="WIDE_MAX")
     with mock.patch.object(compile_runs, "INLINE_MAX", inline), mock.patch.object(compile_runs, "POINTS_MIN", points), \
-            mock.patch.object(compile_runs, "POINTS_SPAN", span):
+            mock.patch.object(compile_runs, "POINTS_SPAN", span), mock.patch.object(compile_mod, "WIDE_MAX", wide):
         rs = build_ruleset(state)
     assert rs.errors == ()
     assert check_equivalence(state, rs, pkts) > 0
@@ -217,6 +218,37 @@ def test_points_map_expands_small_port_ranges():
     pkts = [Packet(ipaddress.ip_address(src), ipaddress.ip_address("10.0.0.1"), 17, sport, port)
             for src in ("10.1.0.2", "10.1.0.3", "10.1.0.18", "10.1.0.19", "10.1.1.50", "10.2.0.1", "10.9.9.9")
             for sport in (500, 1500) for port in (99, 100, 101, 102, 103, 116, 117)]
+    assert check_equivalence(state, rs, pkts) > 0
+
+
+def test_member_path_keeps_only_lines_that_can_decide_and_returns_to_the_region():
+    """A member address matched by CIDR lines before, between and after the set lines:
+    the member path (entered by `jump`) keeps the set lines and the CIDR line that
+    overlaps a later set line; the others (a port no set line has, the lines after the
+    last set line) are decided by the static path after the path returns. Verdicts and
+    deciding lines are the semantics engine's."""
+    def rule(prio: int, policy: str, ports: str, **peer: str) -> dict:
+        return {"direction": "ingress", "protocol": "tcp", "port_range": ports, "policy": policy,
+                "priority": prio, **peer}
+    rules = [rule(1, "drop", "22/22", source_cidr="10.0.0.0/8"),          # no set line has port 22: left out
+             rule(1, "accept", "70/90", source_cidr="10.5.0.0/16"),       # overlaps the set line: kept
+             rule(2, "drop", "80/80", source_group="sg-peer"),
+             rule(3, "accept", "80/80", source_cidr="10.5.0.0/16"),       # after the last set line: left out
+             rule(3, "accept", "443/443", source_cidr="0.0.0.0/0")]       # after it too, and a wide line
+    document = {"host": HOST, "security_groups": [{"id": "sg", "rules": rules}, {"id": "sg-peer", "rules": []}],
+                "instances": [{"id": "x", "security_groups": ["sg"],
+                               "interfaces": [{"name": "tap-x", "addresses": ["10.0.0.1"]}]},
+                              {"id": "y", "host": "hv-02", "security_groups": ["sg-peer"],
+                               "interfaces": [{"name": "tap-y", "addresses": ["10.5.0.5"]}]}]}
+    state = validate_document(document, host=HOST)
+    rs = build_ruleset(state)
+    chain = _chain(rs, policy_chain_of(rs, "tap-x", INGRESS))
+    (enter,) = [r for r in chain.rules if "@peers4" in r]
+    member = _chain(rs, enter.split(" jump ")[1])
+    assert len(member.rules) == 2 and "th dport 70-90" in member.rules[0] and "@grp4_sg-peer" in member.rules[1], \
+        member.rules
+    pkts = [Packet(ipaddress.ip_address(src), ipaddress.ip_address("10.0.0.1"), 6, 40000, port)
+            for src in ("10.5.0.5", "10.5.0.6", "10.6.0.1", "192.0.2.1") for port in (22, 75, 80, 443, 444)]
     assert check_equivalence(state, rs, pkts) > 0
 
 
