@@ -236,7 +236,7 @@ def intra_group_rules(b: Builder, group_id: str, peer_kw: str, direction: str) -
 
 def region_rules(b: Builder, prefix: str, entries: list[Entry], peer_kw: str, direction: str) -> RegionPart:
     """Stages 4-5: per IP version, the static path (ONE region lookup, after a hashed
-    map of single points where there are many) and, when some line names a group or a
+    map of point lines where there are many) and, when some line names a group or a
     prefix list, the member path for addresses in the shared sets (agent.compiler.runs)."""
     with_sport = any(e.match.sports for e in entries)
     with_dport = any(e.match.ports for e in entries)
