@@ -30,6 +30,7 @@ from agent.errors import AgentError, InvalidInput
 from agent.reconciler.keeper import Drift, Keeper
 from agent.reconciler.result import UNCHANGED, ApplyResult
 from agent.service.records import LastApply, StateHasher, merge_drift, settle_garbage_collector, state_hash
+from agent.service.saver import ForkedSaver
 from agent.service.status_doc import Status
 from agent.sources import Source, SourceError
 from agent.model.objects import with_instance_interfaces
@@ -64,6 +65,7 @@ class Ports:
     notify: Callable[..., bool] = lambda *fields: False
     observe_apply: Callable[[ApplyResult], None] = lambda result: None
     background: Callable[[Callable[[], None]], None] = lambda work: work()   # production: a thread
+    saver: Optional[ForkedSaver] = None                   # production: saves in a forked child (None: inline)
     published: Callable[[], None] = lambda: None          # a new status snapshot (the status server)
 
 
@@ -135,7 +137,7 @@ class Daemon:
             while self.step(self._wait()):
                 pass
         finally:
-            self.save()
+            self.save(final=True)
             self.close()
         log.info("stopping; the rules stay in place (revision %s)", self.revision)
         return 0
@@ -239,15 +241,24 @@ class Daemon:
             self._validated = self.keeper.context
         log.info("start: %s (%.0f ms)", self.started_as, (time.monotonic() - start) * 1000)
 
-    def save(self) -> None:
+    def save(self, final: bool = False) -> None:
         """The applied ruleset to the state directory (the boot restore and the next
-        start's adoption); a second or so after a commit, when no change is waiting."""
-        if self._save_due is None:
-            return
+        start's adoption); a second or so after a commit, when no change is waiting; with
+        a `Ports.saver`, in a forked child (agent.service.saver), one at a time."""
+        saver = self.ports.saver
+        if saver is not None and saver.busy():
+            if not final:
+                self._save_due = self._save_due and time.monotonic() + 0.2
+                return
+            saver.wait()
+        work = self.keeper.saving() if self._save_due is not None else None
         self._save_due = None
-        start = time.monotonic()
-        self.keeper.save()
-        log.debug("revision %s: saved in %.0f ms", self.revision, (time.monotonic() - start) * 1000)
+        if work is not None and saver is not None and not final:
+            saver.start(work, f"revision {self.revision}")
+        elif work is not None:
+            start = time.monotonic()
+            work()
+            log.debug("revision %s: saved in %.0f ms", self.revision, (time.monotonic() - start) * 1000)
 
     # -- desired state -----------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
