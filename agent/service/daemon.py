@@ -30,7 +30,7 @@ from agent.errors import AgentError, InvalidInput
 from agent.reconciler.keeper import Drift, Keeper
 from agent.reconciler.result import UNCHANGED, ApplyResult
 from agent.service.records import LastApply, StateHasher, merge_drift, settle_garbage_collector, whole_hash
-from agent.service.saver import ForkedSaver
+from agent.service.saver import InlineSaver
 from agent.service.status_doc import Status
 from agent.sources import Source, SourceError
 from agent.model.objects import with_instance_interfaces
@@ -65,7 +65,7 @@ class Ports:
     notify: Callable[..., bool] = lambda *fields: False
     observe_apply: Callable[[ApplyResult], None] = lambda result: None
     background: Callable[[Callable[[], None]], None] = lambda work: work()   # production: a thread
-    saver: Optional[ForkedSaver] = None                   # production: saves in a forked child (None: inline)
+    saver: InlineSaver = field(default_factory=InlineSaver)   # production: a ForkedSaver (saves in a child)
     published: Callable[[], None] = lambda: None          # a new status snapshot (the status server)
 
 
@@ -252,22 +252,14 @@ class Daemon:
 
     def save(self, final: bool = False) -> None:
         """The applied ruleset to the state directory (the boot restore and the next
-        start's adoption); a second or so after a commit, when no change is waiting; with
-        a `Ports.saver`, in a forked child (agent.service.saver), one at a time."""
-        saver = self.ports.saver
-        if saver is not None and saver.busy():
-            if not final:
-                self._save_due = self._save_due and time.monotonic() + 0.2
-                return
-            saver.wait()
+        start's adoption); a second or so after a commit, when no change is waiting; in a
+        forked child in production (`Ports.saver`, agent.service.saver), one at a time."""
+        if self.ports.saver.busy() and not final:
+            self._save_due = self._save_due and time.monotonic() + 0.2
+            return
         work = self.keeper.saving() if self._save_due is not None else None
         self._save_due = None
-        if work is not None and saver is not None and not final:
-            saver.start(work, f"revision {self.revision}")
-        elif work is not None:
-            start = time.monotonic()
-            work()
-            log.debug("revision %s: saved in %.0f ms", self.revision, (time.monotonic() - start) * 1000)
+        self.ports.saver.run(work, f"revision {self.revision}", inline=final)
 
     # -- desired state -----------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:

@@ -21,13 +21,35 @@ from typing import Callable, Optional
 log = logging.getLogger(__name__)
 
 
-class ForkedSaver:
-    """start(work): `work` in a forked child (inline when fork fails); busy(): a child
-    still runs (reaping it when it has ended); wait(): until it has ended."""
+class InlineSaver:
+    """The save in the caller (the unit tests' daemons, `apply`): run(work) calls it."""
+
+    def busy(self) -> bool:
+        return False
+
+    def wait(self) -> None:
+        pass
+
+    def run(self, work: Optional[Callable[[], None]], label: str, inline: bool = True) -> None:
+        self.wait()
+        if work is not None:
+            start = time.monotonic()
+            work()
+            log.debug("%s: saved in %.0f ms", label, (time.monotonic() - start) * 1000)
+
+
+class ForkedSaver(InlineSaver):
+    """run(work): `work` in a forked child (inline when asked, or when fork fails), after
+    the last child has ended; busy(): a child still runs (reaping it when it has ended)."""
 
     def __init__(self) -> None:
         self.pid: Optional[int] = None
         self.label = ""
+
+    def run(self, work: Optional[Callable[[], None]], label: str, inline: bool = False) -> None:
+        if inline or work is None:
+            return super().run(work, label)
+        self.start(work, label)
 
     def start(self, work: Callable[[], None], label: str = "") -> None:
         self.wait()
