@@ -205,7 +205,7 @@ def main() -> int:
             d = agent(sb, tmp, config, "run3.log")
             procs.append(d)
             out["cold_run_ready_s"] = L.wait_ready(str(tmp / "agent.sock"), d, t0)
-            lat = [L.one_change(config, doc, gid, p, recv, send) for p in ports[4:]]
+            lat = [L.one_change(L.FilePublisher(tmp), doc, gid, p, recv, send) for p in ports[4:]]
             out["changes_after_initial_apply_ms"] = [round(x, 1) for x in lat]
             out["run3.log"] = [ln for ln in (tmp / "run3.log").read_text().splitlines()
                                if "applied (" in ln or "drift" in ln or "lost" in ln][:8]

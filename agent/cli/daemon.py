@@ -28,6 +28,7 @@ def build_daemon(args: argparse.Namespace):
     from agent.kernel import links, monitor as nftmon
     from agent.service import sdnotify
     from agent.service.daemon import Daemon, DaemonConfig, Ports
+    from agent.service.saver import ForkedSaver
     from agent.reconciler.keeper import Keeper
     from agent.reconciler.port import OWNED_TABLES, RealKernel
     from agent.reconciler.revoke import RevocationWorker
@@ -35,7 +36,8 @@ def build_daemon(args: argparse.Namespace):
     from agent.sources import open_source
     source = open_source(args.source or args.config, **source_options(args))
     ports = Ports(present_links=links.present_links, notify=sdnotify.notify,
-                  background=lambda work: threading.Thread(target=work, name="verify", daemon=True).start())
+                  background=lambda work: threading.Thread(target=work, name="verify", daemon=True).start(),
+                  saver=ForkedSaver())
     if not args.no_link_monitor:
         ports.link_monitor = lambda cb: _started(links.LinkMonitor(cb))
     if not args.no_drift_monitor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 from yaml.composer import Composer
@@ -232,8 +232,8 @@ _NOT_STRUCTURAL = bytes(c for c in range(256) if c not in b'{}[]"')
 _SQUARE_AS_CURLY = bytes.maketrans(b"[]", b"{}")
 
 
-def _too_deep(text: str) -> bool:
-    """Is a valid JSON text nested more than MAX_DEPTH levels? Read from the text with
+def _too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Is a valid JSON text nested more than `limit` levels? Read from the text with
     C-speed byte operations (~10 ms on a 1.7 MB fleet document; walking the parsed data
     took 25-35 ms of every revision the daemon reads): escaped backslashes and quotes
     out, then everything but brackets and quotes; adjacent quotes out (what separated
@@ -245,7 +245,7 @@ def _too_deep(text: str) -> bool:
     raw = raw.replace(b'""', b"")
     if b'"' in raw:
         raw = b"".join(raw.split(b'"')[::2])
-    for _ in range(MAX_DEPTH):
+    for _ in range(limit):
         raw = raw.replace(b"{}", b"")
         if not raw:
             return False
@@ -270,7 +270,9 @@ def _json_duplicates(data: Any) -> list[InputError]:
     return errors
 
 
-def _parse_json(text: str, name: str) -> Any:
+def _json_hook() -> tuple[Callable[[list], dict], list[bool]]:
+    """The object hook of every JSON parse here, and the list that gets an entry whenever
+    a parsed object gave a key twice (its value is then a _Pairs, not a plain dict)."""
     repeated: list[bool] = []
 
     def hook(pairs: list[tuple[str, Any]]) -> dict:
@@ -279,6 +281,25 @@ def _parse_json(text: str, name: str) -> Any:
             obj = _json_object(pairs)
             repeated.append(True)
         return obj
+    return hook, repeated
+
+
+def json_scanner() -> tuple[Callable[[str, int], tuple[Any, int]], list[bool]]:
+    """`scan(text, index) -> (value, end)`: the JSON value at `index`, parsed by the
+    decoder a whole document is parsed with, and the list that gets an entry whenever a
+    parsed object gave a key twice (then parse the document whole for the errors).
+    `scan` raises StopIteration, ValueError or RecursionError on bad text."""
+    hook, repeated = _json_hook()
+    return json.JSONDecoder(object_pairs_hook=hook).scan_once, repeated
+
+
+def too_deep(text: str, levels_above: int) -> bool:
+    """Is a JSON value found `levels_above` levels deep in a document nested too deep?"""
+    return _too_deep(text, MAX_DEPTH - levels_above)
+
+
+def _parse_json(text: str, name: str) -> Any:
+    hook, repeated = _json_hook()
     try:
         data = json.loads(text, object_pairs_hook=hook)
     except RecursionError:
@@ -290,7 +311,7 @@ def _parse_json(text: str, name: str) -> Any:
     return data
 
 
-def _text(raw: bytes | str, name: str, what: str = "cannot read") -> str:
+def document_text(raw: bytes | str, name: str, what: str = "cannot read") -> str:
     if len(raw) > MAX_BYTES:
         raise InvalidInput([InputError("", name, f"document too large: {len(raw):,} bytes "
                                                  f"(the limit is {MAX_BYTES:,})")])
@@ -304,7 +325,7 @@ def _text(raw: bytes | str, name: str, what: str = "cannot read") -> str:
 
 def _guarded(parse: Any, raw: bytes | str, name: str, what: str = "cannot read") -> Any:
     """`parse(text, name)` with every exception but InvalidInput turned into one."""
-    text = _text(raw, name, what)
+    text = document_text(raw, name, what)
     try:
         return parse(text, name)
     except InvalidInput:

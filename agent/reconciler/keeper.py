@@ -115,12 +115,25 @@ class Keeper:
     def save(self) -> None:
         """The applied ruleset and its stamp to the state directory (restore script and
         the build for the next start)."""
+        work = self.saving()
+        if work is not None:
+            work()
+
+    def saving(self) -> Optional[Callable[[], None]]:
+        """`save` as a call to make now or later (the daemon: in a forked child, so the
+        render and the pickle hold up no change): what it writes is taken now (immutable
+        objects), and the rendered script is let go now (a daemon saves after every commit)."""
         if self.store is None or self.applied is None or self.token is None:
-            return
-        script = render_stamped(self._render(self.applied), self.token)
-        self._rendered = None                    # not kept: a daemon saves after every commit
+            return None
+        store, applied, token, held = self.store, self.applied, self.token, self._rendered
+        self._rendered = None
+        saved = Saved(token, applied, self.memo, self.addresses, self.context)
         boot = render_failclosed(self.state.instance_interfaces) if self.state is not None else None
-        self.store.save(Saved(self.token, self.applied, self.memo, self.addresses, self.context), script, boot)
+
+        def work() -> None:
+            script = held[1] if held is not None and held[0] is applied else render_ruleset(applied)
+            store.save(saved, render_stamped(script, token), boot)
+        return work
 
     # -- apply ------------------------------------------------------------------------
     def apply(self, state: DesiredState, revision: str = "?", force: bool = False) -> ApplyResult:

@@ -6,7 +6,7 @@ import gc
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from agent.reconciler.keeper import Drift
 
@@ -30,35 +30,49 @@ def state_hash(data: Any) -> str:
 
 
 class StateHasher:
-    """state_hash() for a source whose documents share unchanged items (the etcd
-    source): the canonical JSON of each list item is remembered by identity, so a
+    """state_hash() for a source whose documents share unchanged items (etcd, a JSON
+    file): the canonical JSON of each list item is remembered by identity, so a
     revision re-encodes only the items that changed (at 10,000 remote members the
     whole document costs 70-170 ms in the daemon's loop, the changed items ~1 ms).
-    JSON encoding is compositional, so the text - and the hash - is state_hash's."""
+    JSON encoding is compositional, so the text - and the hash - is state_hash's.
+    `steps(data)` does it CHUNK items at a time (None between chunks, then the hash),
+    so the daemon can let a change that arrives meanwhile go first."""
+    CHUNK = 1000
 
     def __init__(self) -> None:
         self._texts: dict[int, tuple[Any, str]] = {}
 
     def __call__(self, data: Any) -> str:
+        return [step for step in self.steps(data) if step is not None][-1]
+
+    def steps(self, data: Any) -> Iterator[Optional[str]]:
         if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-            return state_hash(data)
+            yield state_hash(data)
+            return
         texts, kept = self._texts, {}
         parts = []
         for key in sorted(data):
             value = data[key]
             if isinstance(value, list):
                 items = []
-                for item in value:
-                    held = texts.get(id(item))
-                    text = held[1] if held is not None and held[0] is item else _canonical(item)
-                    kept[id(item)] = (item, text)
-                    items.append(text)
+                for at in range(0, len(value), self.CHUNK):
+                    for item in value[at:at + self.CHUNK]:
+                        held = texts.get(id(item))
+                        text = held[1] if held is not None and held[0] is item else _canonical(item)
+                        kept[id(item)] = (item, text)
+                        items.append(text)
+                    yield None
                 body = "[" + ",".join(items) + "]"
             else:
                 body = _canonical(value)
             parts.append(_canonical(key) + ":" + body)
         self._texts = kept
-        return hashlib.sha256(("{" + ",".join(parts) + "}").encode()).hexdigest()[:16]
+        yield hashlib.sha256(("{" + ",".join(parts) + "}").encode()).hexdigest()[:16]
+
+
+def whole_hash(data: Any) -> Iterator[Optional[str]]:
+    """state_hash(data) as one step (a source whose items are fresh parses)."""
+    yield state_hash(data)
 
 
 def settle_garbage_collector() -> None:

@@ -9,6 +9,10 @@ daemon re-reads the file once per wake-up and compares revisions.
 
 The revision is the first 12 hex digits of the SHA-256 of the file's bytes, so touching
 the file without changing it is recognised as "no news".
+
+A new revision of a JSON file is parsed only where its text changed (`file_cache`): the
+items of the top-level lists that it did not touch are the previous document's objects,
+so the source `shares_items` (the daemon's validation and state hash skip them).
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from agent.errors import InvalidInput
-from agent.model.loader import parse_document, read_file
+from agent.model.loader import read_file
+from agent.sources.file_cache import TextCache
 from agent.sources import SourceError
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,12 @@ class FileSource:
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._file_wd: Optional[int] = None
+        self._cache = TextCache()
+
+    @property
+    def shares_items(self) -> bool:
+        """The last document shares unchanged items with the one before (JSON; not YAML)."""
+        return self._cache.indexed
 
     def fetch(self) -> tuple[Any, str]:
         """(parsed document, revision). Unreadable: SourceError; malformed: InvalidInput."""
@@ -58,7 +69,7 @@ class FileSource:
             raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         rev = revision_of(raw)
         try:
-            data = parse_document(raw, str(self.path))     # agent.model.loader: limits, duplicate keys
+            data = self._cache.document(raw, str(self.path))    # agent.model.loader's limits and checks
         except InvalidInput as exc:
             raise _with_revision(exc, rev) from None
         return data, rev

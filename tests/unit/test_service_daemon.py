@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 import ipaddress
 import threading
 from pathlib import Path
@@ -402,6 +403,8 @@ def test_warnings_are_logged_and_shown_in_status(caplog):
     source.result = (typo, "r2")
     d.step([("source",)])
     assert d.revision == "r2"                        # a warning does not stop the apply
+    d.settle(time.monotonic())                       # warnings are noted when idle, after the commit
+    d.publish()
     path = "instances[0].interfaces[0].adresses"
     expected = f"{path}: unknown field (did you mean addresses?)"
     doc = d.snapshot().to_dict()

@@ -179,3 +179,26 @@ def test_present_interfaces_are_known_at_ready_before_the_link_watch_starts():
     finally:
         d.request("stop")
         runner.join(5)
+
+
+def test_a_change_arriving_during_the_state_hash_goes_first():
+    """The settle hashes the document a chunk at a time (StateHasher.steps): a change
+    waiting in the queue stops it between chunks; the hash goes on afterwards."""
+    from agent.service.records import StateHasher, state_hash
+    doc = copy.deepcopy(WEBSHOP)
+    doc["instances"] += [{"id": f"far-{n}", "host": "hv-far", "security_groups": ["sg-web"],
+                          "interfaces": [{"name": f"eth{n}", "addresses": [f"10.99.{n // 250}.{n % 250 + 1}"]}]}
+                         for n in range(2500)]
+    source = Source(doc)
+    source.shares_items = True
+    d = Daemon(source, Keeper(FakeKernel()), DaemonConfig(host="hv-01"), Ports())
+    d.refresh(force=True)
+    assert d.hash is None and d._digest is not None
+    d.request("source")                                   # a change is waiting
+    d.settle(time.monotonic())
+    assert d.hash is None and d._digest is not None and d._settle_due is not None   # stopped after one chunk
+    d.events.get_nowait()
+    d.settle(time.monotonic())
+    assert d.hash == state_hash(source.result[0]) and d._digest is None and d._settle_due is None
+    steps = list(StateHasher().steps(source.result[0]))
+    assert steps.count(None) >= 3 and steps[-1] == d.hash
