@@ -55,10 +55,34 @@ class Match:
     def _by_kind(self) -> tuple[frozenset, tuple[IPNetwork, ...]]:
         """The single addresses (a group's members: 100,000 in a fleet) as a hashed set,
         the wider networks as they are; built on first use (a frozen dataclass keeps it in
-        its __dict__, outside equality and hashing)."""
-        hosts = frozenset((n.version, int(n.network_address)) for n in self.networks
-                          if n.prefixlen == n.max_prefixlen)
-        return hosts, tuple(n for n in self.networks if n.prefixlen != n.max_prefixlen)
+        its __dict__, outside equality and hashing), and shared by every Match over the
+        same networks tuple (a group's tuple in the state: every list naming the group)."""
+        return split_hosts(self.networks)
+
+
+_SPLIT: dict[int, tuple[tuple, tuple[frozenset, tuple]]] = {}    # id(networks) -> (networks, split)
+_SPLIT_MAX = 1_000_000          # addresses held by the remembered tuples, at most
+
+
+def split_hosts(networks: tuple[IPNetwork, ...]) -> tuple[frozenset, tuple[IPNetwork, ...]]:
+    """`networks` as (single addresses as a hashed set, the wider networks). Remembered per
+    tuple object: judging 1,000 flows against 200 lists that name a group of 100,000
+    members built the set once per list and line (8.7 s of a revocation plan)."""
+    hit = _SPLIT.get(id(networks))
+    if hit is not None and hit[0] is networks:
+        return hit[1]
+    hosts = frozenset((n.version, int(n.network_address)) for n in networks if n.prefixlen == n.max_prefixlen)
+    split = (hosts, tuple(n for n in networks if n.prefixlen != n.max_prefixlen))
+    if sum(len(t) for t, _ in _SPLIT.values()) + len(networks) > _SPLIT_MAX:
+        _SPLIT.clear()
+    _SPLIT[id(networks)] = (networks, split)      # holding `networks` keeps its id from being reused
+    return split
+
+
+def forget_hosts() -> None:
+    """Drop what split_hosts remembers (a daemon calls it after a revocation plan, so the
+    sets of a fleet's groups do not stay in its memory between changes)."""
+    _SPLIT.clear()
 
 
 @dataclass(frozen=True)

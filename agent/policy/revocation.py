@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from agent.model.objects import DROP, EGRESS, INGRESS, DesiredState, IPAddress
-from agent.policy.effective import EffectiveList, Packet, build_effective_list, evaluate
+from agent.policy.effective import EffectiveList, Packet, build_effective_list, evaluate, forget_hosts
 
 
 @dataclass(frozen=True, order=True)
@@ -47,10 +47,13 @@ def plan_revocations(state: DesiredState, flows: Iterable[Flow],
         return evaluate(lists[key], packet).verdict
 
     out = []
-    for flow in flows:
-        reason = _revocation_reason(flow, owners, previous_addresses, verdict)
-        if reason:
-            out.append(Revocation(flow, reason))
+    try:
+        for flow in flows:
+            reason = _revocation_reason(flow, owners, previous_addresses, verdict)
+            if reason:
+                out.append(Revocation(flow, reason))
+    finally:
+        forget_hosts()
     return out
 
 

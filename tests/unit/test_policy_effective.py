@@ -559,3 +559,21 @@ def test_group_addresses_are_exactly_its_members_addresses() -> None:
     state = state_of(PEERS)
     nets = {str(ipaddress.ip_network(a)) for a in state.group_addresses["sg-a"]}
     assert nets == {f"{A4}/32", f"{A6}/128"}
+
+
+def test_matches_over_one_group_share_its_hashed_members_until_forgotten():
+    """Every Match over a group's networks tuple (every list naming the group) shares one
+    hashed set of its members (a revocation plan judged 1,000 flows against 200 lists at
+    100,000 members); the plan forgets them when it ends."""
+    from agent.policy.effective import Match, forget_hosts, split_hosts
+    members = tuple(ipaddress.ip_network(f"10.9.{i // 250}.{i % 250 + 1}/32") for i in range(600)) + \
+        (ipaddress.ip_network("10.8.0.0/16"),)
+    a, b = Match(members, "tcp"), Match(members, "udp")
+    pkt = Packet(ipaddress.ip_address("10.9.1.7"), ipaddress.ip_address("10.0.0.1"), 6, 4000, 80)
+    assert a.matches(pkt.src, pkt) and not b.matches(pkt.src, pkt)
+    assert a.matches(ipaddress.ip_address("10.8.3.3"), pkt) and not a.matches(ipaddress.ip_address("10.7.0.1"), pkt)
+    first = split_hosts(members)
+    assert b.matches(ipaddress.ip_address("10.9.1.7"), replace(pkt, protocol=17)) and split_hosts(members) is first
+    forget_hosts()
+    again = split_hosts(members)
+    assert again is not first and again == first
