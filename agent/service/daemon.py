@@ -24,13 +24,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Iterator, Optional
 
 from agent.errors import AgentError, InvalidInput
 from agent.reconciler.keeper import Drift, Keeper
-from agent.reconciler.result import UNCHANGED, ApplyResult
+from agent.reconciler.result import UNCHANGED
 from agent.service.records import LastApply, StateHasher, merge_drift, settle_garbage_collector, whole_hash
-from agent.service.saver import InlineSaver
+from agent.service.daemon_ports import Closable, DaemonConfig, Ports
 from agent.service.status_doc import Status
 from agent.sources import Source, SourceError
 from agent.model.objects import with_instance_interfaces
@@ -38,35 +38,6 @@ from agent.model.validate_incremental import Validated, validate_update
 from agent.model.validate_warnings import document_warnings
 
 log = logging.getLogger(__name__)
-
-
-class Closable(Protocol):
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    host: Optional[str] = None
-    verify_interval: float = 30.0                 # a cheap check (generation id, tables exist)
-    deep_verify_every: int = 10                   # every Nth check lists and compares the tables
-    watchdog_interval: Optional[float] = None     # seconds between WATCHDOG=1
-    repair_retry: float = 1.0
-    save_delay: float = 1.0                       # seconds after a commit before it is saved
-    settle_delay: float = 0.3                     # seconds after an apply before the collector runs
-    instance_interfaces: Optional[tuple[str, ...]] = None   # --instance-interfaces (None: the document's)
-
-
-@dataclass
-class Ports:
-    """The daemon's side effects besides the kernel (fakes in the unit tests)."""
-    present_links: Callable[[], set[str]] = lambda: set()
-    link_monitor: Optional[Callable[[Callable[[str, bool], None]], Closable]] = None
-    table_watch: Optional[Callable[[Callable[..., None], Callable[[], None]], Closable]] = None
-    notify: Callable[..., bool] = lambda *fields: False
-    observe_apply: Callable[[ApplyResult], None] = lambda result: None
-    background: Callable[[Callable[[], None]], None] = lambda work: work()   # production: a thread
-    saver: InlineSaver = field(default_factory=InlineSaver)   # production: a ForkedSaver (saves in a child)
-    published: Callable[[], None] = lambda: None          # a new status snapshot (the status server)
 
 
 @dataclass
