@@ -13,8 +13,9 @@ change, not the table:
   build are numbered, in sorted order (so a build numbers the same way in every process);
 * a chain whose identity, number and log statement are the previous build's is the
   previous object, not made again (making 10,600 chains costs ~0.3 s);
-* when every policy and interface chain is the previous object and the log settings
-  are the same (a member joining, a prefix list edited), everything is carried at once.
+* a patched build with the same log settings and logging rules touches only the
+  identities whose count went to or from zero: none for a member joining, whose
+  policy and interface chains are all the previous objects.
 
 A full build (no previous memo) counts and makes everything, as before.
 """
@@ -35,11 +36,6 @@ def add_verdict_chains(b: Builder, base: tuple[VerdictId, ...]) -> None:
     """One chain `v_<n>` per live identity; the chains of identities no longer used (a
     patched build starts from the previous chains) go."""
     previous = b.reuse.previous
-    if previous is not None and _carried(b, base, previous):
-        b.reuse.numbering.numbers = dict(previous.numbers)
-        b.reuse.verdict_refs, b.reuse.verdict_logs = previous.verdict_refs, previous.verdict_logs
-        b.reuse.verdict_asked = previous.verdict_asked
-        return
     asked = frozenset((r.group_id, r.id) for g in b.state.groups for r in g.rules if r.log)
     if previous is not None and b.reuse.carried and previous.verdict_refs and previous.verdict_asked == asked \
             and previous.inputs.log == b.reuse.inputs.log:
@@ -100,19 +96,6 @@ def _update(b: Builder, base: tuple[VerdictId, ...], previous: CompileMemo) -> N
 
 def _logs(vid: VerdictId, asked: frozenset[tuple[str, str]], settings: Optional[LogSettings]) -> bool:
     return logs(vid.stage, vid.verdict, vid.audit, vid.stage == USER and (vid.group, vid.rule) in asked, settings)
-
-
-def _carried(b: Builder, base: tuple[VerdictId, ...], previous: CompileMemo) -> bool:
-    """Whether every policy and interface chain of this build is the previous build's
-    object, with the same base identities and log settings: then so are the verdict chains."""
-    if previous.record is None or previous.record.verdicts != base or previous.inputs.log != b.reuse.inputs.log \
-            or not previous.verdict_refs:
-        return False
-    now, before = b.reuse.regions, previous.regions
-    if len(now) != len(before) or any(now.get(k) is not e for k, e in before.items()):
-        return False
-    now_i, before_i = b.reuse.interfaces, previous.interfaces
-    return len(now_i) == len(before_i) and all(now_i.get(k) is e for k, e in before_i.items())
 
 
 def _entry_verdicts(entry: object) -> Iterable[VerdictId]:
