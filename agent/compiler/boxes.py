@@ -26,6 +26,15 @@ def intersect(a: Box, b: Box) -> Optional[Box]:
     return tuple(out)
 
 
+def meets(a: Box, b: Box) -> bool:
+    """Whether two boxes share a point (`intersect(a, b) is not None`, without building
+    it; the last axes first: the compiler's boxes mostly differ in ports)."""
+    for i in range(len(a) - 1, -1, -1):
+        if a[i][0] > b[i][1] or b[i][0] > a[i][1]:
+            return False
+    return True
+
+
 def volume(box: Box) -> int:
     return reduce(lambda acc, iv: acc * (iv[1] - iv[0] + 1), box, 1)
 

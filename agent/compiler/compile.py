@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from agent.compiler.attribution import (FINAL as FINAL_STAGE, INTRA_GROUP as INTRA_STAGE, VerdictId, chain_name)
-from agent.compiler.boxes import Box, first_match_labels
+from agent.compiler.boxes import Box, first_match_labels, meets
 from agent.compiler.builder import Builder, safe_name
 from agent.compiler.dispatch import bridge_table, dispatch_objects
 from agent.compiler.guard import build_interface_rules
@@ -349,21 +349,13 @@ def member_lines(v: int, lines: list[Line]) -> list[Line]:
     for ln in reversed(lines[:last + 1]):
         if ln.ref is not None:
             later.extend((full,) + tail for tail in ln.boxes)
-        elif any(_meets(box, other) for box in ln.boxes for other in later):
+        elif any(meets(box, other) for box in ln.boxes for other in later):
             later.extend(ln.boxes)
         else:
             continue
         kept.append(ln)
     kept.reverse()
     return kept
-
-
-def _meets(a: Box, b: Box) -> bool:
-    """Whether two boxes share a point (tails first: addresses mostly overlap here)."""
-    for i in range(len(a) - 1, -1, -1):
-        if a[i][0] > b[i][1] or b[i][0] > a[i][1]:
-            return False
-    return True
 
 
 def _member_path(b: Builder, prefix: str, v: int, lines: list[Line], with_sport: bool, with_dport: bool,

@@ -19,6 +19,7 @@ from agent.compiler.boxes import (
     disjoint_union,
     first_match_region,
     intersect,
+    meets,
     volume,
 )
 
@@ -182,3 +183,12 @@ def test_first_match_region_is_the_first_match_verdict(case):
     for point in itertools.product(range(8), repeat=dims):
         first = next((acc for box, acc in lines if contains(box, point)), False)
         assert sum(contains(b, point) for b in region) == (1 if first else 0), (lines, point)
+
+
+@SETTINGS
+@given(dim_and_boxes(max_size=2))
+def test_meets_is_a_non_empty_intersection(case):
+    dim, boxes = case
+    if len(boxes) == 2:
+        a, b = boxes
+        assert meets(a, b) == (intersect(a, b) is not None) == meets(b, a)
