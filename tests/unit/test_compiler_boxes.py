@@ -186,9 +186,7 @@ def test_first_match_region_is_the_first_match_verdict(case):
 
 
 @SETTINGS
-@given(dim_and_boxes(max_size=2))
-def test_meets_is_a_non_empty_intersection(case):
-    dim, boxes = case
-    if len(boxes) == 2:
-        a, b = boxes
-        assert meets(a, b) == (intersect(a, b) is not None) == meets(b, a)
+@given(st.integers(1, 4).flatmap(lambda dim: st.tuples(*[st.tuples(*[intervals()] * dim)] * 2)))
+def test_meets_is_a_non_empty_intersection(pair):
+    a, b = pair
+    assert meets(a, b) == (intersect(a, b) is not None) == meets(b, a)
