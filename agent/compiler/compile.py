@@ -32,7 +32,7 @@ from agent.compiler.memo import (BuildRecord, CompileMemo, InterfaceEntry, Regio
 from agent.compiler.verdict_chains import add_verdict_chains
 from agent.compiler.verdicts import quota_verdict, unknown_verdict, verdict_of
 from agent.compiler import runs as compile_runs
-from agent.compiler.runs import (ADDR_BITS, ADDR_TYPE, FAMILY_KW, NFPROTO, Line, build_member_rules, build_points, build_runs,
+from agent.compiler.runs import (ADDR_TYPE, FULL_ADDRESSES, FAMILY_KW, NFPROTO, Line, build_member_rules, build_points, build_runs,
                                  render_match)
 from agent.compiler.sets import build_shared_sets
 from agent.model.validate import collector_paused
@@ -326,7 +326,7 @@ def split_catch_all(lines: list[Line], v: int) -> tuple[list[Line], Optional[int
 
 
 def _is_full(v: int, box: Box) -> bool:
-    return box[0] == (0, 2 ** ADDR_BITS[v] - 1) and box[1] == (0, 255) and all(iv == (0, 65535) for iv in box[2:])
+    return box[0] == FULL_ADDRESSES[v] and box[1] == (0, 255) and all(iv == (0, 65535) for iv in box[2:])
 
 
 def _ref_key(b: Builder, name: str) -> tuple:
@@ -343,7 +343,7 @@ def member_lines(v: int, lines: list[Line]) -> list[Line]:
     that very line; any other first match is in the path, met in order. The lines after
     the last set line all go (~31 % of the member-path rules at 1,000 x 100)."""
     last = max(i for i, ln in enumerate(lines) if ln.ref)
-    full = (0, 2 ** ADDR_BITS[v] - 1)
+    full = FULL_ADDRESSES[v]
     kept: list[Line] = []
     later: list[Box] = []
     for ln in reversed(lines[:last + 1]):
@@ -395,7 +395,7 @@ def _points_map(b: Builder, prefix: str, v: int, points: dict, peer_kw: str,
 
 def _addr_text(v: int, iv: tuple[int, int]) -> Optional[str]:
     """A plain rule's address match; None for every address of the version."""
-    return None if iv == (0, 2 ** ADDR_BITS[v] - 1) else render_interval(v, iv)
+    return None if iv == FULL_ADDRESSES[v] else render_interval(v, iv)
 
 
 def _paint_region(b: Builder, prefix: str, v: int, items: list, with_sport: bool, with_dport: bool,
@@ -428,7 +428,7 @@ def split_wide(v: int, items: list[tuple[Box, int]]) -> tuple[tuple[tuple[Box, i
     the map holds the points whose first match is another line; a point it misses is
     decided, if at all, by its first matching line among these, which the rules after
     it meet in the list's order (docs/datapath.md, "Wide lines")."""
-    full = (0, 2 ** ADDR_BITS[v] - 1)
+    full = FULL_ADDRESSES[v]
     wide = [i for i, (bx, _) in enumerate(items) if bx[0] == full][:WIDE_MAX]
     if not wide:
         return first_match_labels(items), []

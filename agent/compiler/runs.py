@@ -37,6 +37,7 @@ from agent.compiler.attribution import chain_name
 from agent.compiler.boxes import Box, first_match_labels
 
 ADDR_BITS = {4: 32, 6: 128}
+FULL_ADDRESSES = {v: (0, 2 ** bits - 1) for v, bits in ADDR_BITS.items()}   # every address of a version
 FAMILY_KW = {4: "ip", 6: "ip6"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
 ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}

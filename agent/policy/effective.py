@@ -80,8 +80,8 @@ def split_hosts(networks: tuple[IPNetwork, ...]) -> tuple[frozenset, tuple[IPNet
 
 
 def forget_hosts() -> None:
-    """Drop what split_hosts remembers (a daemon calls it after a revocation plan, so the
-    sets of a fleet's groups do not stay in its memory between changes)."""
+    """Drop what split_hosts remembers (plan_revocations calls it when it ends, so the
+    sets of a fleet's groups do not stay in a daemon's memory between changes)."""
     _SPLIT.clear()
 
 
