@@ -79,24 +79,71 @@ class ElementChange:
     added: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ChainRefill:
+    """A chain (present before and after) whose rules are replaced: flushed, then its
+    rules appended in order."""
+    family: str
+    table: str
+    chain: str
+    rules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NetlinkChanges:
+    """A change the kernel boundary can commit without libnftables, as ONE transaction:
+    chains refilled and set elements changed (agent.kernel.batch)."""
+    refills: tuple[ChainRefill, ...]
+    elements: tuple[ElementChange, ...]
+
+
 def plan_element_changes(old: Ruleset, new: Ruleset) -> Optional[tuple[ElementChange, ...]]:
     """When `new` differs from `old` only in the elements of sets (same tables, chains
     and set declarations), those differences; None otherwise. This is the common case
-    of a daemon's change (a rule edited, an instance joining a group), and the kernel
-    boundary can commit it without libnftables (agent.kernel.elements)."""
+    of a daemon's change (an instance joining a group), and the kernel boundary can
+    commit it without libnftables (agent.kernel.elements)."""
+    changes = plan_netlink_changes(old, new)
+    return changes.elements if changes is not None and not changes.refills else None
+
+
+def plan_netlink_changes(old: Ruleset, new: Ruleset) -> Optional[NetlinkChanges]:
+    """When `new` has the same tables, chains (names, hooks, order) and set declarations
+    as `old`, the chains whose rules changed and the elements that changed (a rule
+    edited: its policy chains' maps and member paths); None otherwise (a chain or set
+    comes or goes: an nft script). Unchanged objects are the previous build's, so the
+    comparison is mostly by identity."""
     if [(t.family, t.name) for t in old.tables] != [(t.family, t.name) for t in new.tables]:
         return None
+    refills: list[ChainRefill] = []
     out: list[ElementChange] = []
     for o, n in zip(old.tables, new.tables):
         if o is n:
             continue
-        if not _same(o.chains, n.chains) or not _same_declarations(o.sets, n.sets):
+        changed = _changed_chains(o.chains, n.chains)
+        if changed is None or not _same_declarations(o.sets, n.sets):
             return None
+        refills += [ChainRefill(n.family, n.name, c.name, c.rules) for c in changed]
         for os_, ns in zip(o.sets, n.sets):
             if os_ is not ns and not _same(os_.elements, ns.elements):
                 removed, added = element_diff(os_, ns)
                 out.append(ElementChange(n.family, n.name, ns, removed, added))
-    return tuple(out)
+    return NetlinkChanges(tuple(refills), tuple(out))
+
+
+def _changed_chains(old: tuple[Chain, ...], new: tuple[Chain, ...]) -> Optional[list[Chain]]:
+    """The chains of `new` whose rules differ from the same chain's in `old`; None when
+    the chains are not the same ones in the same order with the same hooks."""
+    if len(old) != len(new):
+        return None
+    out = []
+    for a, b in zip(old, new):
+        if a is b:
+            continue
+        if a.name != b.name or a.hook != b.hook:
+            return None
+        if a.rules is not b.rules and a.rules != b.rules:
+            out.append(b)
+    return out
 
 
 def _same_declarations(old: tuple[NftSet, ...], new: tuple[NftSet, ...]) -> bool:
