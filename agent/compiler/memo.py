@@ -128,6 +128,7 @@ class CompileMemo:
     verdict_refs: Mapping[VerdictId, int] = field(default_factory=dict)    # identity -> entries jumping to it
     verdict_logs: Mapping[VerdictId, bool] = field(default_factory=dict)   # identity -> its chain logs
     verdict_asked: frozenset = frozenset()     # (group, rule) of the rules asking to log
+    chain_order: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())   # the chains' names sorted, and as a set
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Reuse:
     verdict_logs: Mapping[VerdictId, bool] = field(default_factory=dict)
     verdict_asked: frozenset = frozenset()
     carried: bool = False           # a patched build: it starts from the previous build's chains
+    rebuilt: Optional[tuple[tuple, ...]] = None     # a patched build: the only region keys it rebuilt
 
     def interface_rules(self, key: tuple, inputs: tuple,
                         make: Callable[[], InterfaceEntry]) -> tuple[str, ...]:
@@ -195,10 +197,11 @@ class Reuse:
             if part is not None:
                 self.region_parts[(key[0], v)] = part
 
-    def freeze(self, record: BuildRecord) -> CompileMemo:
+    def freeze(self, record: BuildRecord,
+               chain_order: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())) -> CompileMemo:
         return CompileMemo(self.inputs, self.regions, self.region_parts, self.interfaces, self.shared_sets,
                            self.chains, self.wanted, record, dict(self.numbering.numbers),
-                           self.verdict_refs, self.verdict_logs, self.verdict_asked)
+                           self.verdict_refs, self.verdict_logs, self.verdict_asked, chain_order)
 
 
 def _same(old: Any, new: Any) -> Any:

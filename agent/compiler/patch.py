@@ -53,21 +53,19 @@ def _patched(state: DesiredState, previous: CompileMemo) -> tuple[Ruleset, Compi
     now, before = b.reuse.inputs, previous.inputs
     if now.groups.keys() != before.groups.keys() or now.prefix_lists.keys() != before.prefix_lists.keys():
         raise _Unpatchable("a group or prefix list came or went")
-    dirty = {(g, d) for g, (_, parts) in now.parts.items() for d in DIRECTIONS
-             if parts[d] is not before.parts[g][1][d]}
+    dirty: dict[str, set[str]] = {d: set() for d in DIRECTIONS}     # direction -> groups whose rules changed
+    for g, (_, parts) in now.parts.items():
+        for d in DIRECTIONS:
+            if parts[d] is not before.parts[g][1][d]:
+                dirty[d].add(g)
+    b.reuse.regions.update(previous.regions)            # a copy keeps the keys' hashes: no rehashing
+    b.reuse.region_parts.update(previous.region_parts)
+    rebuilt = [key for key in previous.regions if not dirty[key[1][1]].isdisjoint(key[1][4])]
     same_refs = True
-    for key, entry in previous.regions.items():
-        if _unchanged(key[1], dirty):
-            b.reuse.carry_region(previous, key)
-        else:
-            rebuild_policy_chain(b, key, entry)
-            same_refs = same_refs and b.reuse.regions[key].refs() == entry.refs()
+    for key in rebuilt:
+        entry = previous.regions[key]
+        rebuild_policy_chain(b, key, entry)
+        same_refs = same_refs and b.reuse.regions[key].refs() == entry.refs()
+    b.reuse.rebuilt = tuple(rebuilt)
     b.reuse.wanted = previous.wanted if same_refs else None
     return finish_build(b, previous.record)          # the shared sets: rebuilt where members changed
-
-
-def _unchanged(identity: tuple, dirty: set) -> bool:
-    """A chain's region depends on its groups' rules of its direction only (members are
-    in shared sets, agent.compiler.sets)."""
-    _, direction, _, _, group_ids = identity
-    return not any((gid, direction) in dirty for gid in group_ids)

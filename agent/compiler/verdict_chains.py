@@ -126,8 +126,14 @@ def _recounted(b: Builder, base: tuple[VerdictId, ...], previous: CompileMemo,
     refs = dict(previous.verdict_refs)
     _recount(refs, previous.record.verdicts, -1, touched)
     _recount(refs, base, +1, touched)
-    for now, before in ((b.reuse.regions, previous.regions), (b.reuse.interfaces, previous.interfaces)):
-        for key in now.keys() | before.keys():
+    pairs: list[tuple[Mapping[tuple, object], Mapping[tuple, object], Iterable[tuple]]]
+    if b.reuse.rebuilt is not None:         # a patched build: only these entries may differ
+        pairs = [(b.reuse.regions, previous.regions, b.reuse.rebuilt)]
+    else:
+        pairs = [(now, before, now.keys() | before.keys()) for now, before in
+                 ((b.reuse.regions, previous.regions), (b.reuse.interfaces, previous.interfaces))]
+    for now, before, keys in pairs:
+        for key in keys:
             new, old = now.get(key), before.get(key)
             if new is not old:
                 _recount(refs, _entry_verdicts(old) if old is not None else (), -1, touched)
