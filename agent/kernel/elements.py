@@ -261,16 +261,19 @@ def commit_element_changes(changes: Sequence[ElementChange]) -> float:
 def commit_messages(build: Callable[[int], list[tuple[bytes, Describes]]], where: str, what: str) -> float:
     """Commit the messages `build(first seq)` makes as ONE batch (one transaction, all or
     nothing); returns the seconds the kernel took. KernelError naming each refused
-    message when the kernel refuses (nothing changed); `build`'s ValueError passes."""
+    message when the kernel refuses (nothing changed); `build`'s ValueError passes.
+    The kernel answers a message with NLM_F_ACK always, any other only when it refuses
+    it, all before sendto returns and in order: the last message must ask for an ACK."""
     with committing():
         _Channel.seq = _Channel.seq % 0x7fff + 1
         seq = _Channel.seq << 16
         msgs = build(seq + 1)
         batch = frame([m for m, _ in msgs], seq)
         sent = {seq + 1 + i: d for i, (_, d) in enumerate(msgs)}
+        acked = {seq + 1 + i for i, (m, _) in enumerate(msgs) if struct.unpack_from("=H", m, 6)[0] & NLM_F_ACK}
         try:
             start = time.monotonic()
-            answers = _talk(batch, set(sent))
+            answers = _talk(batch, acked)
             took = time.monotonic() - start
         except OSError as exc:
             if _Channel.sock is not None:
@@ -282,7 +285,7 @@ def commit_messages(build: Callable[[int], list[tuple[bytes, Describes]]], where
     if refused:
         raise KernelError(f"the kernel refused the {what} in {where} "
                           f"(nothing was changed): {'; '.join(refused)}")
-    if not set(sent) <= answers.keys():
+    if not acked <= answers.keys():
         raise KernelError(f"no answer from the kernel to the {what} in {where}")
     log.debug("%s in %s committed in %.4fs (%d messages, %d bytes)", what, where, took, len(sent), len(batch))
     return took

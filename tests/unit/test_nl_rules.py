@@ -215,10 +215,11 @@ def test_batch_flushes_then_elements_then_rules_in_order():
     batch = ne.frame([m for m, _ in msgs], 6)
     got = _messages(batch)
     kinds = [(kind & 0xff, flags) for kind, flags, _seq, _p in got]
-    request_ack = nl.NLM_F_REQUEST | nl.NLM_F_ACK
-    assert kinds == [(0x10, 1), (nb.NFT_MSG_DELRULE, request_ack), (nb.NFT_MSG_DELRULE, request_ack),
-                     (ne.NFT_MSG_DELSETELEM, request_ack), (ne.NFT_MSG_NEWSETELEM, request_ack | 0x600)] + \
-        [(nb.NFT_MSG_NEWRULE, request_ack | nl.NLM_F_CREATE | nb.NLM_F_APPEND)] * 3 + [(0x11, 1)]
+    request, ack, append = nl.NLM_F_REQUEST, nl.NLM_F_ACK, nl.NLM_F_CREATE | nb.NLM_F_APPEND
+    # rule messages ask for no ACK (the kernel answers them only to refuse), but the last
+    assert kinds == [(0x10, 1), (nb.NFT_MSG_DELRULE, request), (nb.NFT_MSG_DELRULE, request),
+                     (ne.NFT_MSG_DELSETELEM, request | ack), (ne.NFT_MSG_NEWSETELEM, request | ack | 0x600)] + \
+        [(nb.NFT_MSG_NEWRULE, request | append)] * 2 + [(nb.NFT_MSG_NEWRULE, request | ack | append), (0x11, 1)]
     assert [seq for _k, _f, seq, _p in got] == list(range(6, 6 + len(got)))
     assert all(payload[0] == 1 for _k, _f, _s, payload in got[1:-1])                  # NFPROTO_INET
     flush = nl.nft_attrs(got[1][3])
@@ -241,13 +242,21 @@ def test_nothing_is_sent_when_a_rule_or_table_cannot_be_encoded(monkeypatch):
 
 
 def test_a_refused_rule_is_named(monkeypatch):
-    def talk(batch, expected):
+    waited = []
+
+    def talk(batch, expected):            # the kernel: ACKs where asked, and the refusal
+        waited.append(sorted(expected))
         last = max(expected)
-        return {seq: (2 if seq == last - 1 else 0, None) for seq in expected}
+        return {**{seq: (0, None) for seq in expected}, last - 1: (2, None)}
     monkeypatch.setattr(ne, "_talk", talk)
     with pytest.raises(KernelError) as exc:
         nb.commit_netlink_changes(_changes())
     assert "appending 'goto v_2' to chain a: No such file or directory" in str(exc.value)
     assert "nothing was changed" in str(exc.value) and "inet t" in str(exc.value)
+    first = waited[0][0] - 2                      # flush a, flush b, then the elements
+    assert waited == [[first + 2, first + 3, first + 6]]      # the element messages and the last rule
     monkeypatch.setattr(ne, "_talk", lambda batch, expected: {seq: (0, None) for seq in expected})
     assert nb.commit_netlink_changes(_changes()) >= 0.0
+    monkeypatch.setattr(ne, "_talk", lambda batch, expected: {seq: (0, None) for seq in sorted(expected)[:-1]})
+    with pytest.raises(KernelError, match="no answer"):
+        nb.commit_netlink_changes(_changes())
