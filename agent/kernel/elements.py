@@ -24,7 +24,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 from agent.errors import KernelError
 from agent.compiler.transaction import ElementChange
@@ -176,18 +176,36 @@ def _messages(change: ElementChange, delete: bool, seq: int) -> list[tuple[bytes
             for i, (body, c) in enumerate(bodies)]
 
 
-def build_batch(changes: Sequence[ElementChange], seq: int = 1) -> tuple[bytes, dict[int, _Sent]]:
-    """BATCH_BEGIN, all deletions, all additions, BATCH_END; and the messages by seq."""
+class Describes(Protocol):
+    """What a message of a batch did, for the error naming the refused one (`offset`:
+    where in it the kernel says the refused attribute starts, or None)."""
+    def describe(self, offset: Optional[int]) -> str: ...
+
+
+def element_messages(changes: Sequence[ElementChange], seq: int) -> list[tuple[bytes, _Sent]]:
+    """All deletions, then all additions, numbered from `seq`; ValueError for a set whose
+    elements it cannot encode."""
     for change in changes:
         if not supported(change.set.type, change.set.interval, change.set.map_to):
             raise ValueError(f"set {change.set.name}: cannot encode elements of {change.set.type!r}")
     msgs: list[tuple[bytes, _Sent]] = []
     for delete in (True, False):
         for change in changes:
-            msgs += _messages(change, delete, seq + 1 + len(msgs))
+            msgs += _messages(change, delete, seq + len(msgs))
+    return msgs
+
+
+def frame(messages: Sequence[bytes], seq: int) -> bytes:
+    """BATCH_BEGIN (sequence number `seq`), the messages (seq + 1...), BATCH_END."""
     begin = _header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, 0)
-    end = _header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1 + len(msgs), 0, NFNL_SUBSYS_NFTABLES, 0)
-    return begin + b"".join(m for m, _ in msgs) + end, {seq + 1 + i: s for i, (_, s) in enumerate(msgs)}
+    end = _header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1 + len(messages), 0, NFNL_SUBSYS_NFTABLES, 0)
+    return begin + b"".join(messages) + end
+
+
+def build_batch(changes: Sequence[ElementChange], seq: int = 1) -> tuple[bytes, dict[int, _Sent]]:
+    """BATCH_BEGIN, all deletions, all additions, BATCH_END; and the messages by seq."""
+    msgs = element_messages(changes, seq + 1)
+    return frame([m for m, _ in msgs], seq), {seq + 1 + i: s for i, (_, s) in enumerate(msgs)}
 
 
 def _replies(data: bytes) -> list[tuple[int, int, Optional[int]]]:
@@ -237,25 +255,37 @@ def commit_element_changes(changes: Sequence[ElementChange]) -> float:
     if not any(c.removed or c.added for c in changes):
         return 0.0
     where = ", ".join(sorted({f"{c.family} {c.table}" for c in changes}))
+    return commit_messages(lambda seq: list(element_messages(changes, seq)), where, "element changes")
+
+
+def commit_messages(build: Callable[[int], list[tuple[bytes, Describes]]], where: str, what: str) -> float:
+    """Commit the messages `build(first seq)` makes as ONE batch (one transaction, all or
+    nothing); returns the seconds the kernel took. KernelError naming each refused
+    message when the kernel refuses (nothing changed); `build`'s ValueError passes.
+    The kernel answers a message with NLM_F_ACK always, any other only when it refuses
+    it, all before sendto returns and in order: the last message must ask for an ACK."""
     with committing():
         _Channel.seq = _Channel.seq % 0x7fff + 1
-        batch, sent = build_batch(changes, _Channel.seq << 16)
+        seq = _Channel.seq << 16
+        msgs = build(seq + 1)
+        batch = frame([m for m, _ in msgs], seq)
+        sent = {seq + 1 + i: d for i, (_, d) in enumerate(msgs)}
+        acked = {seq + 1 + i for i, (m, _) in enumerate(msgs) if struct.unpack_from("=H", m, 6)[0] & NLM_F_ACK}
         try:
             start = time.monotonic()
-            answers = _talk(batch, set(sent))
+            answers = _talk(batch, acked)
             took = time.monotonic() - start
         except OSError as exc:
             if _Channel.sock is not None:
                 _Channel.sock.close()
             _Channel.sock = None
-            raise KernelError(f"netlink commit of set elements in {where} failed: {exc}") from exc
+            raise KernelError(f"netlink commit of the {what} in {where} failed: {exc}") from exc
     refused = [f"{sent[seq].describe(off) if seq in sent else 'the batch'}: {os.strerror(err)} "
                f"(errno {err})" for seq, (err, off) in sorted(answers.items()) if err]
     if refused:
-        raise KernelError(f"the kernel refused the element changes in {where} "
+        raise KernelError(f"the kernel refused the {what} in {where} "
                           f"(nothing was changed): {'; '.join(refused)}")
-    if not set(sent) <= answers.keys():
-        raise KernelError(f"no answer from the kernel to the element changes in {where}")
-    log.debug("set elements in %s committed in %.4fs (%d messages, %d bytes)",
-              where, took, len(sent), len(batch))
+    if not acked <= answers.keys():
+        raise KernelError(f"no answer from the kernel to the {what} in {where}")
+    log.debug("%s in %s committed in %.4fs (%d messages, %d bytes)", what, where, took, len(sent), len(batch))
     return took

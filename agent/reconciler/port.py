@@ -11,7 +11,7 @@ import logging
 from typing import Iterable, Optional, Protocol
 
 from agent.compiler.ruleset import TABLE, Ruleset
-from agent.compiler.transaction import ElementChange
+from agent.compiler.transaction import ElementChange, NetlinkChanges
 from agent.errors import KernelError
 from agent.policy.revocation import Flow
 
@@ -26,6 +26,7 @@ INCREMENTAL = "incremental"
 class Kernel(Protocol):
     def commit(self, script: str, what: str) -> float: ...
     def commit_elements(self, changes: tuple[ElementChange, ...]) -> float: ...
+    def commit_changes(self, changes: NetlinkChanges) -> float: ...
     def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]: ...
     def generation(self) -> int: ...
     def tables_present(self, tables: tuple[tuple[str, str], ...]) -> bool: ...
@@ -53,6 +54,15 @@ class RealKernel:
             return elements.commit_element_changes(changes)
         except ValueError as exc:           # an element it cannot encode: the caller goes on with nft
             raise KernelError(f"cannot encode the element changes: {exc}") from exc
+
+    def commit_changes(self, changes: NetlinkChanges) -> float:
+        """Chains refilled and elements changed in one netlink transaction
+        (agent.kernel.batch); KernelError when refused or not encodable (then an nft script)."""
+        from agent.kernel import batch
+        try:
+            return batch.commit_netlink_changes(changes)
+        except ValueError as exc:           # a rule or element it cannot encode: the caller goes on with nft
+            raise KernelError(f"cannot encode the rule and element changes: {exc}") from exc
 
     def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]:
         from agent.kernel import nft

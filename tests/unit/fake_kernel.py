@@ -43,6 +43,15 @@ class FakeKernel:
                 self.stamp = c.added[0]
         return 0.001
 
+    def commit_changes(self, changes) -> float:
+        if "changes" in self.refuse:
+            raise KernelError("refused")
+        self.commits.append(("changes", "\n".join([f"{r.chain} = {list(r.rules)}" for r in changes.refills] + [
+            f"{c.set.name} -{list(c.removed)} +{list(c.added)}" for c in changes.elements])))
+        self.gen += 1
+        self.stamp = next((c.added[0] for c in changes.elements if c.set.name == STAMP_SET), self.stamp)
+        return 0.001
+
     def listing(self, tables):
         return self.table
 

@@ -47,6 +47,14 @@ class FakeKernel:
         self.table = f"table {len(self.scripts)}"
         return 0.001
 
+    def commit_changes(self, changes):
+        if self.refuse_elements:
+            raise KernelError("refused")
+        self.scripts.append(("changes", repr(changes)))
+        self.gen += 1
+        self.table = f"table {len(self.scripts)}"
+        return 0.001
+
     def listing(self, tables):
         return self.table
 
