@@ -71,3 +71,8 @@ def show_value(value: Any) -> str:
         except (TypeError, ValueError):
             text = str(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class NotEncodable(KernelError):
+    """A change the agent's own netlink encoder does not cover (a rule outside its grammar):
+    not a refusal, the caller sends it through libnftables instead."""

@@ -25,8 +25,8 @@ from agent.compiler.memo import CompileMemo
 from agent.compiler.patch import compile_changes
 from agent.compiler.render import render_ruleset
 from agent.compiler.ruleset import TABLE, Ruleset
-from agent.compiler.transaction import ElementChange, plan_element_changes, plan_update
-from agent.errors import KernelError
+from agent.compiler.transaction import ElementChange, NetlinkChanges, plan_netlink_changes, plan_update
+from agent.errors import KernelError, NotEncodable
 from agent.model.objects import DesiredState
 from agent.reconciler.boot import render_failclosed
 from agent.reconciler.drift import Object, build_differing, build_repair, without_dynamic_elements
@@ -179,12 +179,15 @@ class Keeper:
         elements over netlink; else an incremental nft script; else (first apply,
         after drift, or a refused step) the full atomic replace. (mode, seconds, size)"""
         if self.applied is not None and self.token is not None:
-            changes = plan_element_changes(self.applied, ruleset)
-            if changes is not None and delete_cost(changes) <= ELEMENT_DELETE_BUDGET:
-                took, token = self._commit_elements(changes, revision)
+            changes = plan_netlink_changes(self.applied, ruleset)
+            if changes is not None and delete_cost(changes.elements) <= ELEMENT_DELETE_BUDGET:
+                took, token = self._commit_netlink(changes, revision)
                 if took >= 0:
                     self.token = token
-                    return ELEMENTS, took, sum(len(e) for c in changes for e in c.removed + c.added)
+                    size = sum(len(e) for c in changes.elements for e in c.removed + c.added)
+                    if not changes.refills:
+                        return ELEMENTS, took, size
+                    return INCREMENTAL, took, size + sum(len(r) for c in changes.refills for r in c.rules)
             script = self.plan(ruleset)
             token = build_token(self.token, script)
             took = self._commit(INCREMENTAL, script + render_restamp(token), revision)
@@ -195,16 +198,24 @@ class Keeper:
         self.token = build_token(script)
         return FULL, self._commit(FULL, render_stamped(script, self.token), revision), len(script)
 
-    def _commit_elements(self, changes: tuple[ElementChange, ...], revision: str) -> tuple[float, str]:
-        """(seconds the element commit took, its stamp); -1 when refused (the caller goes on with nft)."""
+    def _commit_netlink(self, changes: NetlinkChanges, revision: str) -> tuple[float, str]:
+        """(seconds the netlink commit took, its stamp); -1 when refused or not encodable
+        (the caller goes on with nft). Chains refilled and elements changed, restamped,
+        in ONE transaction without libnftables (agent.kernel.batch)."""
         assert self.token is not None
-        text = "\n".join(f"{c.family} {c.table} {c.set.name} -{c.removed} +{c.added}" for c in changes)
+        text = "\n".join([f"{c.family} {c.table} {c.set.name} -{c.removed} +{c.added}" for c in changes.elements] +
+                         [f"{c.family} {c.table} {c.chain} = {c.rules}" for c in changes.refills])
         token = build_token(self.token, text)
         restamp = ElementChange("inet", TABLE, stamp_set(token), (self.token,), (token,))
         try:
-            return self.kernel.commit_elements(changes + (restamp,)), token
+            if not changes.refills:
+                return self.kernel.commit_elements(changes.elements + (restamp,)), token
+            return self.kernel.commit_changes(NetlinkChanges(changes.refills, changes.elements + (restamp,))), token
+        except NotEncodable as exc:
+            log.debug("revision %s: %s; using nft", revision, exc)
+            return -1.0, token
         except KernelError as exc:
-            log.warning("revision %s: element update refused, using nft: %s", revision, exc)
+            log.warning("revision %s: netlink update refused, using nft: %s", revision, exc)
             return -1.0, token
 
     def _render(self, ruleset: Ruleset) -> str:

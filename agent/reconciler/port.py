@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Protocol
 
 from agent.compiler.ruleset import TABLE, Ruleset
 from agent.compiler.transaction import ElementChange, NetlinkChanges
-from agent.errors import KernelError
+from agent.errors import KernelError, NotEncodable
 from agent.policy.revocation import Flow
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ class RealKernel:
     def commit_elements(self, changes: tuple[ElementChange, ...]) -> float:
         from agent.kernel import elements
         if not all(elements.supported(c.set.type, c.set.interval, c.set.map_to) for c in changes):
-            raise KernelError("not a change of element sets the netlink path handles")
+            raise NotEncodable("not a change of element sets the netlink path handles")
         try:
             return elements.commit_element_changes(changes)
         except ValueError as exc:           # an element it cannot encode: the caller goes on with nft
-            raise KernelError(f"cannot encode the element changes: {exc}") from exc
+            raise NotEncodable(f"cannot encode the element changes: {exc}") from exc
 
     def commit_changes(self, changes: NetlinkChanges) -> float:
         """Chains refilled and elements changed in one netlink transaction
@@ -62,7 +62,7 @@ class RealKernel:
         try:
             return batch.commit_netlink_changes(changes)
         except ValueError as exc:           # a rule or element it cannot encode: the caller goes on with nft
-            raise KernelError(f"cannot encode the rule and element changes: {exc}") from exc
+            raise NotEncodable(f"cannot encode the rule and element changes: {exc}") from exc
 
     def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]:
         from agent.kernel import nft
