@@ -17,13 +17,14 @@ probe's interval. `--probe` (bench/latency_probes.py) says how t1 is seen:
       instance listens on P before the change; a prober in `outside` tries a fresh
       non-blocking connect to P every 10 ms, each given 8 ms; t1 = the first handshake
       completed, seen by the prober (the SYN admitted by the rule, the SYN-ACK back as an
-      established flow). The figure includes up to 10 ms of the prober's interval.
+      established flow). The figure includes up to 10 ms of the prober's interval
+      (t0 is put at a random phase of it: ~5 ms on average).
   udp (default for --change member; the rule is a udp rule): a sender in `outside` sends
       to P every 0.5 ms; t1 = the first datagram's arrival in the instance (< 0.5 ms of
       interval in the figure).
 
 `--change member` measures a membership change instead: every group of the document gets
-a rule admitting udp/P from the group `sg-probe` (so every local policy chain names it),
+a rule admitting P (udp, or tcp with --probe tcp) from the group `sg-probe` (so every local policy chain names it),
 and each change makes a remote instance holding the `outside` address join `sg-probe`
 (after it left it in a change that is not timed); with `--remote N` the document has N
 more members on other hosts (gen-config --remote).
