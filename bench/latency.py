@@ -5,15 +5,26 @@ the daemon's resident memory. Everything runs in network namespaces of its own.
     sudo .venv/bin/python bench/latency.py --interfaces 10 --rules 50 --changes 20
 
 The desired state comes from scripts/gen-config (or --config F). One local
-interface gets a real instance namespace; a bench rule (priority 1, udp, from the
-`outside` namespace) is added to one of its groups. Each change moves that rule to a new
-port P and is written to the watched file by atomic rename at time t0; a sender in
-`outside` sends to P every 0.5 ms; the receiver in the instance records the first
-packet's arrival t1 (CLOCK_MONOTONIC is shared by all namespaces). Latency = t1 - t0:
-inotify, read, validate, compile, plan, commit, plus < 0.5 ms of sending interval.
+interface gets a real instance namespace; a bench rule (priority 1, from 192.0.2.0/24,
+the `outside` namespace, one port) is added to one of its groups. Each change moves that
+rule to a new port P (one where the bench rule decides and nothing else admits P) and is
+written to the watched file by atomic rename at time t0; t1 is when traffic from
+`outside` to P is first seen through the firewall (CLOCK_MONOTONIC is shared by all
+namespaces). Latency = t1 - t0: inotify, read, validate, compile, plan, commit, plus the
+probe's interval. `--probe` (bench/latency_probes.py) says how t1 is seen:
+
+  tcp (default for --change rule; the bench rule is a tcp rule): a listener in the
+      instance listens on P before the change; a prober in `outside` tries a fresh
+      non-blocking connect to P every 10 ms, each given 8 ms; t1 = the first handshake
+      completed, seen by the prober (the SYN admitted by the rule, the SYN-ACK back as an
+      established flow). The figure includes up to 10 ms of the prober's interval
+      (t0 is put at a random phase of it: ~5 ms on average).
+  udp (default for --change member; the rule is a udp rule): a sender in `outside` sends
+      to P every 0.5 ms; t1 = the first datagram's arrival in the instance (< 0.5 ms of
+      interval in the figure).
 
 `--change member` measures a membership change instead: every group of the document gets
-a rule admitting udp/P from the group `sg-probe` (so every local policy chain names it),
+a rule admitting P (udp, or tcp with --probe tcp) from the group `sg-probe` (so every local policy chain names it),
 and each change makes a remote instance holding the `outside` address join `sg-probe`
 (after it left it in a change that is not timed); with `--remote N` the document has N
 more members on other hosts (gen-config --remote).
@@ -36,6 +47,7 @@ import copy
 import ipaddress
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -47,39 +59,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from agent.model.objects import INGRESS  # noqa: E402
+from agent.model.objects import EGRESS, INGRESS  # noqa: E402
 from agent.policy.effective import PROTOCOL_NUMBERS, Packet, build_effective_list, evaluate  # noqa: E402
 from sandbox.hypervisor import OUTSIDE4, Sandbox, check_tools  # noqa: E402
+from bench.latency_probes import PROBES, RECEIVER, SENDER, Probe, UdpProbe, kill, make_probe  # noqa: E402,F401
 from agent.service.status import query  # noqa: E402
 from agent.model.validate import validate_document  # noqa: E402
 
 GEN = Path(__file__).resolve().parents[1] / "scripts" / "gen-config"
 PY = sys.executable
-
-RECEIVER = """
-import select, socket, sys, time
-for line in sys.stdin:
-    port = int(line)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
-    print("READY", flush=True)
-    r, _, _ = select.select([s], [], [], 60)
-    print(f"GOT {time.monotonic() if r else -1}", flush=True); s.close()
-"""
-SENDER = """
-import socket, sys, threading, time
-dst = sys.argv[1]; port = [0]
-def blast():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    while True:
-        if port[0]:
-            try: s.sendto(b"x", (dst, port[0]))
-            except OSError: pass
-        time.sleep(0.0005)
-threading.Thread(target=blast, daemon=True).start()
-for line in sys.stdin:
-    port[0] = int(line); print("OK", flush=True)
-"""
-
 
 WRITER = """
 import json, sys, time
@@ -158,22 +146,22 @@ class EtcdPublisher:
             self.etcd.destroy()
 
 
-def bench_rule(port: int) -> dict:
+def bench_rule(port: int, protocol: str = "udp") -> dict:
     return {"id": "bench-probe", "direction": "ingress", "policy": "accept", "priority": 1,
-            "protocol": "udp", "port_range": f"{port}/{port}", "source_cidr": "192.0.2.0/24"}
+            "protocol": protocol, "port_range": f"{port}/{port}", "source_cidr": "192.0.2.0/24"}
 
 
 PROBE_GROUP, IDLE_GROUP, MEMBER_PORT = "sg-probe", "sg-probe-idle", 64999
 WARMUP = 0              # untimed joins after each daemon start (--warmup)
 
 
-def with_member(doc: dict, joined: bool) -> dict:
-    """`doc` with every group admitting udp/MEMBER_PORT from sg-probe, and the remote
+def with_member(doc: dict, joined: bool, protocol: str = "udp") -> dict:
+    """`doc` with every group admitting `protocol`/MEMBER_PORT from sg-probe, and the remote
     instance holding the outside address in sg-probe (joined) or in an unnamed group."""
     new = copy.deepcopy(doc)
     for g in new["security_groups"]:
         g["rules"] = g["rules"] + [{"id": "bench-member", "direction": "ingress", "policy": "accept",
-                                    "priority": 1, "protocol": "udp",
+                                    "priority": 1, "protocol": protocol,
                                     "port_range": f"{MEMBER_PORT}/{MEMBER_PORT}", "source_group": PROBE_GROUP}]
     new["security_groups"] += [{"id": PROBE_GROUP, "rules": []}, {"id": IDLE_GROUP, "rules": []}]
     new["instances"] = new["instances"] + [{
@@ -182,26 +170,37 @@ def with_member(doc: dict, joined: bool) -> dict:
     return new
 
 
-def with_port(doc: dict, gid: str, port: int) -> dict:
+def with_port(doc: dict, gid: str, port: int, protocol: str = "udp") -> dict:
     new = copy.deepcopy(doc)
     group = next(g for g in new["security_groups"] if g["id"] == gid)
-    group["rules"] = [r for r in group["rules"] if r.get("id") != "bench-probe"] + [bench_rule(port)]
+    group["rules"] = [r for r in group["rules"] if r.get("id") != "bench-probe"] + [bench_rule(port, protocol)]
     return new
 
 
-def usable_ports(doc: dict, gid: str, nic: str, addr: str, count: int) -> list[int]:
-    """Ports where the bench rule decides (no priority-1 drop of other rules wins)."""
+def usable_ports(doc: dict, gid: str, nic: str, addr: str, count: int, protocol: str = "udp") -> list[int]:
+    """count + 1 ports where the bench rule decides (no priority-1 drop of other rules wins)
+    and nothing else admits the port (so it opens exactly when the rule moves there). For
+    tcp the instance's SYN-ACK must leave as an established flow."""
+    proto = PROTOCOL_NUMBERS[protocol]
+    src, dst = ipaddress.ip_address(OUTSIDE4), ipaddress.ip_address(addr)
+    base = validate_document(doc)
+    closed = build_effective_list(base, nic, INGRESS)
+    if protocol == "tcp":
+        reply = Packet(dst, src, proto, 61000, 40000, None, state="established")
+        if evaluate(build_effective_list(base, nic, EGRESS), reply).verdict != "accept":
+            raise SystemExit(f"{nic}: an established tcp reply is not accepted on egress")
     out = []
     for port in range(61000, 65000):
-        state = validate_document(with_port(doc, gid, port))
-        packet = Packet(ipaddress.ip_address(OUTSIDE4), ipaddress.ip_address(addr),
-                        PROTOCOL_NUMBERS["udp"], 40000, port, None)
-        d = evaluate(build_effective_list(state, nic, INGRESS), packet)
+        packet = Packet(src, dst, proto, 40000, port, None)
+        if evaluate(closed, packet).verdict == "accept":
+            continue
+        d = evaluate(build_effective_list(validate_document(with_port(doc, gid, port, protocol)), nic, INGRESS),
+                     packet)
         if d.verdict == "accept" and d.entry.rule_id == "bench-probe":
             out.append(port)
             if len(out) == count + 1:
                 return out
-    raise SystemExit("no port where the bench rule decides")
+    raise SystemExit(f"no {protocol} port where the bench rule decides")
 
 
 def write(path: Path, doc: dict) -> float:
@@ -226,48 +225,49 @@ def pick_interface(doc: dict) -> tuple[str, str, str]:
     return inst["security_groups"][0], nic["name"], addr
 
 
-def measure(doc: dict, changes: int, tmp: Path, member: bool = False, source: str = "file") -> dict:
+def measure(doc: dict, changes: int, tmp: Path, member: bool = False, source: str = "file",
+            probe: str = "udp") -> dict:
     gid, nic, addr = pick_interface(doc)
-    ports = [MEMBER_PORT] * (changes + 1) if member else usable_ports(doc, gid, nic, addr, changes + WARMUP)
+    ports = [MEMBER_PORT] * (changes + 1 + WARMUP) if member else usable_ports(doc, gid, nic, addr, changes + WARMUP, probe)
     sock = str(tmp / "agent.sock")
     pub = EtcdPublisher(tmp) if source == "etcd" else FilePublisher(tmp)
     with Sandbox(f"sgb{os.getpid() % 10000}") as sb:
         try:
-            pub.start(sb, with_member(doc, False) if member else with_port(doc, gid, ports[0]))
-            return _measured(sb, pub, doc, gid, nic, addr, ports, sock, tmp, member)
+            pub.start(sb, with_member(doc, False, probe) if member else with_port(doc, gid, ports[0], probe))
+            return _measured(sb, pub, doc, (gid, nic, addr), ports, sock, tmp, member, probe)
         finally:
             pub.close()
 
 
-def _measured(sb: Sandbox, pub, doc: dict, gid: str, nic: str, addr: str, ports: list[int], sock: str,
-              tmp: Path, member: bool) -> dict:
+def _measured(sb: Sandbox, pub, doc: dict, where: tuple[str, str, str], ports: list[int], sock: str,
+              tmp: Path, member: bool, protocol: str) -> dict:
+    gid, nic, addr = where
     ns = sb.add_instance("inst", nic, [addr])
     t = time.monotonic()
     verbose = ["-v"] if os.environ.get("BENCH_KEEP") else []
-    agent = sb.popen(sb.hv, PY, "-m", "agent.cli.main", *verbose, "run", "-c", pub.spec, "--socket", sock,
-                     stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT, cwd=str(ROOT))
-    recv = sb.popen(ns, PY, "-c", RECEIVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    send = sb.popen(sb.outside, PY, "-c", SENDER, addr, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    agent, probe = None, None
     try:
+        agent = sb.popen(sb.hv, PY, "-m", "agent.cli.main", *verbose, "run", "-c", pub.spec, "--socket", sock,
+                         stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT, cwd=str(ROOT))
+        probe = make_probe(protocol, sb, ns, addr)
         first = wait_ready(sock, agent, t)
         if member:
-            for _ in range(WARMUP):          # untimed: the first changes after a start
-                one_join(pub, doc, sock, recv, send)
-            if WARMUP:
-                time.sleep(2.0)                  # and the daemon's first save, done when idle
-            lat = [one_join(pub, doc, sock, recv, send) for _ in ports[1:]]
+            def change(_port: int) -> float:
+                return one_join(pub, doc, sock, probe, protocol)
         else:
-            for p in ports[1:1 + WARMUP]:       # untimed: the first changes after a start
-                one_change(pub, doc, gid, p, recv, send)
-            if WARMUP:
-                time.sleep(2.0)
-            lat = [one_change(pub, doc, gid, p, recv, send) for p in ports[1 + WARMUP:]]
+            def change(port: int) -> float:
+                return timed_change(pub, with_port(doc, gid, port, protocol), port, probe)
+        for p in ports[1:1 + WARMUP]:       # untimed: the first changes after a start
+            change(p)
+        if WARMUP:
+            time.sleep(2.0)                  # and the daemon's first save, done when idle
+        lat = [change(p) for p in ports[1 + WARMUP:]]
         return {"first_apply_s": first, "latencies_ms": lat, "rss_mb": rss_mb(agent.pid),
                 "status": query(sock)}
     finally:
-        for p in (send, recv, agent):
-            p.send_signal(signal.SIGKILL)
-            p.wait()
+        if probe is not None:
+            probe.close()
+        kill(agent)
 
 
 def wait_ready(sock: str, agent: subprocess.Popen, t: float) -> float:
@@ -282,32 +282,36 @@ def wait_ready(sock: str, agent: subprocess.Popen, t: float) -> float:
         time.sleep(0.05)
 
 
-def one_change(pub, doc: dict, gid: str, port: int, recv, send, new: dict | None = None) -> float:
-    new = new or with_port(doc, gid, port)
-    recv.stdin.write(f"{port}\n")
-    recv.stdin.flush()
-    assert recv.stdout.readline().strip() == "READY"
-    send.stdin.write(f"{port}\n")
-    send.stdin.flush()
-    assert send.stdout.readline().strip() == "OK"
-    time.sleep(0.05)                        # nothing may arrive before the change
+def timed_change(pub, new: dict, port: int, probe: Probe) -> float:
+    """Arm the probe on `port`, publish `new` (t0), wait for the first admitted traffic (t1)."""
+    probe.arm(port)
+    # Nothing may arrive before the change; the random part puts t0 at a random phase of
+    # the probe's interval (the tcp prober's ticks start at arm()).
+    time.sleep(0.05 + random.uniform(0, 0.01))
     t0 = pub.put(new)
-    t1 = float(recv.stdout.readline().split()[1])
+    t1 = probe.arrival()
     if t1 < 0:
-        raise SystemExit(f"port {port}: never enforced")
+        raise SystemExit(f"port {port}: never enforced ({probe.protocol} probe)")
+    if t1 < t0:
+        raise SystemExit(f"port {port}: {probe.protocol} traffic admitted before the change")
     return (t1 - t0) * 1000
 
 
-def one_join(pub, doc: dict, sock: str, recv, send) -> float:
+def one_change(pub, doc: dict, gid: str, port: int, recv, send, new: dict | None = None) -> float:
+    """The udp one-rule change over a receiver and a sender started by the caller."""
+    return timed_change(pub, new or with_port(doc, gid, port), port, UdpProbe.of(recv, send))
+
+
+def one_join(pub, doc: dict, sock: str, probe: Probe, protocol: str = "udp") -> float:
     """The member leaves (not timed; waited for until the daemon reports the revision
-    applied), then joins: the first packet admitted through sg-probe's set."""
+    applied), then joins: the first traffic admitted through sg-probe's set."""
     before = query(sock).revision
-    pub.put(with_member(doc, False))
+    pub.put(with_member(doc, False, protocol))
     deadline = time.monotonic() + 30
     while query(sock).revision == before and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
-    return one_change(pub, doc, "", MEMBER_PORT, recv, send, with_member(doc, True))
+    return timed_change(pub, with_member(doc, True, protocol), MEMBER_PORT, probe)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -324,6 +328,9 @@ def main() -> int:
     ap.add_argument("--remote", type=int, default=0, help="gen-config --remote (members on other hosts)")
     ap.add_argument("--change", choices=["rule", "member"], default="rule",
                     help="rule: one rule moves to a new port; member: a remote member joins a peer group")
+    ap.add_argument("--probe", choices=sorted(PROBES),
+                    help="how enforcement is seen: tcp (connect every 10 ms; default for --change rule) "
+                         "or udp (datagram every 0.5 ms; default for --change member)")
     ap.add_argument("--source", default="file", help="file, etcd, or file,etcd (interleaved in rounds)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds per source (changes are split among them)")
     ap.add_argument("--warmup", type=int, default=0,
@@ -331,6 +338,8 @@ def main() -> int:
     a = ap.parse_args()
     global WARMUP
     WARMUP = a.warmup
+    a.probe = a.probe or ("tcp" if a.change == "rule" else "udp")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # the cleanup runs on a kill too
     sources = a.source.split(",")
     if set(sources) - {"file", "etcd"}:
         raise SystemExit(f"--source: file or etcd, not {a.source}")
@@ -351,14 +360,15 @@ def main() -> int:
         for source in sources:
             with tempfile.TemporaryDirectory(prefix="sgbench") as tmp:
                 os.environ["SECGROUP_AGENT_STATE_DIR"] = str(Path(tmp) / "state")   # not /var/lib
-                r = measure(doc, per_round, Path(tmp), member=a.change == "member", source=source)
+                r = measure(doc, per_round, Path(tmp), member=a.change == "member", source=source,
+                            probe=a.probe)
                 if os.environ.get("BENCH_LOG"):
                     print((Path(tmp) / "agent.log").read_text()[-3000:])
                 if os.environ.get("BENCH_KEEP"):      # the daemon's debug log, kept
                     keep = Path(os.environ["BENCH_KEEP"]) / f"agent-{source}-{n + 1}.log"
                     keep.write_text((Path(tmp) / "agent.log").read_text())
             lat = r["latencies_ms"]
-            print(f"round {n + 1} {source}: p50 {percentile(lat, .5):.1f} ms, max {max(lat):.1f} ms, "
+            print(f"round {n + 1} {source}, {a.probe} probe: p50 {percentile(lat, .5):.1f} ms, max {max(lat):.1f} ms, "
                   f"load {os.getloadavg()[0]:.2f}; " + " ".join(f"{x:.0f}" for x in lat), flush=True)
             results[source].append(r)
     for source, runs in results.items():
@@ -369,11 +379,12 @@ def main() -> int:
 def report(a: argparse.Namespace, source: str, runs: list[dict]) -> None:
     r = runs[-1]
     lat, rs = [x for run in runs for x in run["latencies_ms"]], r["status"].to_dict()["ruleset"]
-    print(f"change: {a.change} through {source}; load average {os.getloadavg()[0]:.2f}")
+    print(f"change: {a.change} through {source}; probe: {PROBES[a.probe]}; "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"size: {a.interfaces} interfaces x {a.rules} rules/group, {a.remote} remote -> {rs['chains']} chains, "
           f"{rs['rules']} rules, {rs['sets']} sets, {rs['elements']} elements")
     print("first (full) apply, start to ready: " + ", ".join(f"{run['first_apply_s']:.2f}" for run in runs) + " s")
-    print(f"change-to-enforced over {len(lat)} changes: p50 {percentile(lat, .5):.1f} ms, "
+    print(f"change-to-enforced ({a.probe} probe) over {len(lat)} changes: p50 {percentile(lat, .5):.1f} ms, "
           f"p99 {percentile(lat, .99):.1f} ms, max {max(lat):.1f} ms, mean {statistics.mean(lat):.1f} ms, "
           f"min {min(lat):.1f} ms")
     print("daemon resident memory after the changes: " + ", ".join(f"{run['rss_mb']:.0f}" for run in runs) + " MB")
