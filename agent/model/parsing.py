@@ -1,6 +1,3 @@
-# mypy: disable-error-code="arg-type, attr-defined, misc, override, return-value"
-# (PyYAML's composer and parser mixins and json's scanner are typed loosely; these are the
-# codes pyproject.toml's override for agent.model.loader disabled when this was its code.)
 """The YAML and JSON parsers of agent.model.loader, with their limits: text in, plain data
 out, or InvalidInput (Refused while composing YAML). The loader adds the size limit, the
 decoding, and turns whatever else a parser raises into InvalidInput; see its docstring for
