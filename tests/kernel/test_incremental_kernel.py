@@ -184,10 +184,16 @@ import json, sys
 from agent.reconciler.keeper import Keeper
 from agent.reconciler.port import RealKernel
 from agent.model.validate_incremental import validate_update
+scripts = []                    # the nft scripts committed, by kind (the rest went over netlink)
+commit = RealKernel.commit
+RealKernel.commit = lambda self, script, what: scripts.append(what) or commit(self, script, what)
 keeper, validated, modes = Keeper(RealKernel()), None, []
 for path in sys.argv[1:]:
     validated = validate_update(json.load(open(path)), None, validated)
     modes.append(keeper.apply(validated.state).mode)
+    if modes[-1] == "incremental" and scripts[-1:] != ["incremental"]:
+        modes[-1] = "incremental over netlink"
+    scripts.clear()
 print(json.dumps(modes))
 """
 
@@ -225,10 +231,12 @@ def test_daemon_reconciler_leaves_what_a_full_apply_leaves(ns, tmp_path, change)
     new = _mutated(WEBSHOP_CHANGES[change])
     for docs in ([WEBSHOP, new], [WEBSHOP, new, WEBSHOP]):
         modes = keeper_equals_full(ns, tmp_path, docs)
-        assert modes[0] == "full" and set(modes[1:]) <= {"elements", "incremental"}, modes
+        assert modes[0] == "full" and set(modes[1:]) <= {"elements", "incremental", "incremental over netlink"}, modes
         if change == "remote joins":                 # a member: the shared sets only
             assert set(modes[1:]) == {"elements"}, modes
-        if change in ("rule port", "rule added", "policy flipped"):     # small lists: plain rules
+        if change == "rule port":       # small lists: plain rules, refilled over netlink
+            assert set(modes[1:]) == {"incremental over netlink"}, modes
+        if change in ("rule added", "policy flipped"):      # a new verdict chain: an nft script
             assert set(modes[1:]) == {"incremental"}, modes
 
 
@@ -274,3 +282,28 @@ def test_a_rule_edit_inside_a_region_map_is_an_element_change(ns, tmp_path):
     for end in (2, 3):
         modes = keeper_equals_full(ns, tmp_path, docs[:end])
         assert modes[0] == "full" and set(modes[1:]) == {"elements"}, modes
+
+
+def _member_doc(port: int) -> dict:
+    """_region_doc plus a line naming a group (every protocol, after the edited line): the
+    edited CIDR line is then also a plain rule of the member path."""
+    doc = _region_doc(port)
+    doc["security_groups"][0]["rules"].append({"id": "from-peers", "direction": "ingress", "policy": "drop",
+                                               "priority": 7, "protocol": "all", "source_group": "sg-p"})
+    doc["security_groups"].append({"id": "sg-p", "type": "custom", "rules": []})
+    doc["instances"].append({"id": "remote", "host": "elsewhere", "security_groups": ["sg-p"],
+                             "interfaces": [{"name": "r0", "addresses": ["198.51.5.9"]}]})
+    return doc
+
+
+def test_a_rule_edit_in_a_member_path_is_one_netlink_transaction(ns, tmp_path):
+    """Issue 13: a CIDR line moving port changes region-map elements and refills the
+    member path that holds it; the keeper commits both in ONE netlink batch (no nft
+    script), and the kernel then holds what a full apply holds."""
+    docs = [_member_doc(2000), _member_doc(2001), _member_doc(2000)]
+    rs = compiled(docs[1])
+    member_path = next(c for t in rs.tables for c in t.chains if c.name.endswith("_m4"))
+    assert any("th dport 2001" in r for r in member_path.rules), member_path.rules
+    for end in (2, 3):
+        modes = keeper_equals_full(ns, tmp_path, docs[:end])
+        assert modes[0] == "full" and set(modes[1:]) == {"incremental over netlink"}, modes
