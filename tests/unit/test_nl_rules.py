@@ -265,12 +265,12 @@ def test_a_refused_rule_is_named(monkeypatch):
 # -- lookups checked against the declared sets ------------------------------------------
 def test_lookups_name_their_sets_and_key_types():
     from agent.kernel.rules import rule_lookups
-    assert rule_lookups("ip6 saddr @s6 meta l4proto . th sport . th dport vmap @n6") == [
-        ("s6", ("ipv6_addr",), False), ("n6", ("inet_proto", "inet_service", "inet_service"), True)]
-    assert rule_lookups("ip saddr . meta l4proto . th dport vmap @m4") == [
-        ("m4", ("ipv4_addr", "inet_proto", "inet_service"), True)]
-    assert rule_lookups("ip daddr @g4 meta l4proto 6 goto v_1") == [("g4", ("ipv4_addr",), False)]
-    assert rule_lookups("meta l4proto 6 th dport 1-2 goto v_1") == []
+    assert rule_lookups("ip6 saddr @s6 meta l4proto . th sport . th dport vmap @n6") == (
+        ("s6", ("ipv6_addr",), False), ("n6", ("inet_proto", "inet_service", "inet_service"), True))
+    assert rule_lookups("ip saddr . meta l4proto . th dport vmap @m4") == (
+        ("m4", ("ipv4_addr", "inet_proto", "inet_service"), True),)
+    assert rule_lookups("ip daddr @g4 meta l4proto 6 goto v_1") == (("g4", ("ipv4_addr",), False),)
+    assert rule_lookups("meta l4proto 6 th dport 1-2 goto v_1") == ()
 
 
 def _declared(*sets: NftSet):
