@@ -73,16 +73,14 @@ def _check_lookups(text: str, sets: dict[str, NftSet]) -> None:
             raise ValueError(f"rule {text!r}: set {name} is not declared as {want}")
 
 
-def _encoded(refill: ChainRefill, declared: Optional[Ruleset]) -> list[tuple[str, bytes]]:
-    """Each rule of the refill with its NEWRULE attributes; ValueError names the chain."""
+def _encoded(refill: ChainRefill, sets: Optional[dict[str, NftSet]]) -> list[tuple[str, bytes]]:
+    """Each rule of the refill with its NEWRULE attributes (its lookups checked against
+    the table's `sets` when given); ValueError names the chain."""
     if refill.family not in FAMILIES:
         raise ValueError(f"chain {refill.family} {refill.table} {refill.chain}: rules are encoded for "
                          f"{', '.join(FAMILIES)} tables only")
-    table = None if declared is None else \
-        next((t for t in declared.tables if (t.family, t.name) == (refill.family, refill.table)), None)
-    sets = {} if table is None else {s.name: s for s in table.sets}
     try:
-        if declared is not None:
+        if sets is not None:
             for text in refill.rules:
                 _check_lookups(text, sets)
         return [(text, rule_attributes(refill.table, refill.chain, text)) for text in refill.rules]
@@ -95,7 +93,11 @@ def build_messages(changes: NetlinkChanges, seq: int, declared: Optional[Ruleset
     """The batch's messages numbered from `seq`: flushes, element deletions, element
     additions, rule appends. Every rule is encoded (and its lookups checked against the
     sets `declared`, when given) before any message is made."""
-    rules = [(refill, _encoded(refill, declared)) for refill in changes.refills]
+    tables = {(t.family, t.name): t for t in declared.tables} if declared is not None else {}
+    sets = {key: {s.name: s for s in t.sets} for key, t in tables.items()
+            if any((r.family, r.table) == key for r in changes.refills)}
+    rules = [(refill, _encoded(refill, None if declared is None else sets.get((refill.family, refill.table), {})))
+             for refill in changes.refills]
     msgs = [_flush(refill, seq + i) for i, refill in enumerate(changes.refills)]
     msgs += element_messages(changes.elements, seq + len(msgs))
     for refill, encoded in rules:
