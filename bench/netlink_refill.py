@@ -78,9 +78,9 @@ def inside(doc: dict, rounds: int, tries: int) -> None:
     wall: dict[str, list[float]] = {"netlink": [], "script": []}
     kernel: list[float] = []
     for _ in range(rounds):
-        for changes in (there, back):
+        for changes, target in ((there, b), (back, a)):
             t = time.monotonic()
-            kernel.append(commit_netlink_changes(changes))
+            kernel.append(commit_netlink_changes(changes, target))
             wall["netlink"].append(time.monotonic() - t)
         for script in scripts:
             t = time.monotonic()

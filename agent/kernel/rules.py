@@ -250,3 +250,21 @@ def rule_attributes(table: str, chain: str, text: str) -> bytes:
     """NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS of NFT_MSG_NEWRULE
     appending `text` to the chain."""
     return _string(RULE_TABLE, table) + _string(RULE_CHAIN, chain) + _expressions(text)
+
+
+@functools.lru_cache(maxsize=16384)
+def rule_lookups(text: str) -> tuple[tuple[str, tuple[str, ...], bool], ...]:
+    """The sets a rule text of the grammar looks up: (name, the key's types, whether as a
+    verdict map). The kernel checks only that a key fits the registers (it takes `ip6
+    saddr @s4` for a 4-byte set), nft checks the types: agent.kernel.batch does it here."""
+    _expressions(text)                                       # in the grammar, or ValueError
+    tokens = text.split()
+    if tokens[0] not in ("ip", "ip6"):
+        return ()
+    address = "ipv4_addr" if tokens[0] == "ip" else "ipv6_addr"
+    if "vmap" not in tokens:
+        return ((tokens[2][1:], (address,), False),) if tokens[2].startswith("@") else ()
+    ports = tuple("inet_service" for t in tokens if t in PORTS)
+    if tokens[2] == ".":
+        return ((tokens[-1][1:], (address, "inet_proto") + ports, True),)
+    return ((tokens[2][1:], (address,), False), (tokens[-1][1:], ("inet_proto",) + ports, True))

@@ -26,7 +26,7 @@ INCREMENTAL = "incremental"
 class Kernel(Protocol):
     def commit(self, script: str, what: str) -> float: ...
     def commit_elements(self, changes: tuple[ElementChange, ...]) -> float: ...
-    def commit_changes(self, changes: NetlinkChanges) -> float: ...
+    def commit_changes(self, changes: NetlinkChanges, declared: Optional[Ruleset] = None) -> float: ...
     def listing(self, tables: tuple[tuple[str, str], ...]) -> Optional[str]: ...
     def generation(self) -> int: ...
     def tables_present(self, tables: tuple[tuple[str, str], ...]) -> bool: ...
@@ -55,12 +55,14 @@ class RealKernel:
         except ValueError as exc:           # an element it cannot encode: the caller goes on with nft
             raise NotEncodable(f"cannot encode the element changes: {exc}") from exc
 
-    def commit_changes(self, changes: NetlinkChanges) -> float:
+    def commit_changes(self, changes: NetlinkChanges, declared: Optional[Ruleset] = None) -> float:
         """Chains refilled and elements changed in one netlink transaction
-        (agent.kernel.batch); KernelError when refused or not encodable (then an nft script)."""
+        (agent.kernel.batch; `declared`: the ruleset the change leads to, whose set types
+        the rules' lookups are checked against); KernelError when refused or not
+        encodable (then an nft script)."""
         from agent.kernel import batch
         try:
-            return batch.commit_netlink_changes(changes)
+            return batch.commit_netlink_changes(changes, declared)
         except ValueError as exc:           # a rule or element it cannot encode: the caller goes on with nft
             raise NotEncodable(f"cannot encode the rule and element changes: {exc}") from exc
 

@@ -238,7 +238,7 @@ def scenario_refill(seed: int, edits: int) -> dict:
             results.append(None)
             continue
         apply_script(render_ruleset(old))
-        took = commit_netlink_changes(changes)
+        took = commit_netlink_changes(changes, new)          # lookups checked against its sets
         got = _table_blocks()
         apply_script(render_flush(new.owned) + render_ruleset(new))
         results.append({"same": got == _table_blocks(), "took": took, "refills": len(changes.refills),

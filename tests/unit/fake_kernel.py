@@ -43,7 +43,7 @@ class FakeKernel:
                 self.stamp = c.added[0]
         return 0.001
 
-    def commit_changes(self, changes) -> float:
+    def commit_changes(self, changes, declared=None) -> float:
         if "changes" in self.refuse:
             raise KernelError("refused")
         self.commits.append(("changes", "\n".join([f"{r.chain} = {list(r.rules)}" for r in changes.refills] + [

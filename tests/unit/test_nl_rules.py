@@ -260,3 +260,60 @@ def test_a_refused_rule_is_named(monkeypatch):
     monkeypatch.setattr(ne, "_talk", lambda batch, expected: {seq: (0, None) for seq in sorted(expected)[:-1]})
     with pytest.raises(KernelError, match="no answer"):
         nb.commit_netlink_changes(_changes())
+
+
+# -- lookups checked against the declared sets ------------------------------------------
+def test_lookups_name_their_sets_and_key_types():
+    from agent.kernel.rules import rule_lookups
+    assert rule_lookups("ip6 saddr @s6 meta l4proto . th sport . th dport vmap @n6") == (
+        ("s6", ("ipv6_addr",), False), ("n6", ("inet_proto", "inet_service", "inet_service"), True))
+    assert rule_lookups("ip saddr . meta l4proto . th dport vmap @m4") == (
+        ("m4", ("ipv4_addr", "inet_proto", "inet_service"), True),)
+    assert rule_lookups("ip daddr @g4 meta l4proto 6 goto v_1") == (("g4", ("ipv4_addr",), False),)
+    assert rule_lookups("meta l4proto 6 th dport 1-2 goto v_1") == ()
+
+
+def _declared(*sets: NftSet):
+    from agent.compiler.ruleset import Ruleset, Table
+    return Ruleset((Table("inet", "t", sets, ()),))
+
+
+def test_a_lookup_of_a_set_of_another_type_is_refused_before_sending(monkeypatch):
+    monkeypatch.setattr(ne, "_talk", lambda batch, expected: {seq: (0, None) for seq in expected})
+    g4, g6 = NftSet("g4", "ipv4_addr", ()), NftSet("g6", "ipv6_addr", ())
+    m = NftSet("m", "inet_proto . inet_service", (), map_to="verdict")
+    ok = ("ip saddr @g4 meta l4proto . th dport vmap @m", "ip6 saddr @g6 goto v_1")
+    assert nb.commit_netlink_changes(_changes(ok), _declared(g4, g6, m)) >= 0.0
+    for rule, declared in [("ip6 saddr @g4 goto v_1", (g4, g6)),       # the kernel would take this one
+                           ("ip saddr @g4 meta l4proto vmap @m", (g4, m)),
+                           ("ip saddr @m goto v_1", (m,)),
+                           ("ip saddr @g4 meta l4proto . th dport vmap @g4", (g4,)),
+                           ("ip saddr @nosuch goto v_1", (g4,))]:
+        with pytest.raises(ValueError, match="is not declared as"):
+            nb.commit_netlink_changes(_changes((rule,)), _declared(*declared))
+
+
+def test_the_compilers_policy_chains_are_in_the_grammar_and_look_up_sets_of_their_types():
+    """A compiled document: its policy chains (region, points, member paths: what a rule
+    edit refills) are in the grammar and pass the lookup check against the ruleset's
+    own sets; the other chains (dispatch, guards, verdicts) are refused, not mis-encoded."""
+    import json
+    import subprocess
+    from pathlib import Path
+    from agent.compiler.compile import build_ruleset
+    from agent.model.validate import validate_document
+    gen = Path(__file__).resolve().parents[2] / "scripts" / "gen-config"
+    doc = json.loads(subprocess.run([str(gen), "--interfaces", "8", "--rules", "30", "--seed", "2"],
+                                    capture_output=True, text=True, check=True).stdout)
+    rs = build_ruleset(validate_document(doc))
+    table = next(t for t in rs.tables if t.family == "inet")
+    policy = [c for c in table.chains if c.name.startswith(("pin_", "peg_"))]
+    refills = tuple(ChainRefill("inet", table.name, c.name, c.rules) for c in policy)
+    msgs = nb.build_messages(NetlinkChanges(refills, ()), 1, rs)
+    assert len(msgs) == len(policy) + sum(len(c.rules) for c in policy) > 200
+    assert any(c.name.endswith("_m4") for c in policy) and any("vmap" in r for c in policy for r in c.rules)
+    others = [c for c in table.chains if c not in policy and c.rules]
+    for chain in others:
+        if not all(r.startswith(("goto ", "jump ")) for r in chain.rules):
+            with pytest.raises(ValueError):
+                nb.build_messages(NetlinkChanges((ChainRefill("inet", table.name, chain.name, chain.rules),), ()), 1)

@@ -47,7 +47,7 @@ class FakeKernel:
         self.table = f"table {len(self.scripts)}"
         return 0.001
 
-    def commit_changes(self, changes):
+    def commit_changes(self, changes, declared=None):
         if self.refuse_elements:
             raise KernelError("refused")
         self.scripts.append(("changes", repr(changes)))
