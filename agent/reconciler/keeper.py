@@ -181,7 +181,7 @@ class Keeper:
         if self.applied is not None and self.token is not None:
             changes = plan_netlink_changes(self.applied, ruleset)
             if changes is not None and delete_cost(changes.elements) <= ELEMENT_DELETE_BUDGET:
-                took, token = self._commit_netlink(changes, revision)
+                took, token = self._commit_netlink(changes, ruleset, revision)
                 if took >= 0:
                     self.token = token
                     size = sum(len(e) for c in changes.elements for e in c.removed + c.added)
@@ -198,7 +198,7 @@ class Keeper:
         self.token = build_token(script)
         return FULL, self._commit(FULL, render_stamped(script, self.token), revision), len(script)
 
-    def _commit_netlink(self, changes: NetlinkChanges, revision: str) -> tuple[float, str]:
+    def _commit_netlink(self, changes: NetlinkChanges, ruleset: Ruleset, revision: str) -> tuple[float, str]:
         """(seconds the netlink commit took, its stamp); -1 when refused or not encodable
         (the caller goes on with nft). Chains refilled and elements changed, restamped,
         in ONE transaction without libnftables (agent.kernel.batch)."""
@@ -210,7 +210,8 @@ class Keeper:
         try:
             if not changes.refills:
                 return self.kernel.commit_elements(changes.elements + (restamp,)), token
-            return self.kernel.commit_changes(NetlinkChanges(changes.refills, changes.elements + (restamp,))), token
+            return self.kernel.commit_changes(NetlinkChanges(changes.refills, changes.elements + (restamp,)),
+                                              ruleset), token
         except NotEncodable as exc:
             log.debug("revision %s: %s; using nft", revision, exc)
             return -1.0, token

@@ -56,6 +56,27 @@ def test_every_commit_writes_the_stamp():
     assert "delete table" not in k.commits[-1][1] and k.stamp == keeper.token != before
 
 
+def port_moved(doc=WEBSHOP) -> dict:
+    doc = copy.deepcopy(doc)
+    rule = next(r for g in doc["security_groups"] for r in g["rules"] if r.get("port_range"))
+    low, _ = map(int, rule["port_range"].split("/"))
+    rule["port_range"] = f"{low + 1}/{low + 1}"
+    return doc
+
+
+def test_a_refill_goes_over_netlink_and_falls_back_to_nft():
+    """A rule edit that changes existing chains (and elements) is one netlink commit with
+    the stamp; refused, the same change is an nft script; either way the stamp follows."""
+    k = FakeKernel()
+    keeper = Keeper(k)
+    keeper.apply(state())
+    assert keeper.apply(state(port_moved())).mode == INCREMENTAL
+    assert k.commits[-1][0] == "changes" and STAMP_SET in k.commits[-1][1] and k.stamp == keeper.token
+    k.refuse.add("changes")
+    assert keeper.apply(state()).mode == INCREMENTAL
+    assert k.commits[-1][0] == "incremental" and k.stamp == keeper.token
+
+
 def test_adopt_takes_over_a_saved_ruleset_with_no_kernel_work(tmp_path):
     k = FakeKernel()
     store = StateStore(tmp_path)
