@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.compiler.patch import compile_changes  # noqa: E402
-from agent.compiler.transaction import plan_element_changes, plan_update  # noqa: E402
+from agent.compiler.transaction import plan_netlink_changes, plan_update  # noqa: E402
 from agent.model.loader import parse_document  # noqa: E402
 from agent.model.validate_incremental import validate_update  # noqa: E402
 from agent.sources.etcd_layout import DocumentCache, document_keys  # noqa: E402
@@ -73,7 +73,7 @@ def step(texts: list[str], times: dict[str, list[float]], profile: cProfile.Prof
     validated, memo, applied, how = None, None, None, ""
     kvs, cache = (etcd_keys(texts), DocumentCache()) if source == "etcd" else (None, None)
     raws, spliced = [t.encode() for t in texts], TextCache()
-    for n, text in enumerate(texts):
+    for n, _text in enumerate(texts):
         on = profile is not None and n > 0
         if on:
             profile.enable()
@@ -89,9 +89,10 @@ def step(texts: list[str], times: dict[str, list[float]], profile: cProfile.Prof
         ruleset, memo = compile_changes(validated.state, memo)
         t3 = time.perf_counter()
         if applied is not None:
-            changes = plan_element_changes(applied, ruleset)
-            many = sum(len(t.sets) for t in applied.tables) >= REPLACE_SETS_FROM    # as the keeper plans
-            how = f"{len(changes)} element change(s)" if changes is not None else \
+            changes = plan_netlink_changes(applied, ruleset)     # as the keeper plans
+            many = sum(len(t.sets) for t in applied.tables) >= REPLACE_SETS_FROM
+            how = f"netlink: {len(changes.refills)} chain(s) refilled, {len(changes.elements)} set(s) changed" \
+                if changes is not None else \
                 f"script of {len(plan_update(applied, ruleset, replace_sets=many))} bytes"
         t4 = time.perf_counter()
         if on:
