@@ -18,6 +18,9 @@ of ~50 rules per interface, so ~100 rules per interface):
                   `secgroup-agent render -c big.json --host hv-bench` (fresh NS)
   (c) compile-only: load (parse + validate), build_ruleset, render, in one process
   interleaved a, b, c, a, b, c, ... `--runs` times; medians and [min-max].
+  (d) then one more agent apply in a fresh NS with its phases timed in the process
+      (start, imports, validate, compile, render, commit, revoke, save, exit): where
+      the agent's time over `nft -f` goes.
 Kernel memory: SUnreclaim (and VmallocUsed, Percpu, MemAvailable) in /proc/meminfo just
 before the load and `--settle` seconds after the loading process exited, and again
 after the namespace is deleted (what the deletion gave back): two readings per load,
@@ -73,6 +76,40 @@ print(json.dumps({"imports": d(c0, c1), "load": d(c1, c2), "compile": d(c2, c3),
                   "chains": sum(len(t.chains) for t in ruleset.tables),
                   "elements": sum(len(s.elements) for t in ruleset.tables for s in t.sets),
                   "bytes": len(text)}))
+"""
+
+PHASES = r"""
+import json, sys, time
+started = time.time()
+t0 = time.perf_counter()
+marks = {}
+def timed(mod, name, label):
+    f = getattr(mod, name, None)
+    if f is None:
+        return
+    def g(*a, **k):
+        t = time.perf_counter()
+        try:
+            return f(*a, **k)
+        finally:
+            marks[label] = marks.get(label, 0.0) + time.perf_counter() - t
+    setattr(mod, name, g)
+import agent.cli.kernel, agent.reconciler.keeper as keeper, agent.reconciler.oneshot as oneshot
+import agent.reconciler.port as port
+from agent.model.loader import read_document
+from agent.model.validate_incremental import validate_update
+t1 = time.perf_counter()
+timed(keeper, "compile_changes", "compile")
+timed(keeper, "render_ruleset", "render")
+timed(keeper, "apply_revocations", "revoke")
+timed(port.RealKernel, "commit", "commit")
+timed(keeper.Keeper, "save", "save")
+t = time.perf_counter(); validated = validate_update(read_document(sys.argv[1]), sys.argv[2], None)
+marks["validate"] = time.perf_counter() - t
+t = time.perf_counter(); result = oneshot.apply_once(validated.state, context=validated)
+marks["apply_once"] = time.perf_counter() - t
+marks["imports"] = t1 - t0
+print(json.dumps({"marks": marks, "started": started, "end": time.time()}), flush=True)
 """
 
 CONNTRACK = r"""
@@ -191,6 +228,37 @@ def load_in_fresh_ns(nss: Namespaces, cmd: list[str], settle_s: float, after=Non
     return out
 
 
+def apply_phases(nss: Namespaces, config: Path, host: str) -> dict:
+    """One more agent apply in a fresh namespace, its phases timed in the process (PHASES:
+    the same calls as `secgroup-agent apply`, each wrapped with a clock): interpreter
+    start, imports, validate, compile, render, commit (libnftables), revoke, save, exit."""
+    ns = nss.new()
+    try:
+        t0 = time.time()
+        p = sh(["ip", "netns", "exec", ns, PY, "-c", PHASES, str(config), host], cwd=ROOT, timeout=3600)
+        t1 = time.time()
+    finally:
+        nss.delete(ns)
+    if p.returncode != 0:
+        return {"error": p.stderr.strip()[-500:]}
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    marks = out["marks"]
+    marks["start"] = out["started"] - t0            # ip netns exec + interpreter start
+    marks["exit"] = t1 - out["end"]                  # interpreter finalization + process exit
+    marks["wall"] = t1 - t0
+    return marks
+
+
+def phases_line(m: dict) -> str:
+    if "error" in m:
+        return f"  apply phases: {m['error']}"
+    rest = m["apply_once"] - sum(m.get(k, 0.0) for k in ("compile", "render", "commit", "revoke", "save"))
+    return (f"  apply phases (one more apply, in-process clocks): wall {m['wall']:.2f} s = start {m['start']:.2f}"
+            f" + imports {m['imports']:.2f} + validate {m['validate']:.2f} + compile {m.get('compile', 0):.2f}"
+            f" + render {m.get('render', 0):.2f} + commit {m.get('commit', 0):.2f} + revoke {m.get('revoke', 0):.2f}"
+            f" + save {m.get('save', 0):.2f} + other {rest:.2f} + exit {m['exit']:.2f}")
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -252,8 +320,10 @@ def bench_size(n: int, args, tmp: Path, nss: Namespaces, remote: int = 0) -> dic
               f" | compile-only: load {c['load'][0]:.1f} s, compile {c['compile'][0]:.1f} s "
               f"(cpu {c['compile'][1]:.1f} s), render {c['render'][0]:.1f} s, peak RSS "
               f"{mb(c['max_rss_kb']):.0f} MB", flush=True)
+    phases = apply_phases(nss, config, host)
+    print(phases_line(phases), flush=True)
     return {"n": n, "remote": remote, "render_s": render_wall, "agent": agent, "nft": nft, "compile": comp,
-            "conntrack": ct,
+            "conntrack": ct, "phases": phases,
             "objects": {k: comp[0][k] for k in ("sets", "chains", "elements", "bytes")}}
 
 
@@ -304,6 +374,7 @@ def report(results: list[dict]) -> None:
               f"{med([x['kernel_s'] for x in a]):.1f} s) + start/load/exit; user "
               f"{med([x['user_s'] for x in a]):.1f} s, sys {med([x['sys_s'] for x in a]):.1f} s; nft -f: user "
               f"{med([x['user_s'] for x in r['nft']]):.1f} s, sys {med([x['sys_s'] for x in r['nft']]):.1f} s")
+        print(phases_line(r["phases"]))
         ct = r["conntrack"] or {}
         for label, v in ct.items():
             if isinstance(v, dict):

@@ -29,8 +29,11 @@ def intersect(a: Box, b: Box) -> Optional[Box]:
 def meets(a: Box, b: Box) -> bool:
     """Whether two boxes share a point (`intersect(a, b) is not None`, without building
     it; the last axes first: the compiler's boxes mostly differ in ports)."""
-    for i in range(len(a) - 1, -1, -1):
-        if a[i][0] > b[i][1] or b[i][0] > a[i][1]:
+    i = len(a)
+    while i:
+        i -= 1
+        x, y = a[i], b[i]
+        if x[0] > y[1] or y[0] > x[1]:
             return False
     return True
 
@@ -193,92 +196,111 @@ def first_match_labels(items: Sequence[tuple[Box, Hashable]],
 
     Same sweep as `disjoint_union`, with the order of the lines kept: at a leaf the
     lowest-numbered present line decides. Lines that are apart (`separate`: they share
-    no point) are solved apart."""
-    lines = [(i, box, label) for i, (box, label) in enumerate(items)]
-    memo: dict = {}
-    union_memo: dict = {}
-    parts = separate([box for box, _ in items])
+    no point) are solved apart. The sub-problems are sets of line numbers (cheap to
+    hash and memoize: a line's box and label are looked up by its number)."""
+    boxes = [box for box, _ in items]
+    painter = _Painter(boxes, [label for _, label in items], keep)
+    parts = separate(boxes)
     if len(parts) == 1:
-        return _region(frozenset(lines), memo, union_memo, keep)
-    return tuple(sorted(b for part in parts
-                        for b in _region(frozenset(lines[i] for i in part), memo, union_memo, keep)))
-
-
-def _region(items: frozenset, memo: dict, union_memo: dict, keep: Callable) -> tuple:
-    if items in memo:
-        return memo[items]
-    if not items or not any(keep(label) for _, _, label in items):
-        return ()
-    dims = len(next(iter(items))[1])
-    if dims == 0:
-        first = min(items, key=lambda line: line[0])[2]
-        return (((), first),) if keep(first) else ()
-    labels = {label for _, _, label in items}
-    if len(labels) == 1:
-        (label,) = labels
-        result: tuple = tuple((b, label) for b in _union(frozenset(b for _, b, _ in items), union_memo))
-    elif dims == 1:
-        result = _region_1d(items, keep)
-    else:
-        result = _region_sweep(items, memo, union_memo, keep)
-    memo[items] = result
-    return result
-
-
-def _region_sweep(items: frozenset, memo: dict, union_memo: dict, keep: Callable) -> tuple:
-    """Sweep the first axis; each elementary segment is solved on the tails of the lines
-    present there (memoized: neighbouring segments mostly share their lines), and
-    neighbouring segments with equal solutions (labels included) are merged."""
-    starts: dict[int, list] = {}
-    ends: dict[int, list] = {}
-    for o, b, a in items:
-        line = (o, b[1:], a)            # lines are unique by their number `o`
-        starts.setdefault(b[0][0], []).append(line)
-        ends.setdefault(b[0][1] + 1, []).append(line)
-    points = sorted(starts.keys() | ends.keys())
-    active: set = set()
-    segments: list[list] = []
-    for lo, nxt in zip(points, points[1:]):
-        if lo in ends:
-            active.difference_update(ends[lo])
-        if lo in starts:
-            active.update(starts[lo])
-        if not active:
-            continue
-        sub = _region(frozenset(active), memo, union_memo, keep)
-        if not sub:
-            continue
-        if segments and segments[-1][1] + 1 == lo and segments[-1][2] == sub:
-            segments[-1][1] = nxt - 1
+        return painter.region(frozenset(range(len(boxes))), 0)
+    out = []
+    for part in parts:
+        if len(part) == 1:              # a line apart from every other: its box, if kept
+            label = items[part[0]][1]
+            if keep(label):
+                out.append((boxes[part[0]], label))
         else:
-            segments.append([lo, nxt - 1, sub])
-    return tuple((((lo, hi),) + tail, label) for lo, hi, sub in segments for tail, label in sub)
+            out.extend(painter.region(frozenset(part), 0))
+    out.sort()
+    return tuple(out)
 
 
-def _region_1d(items: Iterable, keep: Callable) -> tuple:
-    """The last dimension: each elementary segment is decided by its lowest-numbered
-    line (a heap of the lines present, ended ones dropped lazily); kept segments that
-    touch and have the same label are merged."""
-    starts: dict[int, list] = {}
-    points_set = set()
-    labels: dict[int, Any] = {}
-    for o, ((lo, hi),), a in items:
-        starts.setdefault(lo, []).append((o, hi))
-        labels[o] = a
-        points_set.add(lo)
-        points_set.add(hi + 1)
-    points = sorted(points_set)
-    heap: list = []
-    out: list[list] = []
-    for lo, nxt in zip(points, points[1:]):
-        for line in starts.get(lo, ()):
-            heapq.heappush(heap, line)
-        while heap and heap[0][1] < lo:
-            heapq.heappop(heap)
-        if not heap or not keep(label := labels[heap[0][0]]):
-            continue
-        if out and out[-1][1] + 1 == lo and out[-1][2] == label:
-            out[-1][1] = nxt - 1
+class _Painter:
+    """One `first_match_labels` call: the lines' boxes and labels by line number, and
+    the memos of its sub-problems (per axis: a set of line numbers -> its solution on
+    the boxes' tails from that axis on)."""
+
+    def __init__(self, boxes: list[Box], labels: list, keep: Callable[[Any], bool]):
+        self.boxes, self.labels, self.keep = boxes, labels, keep
+        self.dims = len(boxes[0]) if boxes else 0
+        self.memo: list[dict] = [{} for _ in range(self.dims + 1)]
+        self.union_memo: dict = {}
+
+    def region(self, lines: frozenset, axis: int) -> tuple:
+        got = self.memo[axis].get(lines)
+        if got is not None:
+            return got
+        labels = {self.labels[o] for o in lines}
+        if not any(self.keep(label) for label in labels):       # no lines: no labels
+            return ()
+        if axis == self.dims:
+            first = self.labels[min(lines)]
+            return (((), first),) if self.keep(first) else ()
+        if len(labels) == 1:
+            (label,) = labels
+            tails = frozenset(self.boxes[o][axis:] for o in lines)
+            result: tuple = tuple((b, label) for b in _union(tails, self.union_memo))
+        elif axis == self.dims - 1:
+            result = self._region_1d(lines, axis)
         else:
-            out.append([lo, nxt - 1, label])
-    return tuple((((lo, hi),), label) for lo, hi, label in out)
+            result = self._region_sweep(lines, axis)
+        self.memo[axis][lines] = result
+        return result
+
+    def _region_sweep(self, lines: frozenset, axis: int) -> tuple:
+        """Sweep one axis; each elementary segment is solved on the tails of the lines
+        present there (memoized: neighbouring segments mostly share their lines), and
+        neighbouring segments with equal solutions (labels included) are merged."""
+        starts: dict[int, list] = {}
+        ends: dict[int, list] = {}
+        boxes = self.boxes
+        for o in lines:
+            lo, hi = boxes[o][axis]
+            starts.setdefault(lo, []).append(o)
+            ends.setdefault(hi + 1, []).append(o)
+        points = sorted(starts.keys() | ends.keys())
+        active: set = set()
+        segments: list[list] = []
+        for lo, nxt in zip(points, points[1:]):
+            if lo in ends:
+                active.difference_update(ends[lo])
+            if lo in starts:
+                active.update(starts[lo])
+            if not active:
+                continue
+            sub = self.region(frozenset(active), axis + 1)
+            if not sub:
+                continue
+            if segments and segments[-1][1] + 1 == lo and segments[-1][2] == sub:
+                segments[-1][1] = nxt - 1
+            else:
+                segments.append([lo, nxt - 1, sub])
+        return tuple((((lo, hi),) + tail, label) for lo, hi, sub in segments for tail, label in sub)
+
+    def _region_1d(self, lines: frozenset, axis: int) -> tuple:
+        """The last axis: each elementary segment is decided by its lowest-numbered
+        line (a heap of the lines present, ended ones dropped lazily); kept segments
+        that touch and have the same label are merged."""
+        starts: dict[int, list] = {}
+        points_set = set()
+        for o in lines:
+            lo, hi = self.boxes[o][axis]
+            starts.setdefault(lo, []).append((o, hi))
+            points_set.add(lo)
+            points_set.add(hi + 1)
+        points = sorted(points_set)
+        heap: list = []
+        out: list[list] = []
+        labels, keep = self.labels, self.keep
+        for lo, nxt in zip(points, points[1:]):
+            for line in starts.get(lo, ()):
+                heapq.heappush(heap, line)
+            while heap and heap[0][1] < lo:
+                heapq.heappop(heap)
+            if not heap or not keep(label := labels[heap[0][0]]):
+                continue
+            if out and out[-1][1] + 1 == lo and out[-1][2] == label:
+                out[-1][1] = nxt - 1
+            else:
+                out.append([lo, nxt - 1, label])
+        return tuple((((lo, hi),), label) for lo, hi, label in out)

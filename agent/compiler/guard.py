@@ -67,16 +67,19 @@ def build_interface_rules(nic: Interface, essentials: list[Entry],
     return rules
 
 
+def _targets(nic: Interface) -> str:
+    return _not_in(ND_TARGET, (render_target(n) for n in nd_targets(nic)))
+
+
 def _entry_rules(nic: Interface, kind: str, then: str) -> list[str]:
-    targets = _not_in(ND_TARGET, (render_target(n) for n in nd_targets(nic)))
     if kind == "spoof-mac":
         return [f"{_not_in('ether saddr', nic.source_macs())} {then}"]
     if kind == "guard-ra":
         return [f"icmpv6 type nd-router-advert {then}", f"icmpv6 type nd-redirect {then}"]
     if kind == "guard-na":
-        return [f"icmpv6 type nd-neighbor-advert {targets} {then}"]
+        return [f"icmpv6 type nd-neighbor-advert {_targets(nic)} {then}"]
     if kind == "guard-dad":
-        return [f"ip6 saddr :: icmpv6 type nd-neighbor-solicit {targets} {then}"]
+        return [f"ip6 saddr :: icmpv6 type nd-neighbor-solicit {_targets(nic)} {then}"]
     if kind == "guard-nd-src":
         sources = _not_in("ip6 saddr", (render_network(n) for n in nd_sources(nic)))
         return [f"icmpv6 type nd-router-solicit {sources} {then}", f"icmpv6 type 135-136 {sources} {then}"]

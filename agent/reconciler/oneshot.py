@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from agent.compiler.render import render_flush
 from agent.model.objects import DesiredState
+from agent.model.validate import collector_paused
 from agent.reconciler.keeper import Keeper
 from agent.reconciler.port import OWNED_TABLES, Kernel, RealKernel
 from agent.reconciler.result import ApplyResult
@@ -38,7 +39,8 @@ def apply_once(state: DesiredState, force: bool = False, kernel: Optional[Kernel
     if context is not None and (result.changed or not had_context):
         keeper.context = context
     if result.changed or found != "adopted" or (context is not None and not had_context):
-        keeper.save()
+        with collector_paused():        # the pickle's allocations would start a full collection
+            keeper.save()               # over the state and the ruleset (0.16-0.24 s at 1,000 x 100)
     return result
 
 
