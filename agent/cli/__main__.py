@@ -1,6 +1,4 @@
 """`python -m agent.cli`: the command line."""
-import sys
+from agent.cli.main import entry
 
-from agent.cli.main import main
-
-sys.exit(main())
+entry()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Callable, Optional
 
@@ -192,6 +193,26 @@ def _add_kernel_commands(command: Callable) -> None:
     cli_kernel.add_commands(command)
 
 
+QUICK_EXIT = frozenset({"apply", "render"})      # one-shot commands that build the whole state
+
+
+def entry() -> None:
+    """The `secgroup-agent` program: `main`, then the exit. After `apply` and `render` the
+    process ends without the interpreter's teardown, which frees the state, the ruleset
+    and the compiler's memo object by object (0.3-0.45 s at 1,000 interfaces x 100
+    rules, measured with bench/apply.py's phases); nothing of theirs is left to do then
+    (no atexit hooks in the agent, every file is closed and output flushed here)."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in QUICK_EXIT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -212,4 +233,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
