@@ -57,7 +57,7 @@ def inside(doc: dict, rounds: int, tries: int) -> None:
     from agent.compiler.compile import compile_ruleset
     from agent.compiler.render import render_ruleset
     from agent.compiler.transaction import NetlinkChanges, plan_netlink_changes, plan_update, ruleset_size
-    from agent.kernel.batch import commit_netlink_changes
+    from agent.kernel.batch import build_messages, commit_netlink_changes
     from agent.kernel.nft import apply_script
     from agent.model.validate import validate_document
     t = time.monotonic()
@@ -75,6 +75,10 @@ def inside(doc: dict, rounds: int, tries: int) -> None:
     print(f"the edit: {len(there.refills)} chains refilled with {sum(len(r.rules) for r in there.refills)} rules, "
           f"{sum(len(c.removed) + len(c.added) for c in there.elements)} element changes in "
           f"{len(there.elements)} sets; as a script {len(scripts[0])} bytes")
+    for when in ("first", "again"):                                # encoding, no kernel
+        t = time.monotonic()
+        build_messages(there, 1, b)
+        print(f"the batch built ({when}): {(time.monotonic() - t) * 1000:.1f} ms")
     wall: dict[str, list[float]] = {"netlink": [], "script": []}
     kernel: dict[str, list[float]] = {"both": [], "elements alone": [], "refills alone": []}
     for _ in range(rounds):
