@@ -56,8 +56,8 @@ def _ms(values: list[float]) -> str:
 def inside(doc: dict, rounds: int, tries: int) -> None:
     from agent.compiler.compile import compile_ruleset
     from agent.compiler.render import render_ruleset
-    from agent.compiler.transaction import plan_netlink_changes, plan_update, ruleset_size
-    from agent.kernel.batch import commit_netlink_changes
+    from agent.compiler.transaction import NetlinkChanges, plan_netlink_changes, plan_update, ruleset_size
+    from agent.kernel.batch import build_messages, commit_netlink_changes
     from agent.kernel.nft import apply_script
     from agent.model.validate import validate_document
     t = time.monotonic()
@@ -75,19 +75,30 @@ def inside(doc: dict, rounds: int, tries: int) -> None:
     print(f"the edit: {len(there.refills)} chains refilled with {sum(len(r.rules) for r in there.refills)} rules, "
           f"{sum(len(c.removed) + len(c.added) for c in there.elements)} element changes in "
           f"{len(there.elements)} sets; as a script {len(scripts[0])} bytes")
+    for when in ("first", "again"):                                # encoding, no kernel
+        t = time.monotonic()
+        build_messages(there, 1, b)
+        print(f"the batch built ({when}): {(time.monotonic() - t) * 1000:.1f} ms")
     wall: dict[str, list[float]] = {"netlink": [], "script": []}
-    kernel: list[float] = []
+    kernel: dict[str, list[float]] = {"both": [], "elements alone": [], "refills alone": []}
     for _ in range(rounds):
         for changes, target in ((there, b), (back, a)):
             t = time.monotonic()
-            kernel.append(commit_netlink_changes(changes, target))
+            kernel["both"].append(commit_netlink_changes(changes, target))
             wall["netlink"].append(time.monotonic() - t)
         for script in scripts:
             t = time.monotonic()
             apply_script(script, "bench edit")
             wall["script"].append(time.monotonic() - t)
-    print(f"netlink batch: {_ms(wall['netlink'])} wall, of which the kernel {_ms(kernel)}")
+        for part in ("elements alone", "refills alone"):           # where the kernel's time goes
+            for changes, target in ((there, b), (back, a)):
+                only = NetlinkChanges((), changes.elements) if part == "elements alone" else \
+                    NetlinkChanges(changes.refills, ())
+                kernel[part].append(commit_netlink_changes(only, target))
+    print(f"netlink batch: {_ms(wall['netlink'])} wall, of which the kernel {_ms(kernel['both'])}")
     print(f"nft script:    {_ms(wall['script'])} wall ({len(wall['script'])} commits each, interleaved)")
+    print(f"kernel, the batch's elements alone {_ms(kernel['elements alone'])}, "
+          f"its refills alone {_ms(kernel['refills alone'])}")
     with open("/proc/loadavg") as f:
         print(f"load: {f.read().split()[:3]}")
 

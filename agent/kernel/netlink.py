@@ -35,9 +35,13 @@ class Message(NamedTuple):
 
 
 # -- encoding ---------------------------------------------------------------------------
+_TLV_HEAD = struct.Struct("=HH").pack
+_PADS = (b"", b"\0\0\0", b"\0\0", b"\0")              # by size % 4: to the next multiple of 4
+
+
 def attr(kind: int, payload: bytes) -> bytes:
     size = 4 + len(payload)
-    return struct.pack("=HH", size, kind) + payload + bytes(-size % 4)
+    return _TLV_HEAD(size, kind) + payload + _PADS[size & 3]
 
 
 def nest(kind: int, *parts: bytes) -> bytes:
