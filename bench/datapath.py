@@ -468,6 +468,7 @@ def main() -> int:
     prefix = f"sgbdp{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="sgbdp") as d:
         tmp = Path(d)
+        os.environ["SECGROUP_AGENT_STATE_DIR"] = str(tmp / "state")     # the agent's saves: not /var/lib
         rig = None
         try:
             if args.memory_only:
