@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from compile_sim import Simulator, parse_set
 from hypothesis import strategies as st
 
-import agent.compiler.compile as compile_mod
+import agent.compiler.paint as paint_mod
 import agent.compiler.runs as compile_runs
 from agent.compiler.boxes import intersect
 from agent.compiler.compile import Ruleset, interface_chain_name
@@ -130,7 +130,7 @@ def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
             kinds = []
             for r in body:
                 m = re.fullmatch(r"(ip6?) [sd]addr @peers[46] jump (\S+_m[46])", r)
-                if m:               # the member path returns to the static path (compile.member_lines)
+                if m:               # the member path returns to the static path (paint.member_lines)
                     assert dynamic, (chain.name, r)
                     kinds.append((m[1], "members"))
                     member = list(_chain(rs, m[2]).rules)
@@ -146,7 +146,7 @@ def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
                     kinds.append(("ip" + ("6" if m[1] == "6" else "") if m[1] else "both", "catch-all"))
                     continue
                 m = re.fullmatch(r"meta nfproto ipv(4|6) (?!goto ).* goto v_\d+", r)
-                if m:       # a line for every address, after the region (compile.split_wide)
+                if m:       # a line for every address, after the region (paint.split_wide)
                     kinds.append(("ip" + ("6" if m[1] == "6" else ""), "wide"))
                     continue
                 family = r.split()[0] if not r.startswith("meta") else "ip" + ("6" if "ipv6" in r else "")
@@ -157,7 +157,7 @@ def assert_block_structure(state: DesiredState, rs: Ruleset) -> None:
                 kinds.append((family, "region (plain rules)"))
             plain = [k for k in kinds if k[1] == "region (plain rules)"]
             assert all(plain.count(k) <= compile_runs.INLINE_MAX for k in plain), (chain.name, body)
-            assert all(kinds.count(k) <= compile_mod.WIDE_MAX + compile_runs.INLINE_MAX
+            assert all(kinds.count(k) <= paint_mod.WIDE_MAX + compile_runs.INLINE_MAX
                        for k in kinds if k[1] == "wide"), (chain.name, body)
             once = [k for k in kinds if k[1] not in ("region (plain rules)", "wide")]
             assert len(once) == len(set(once)), (chain.name, body)

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from profiles import examples
 
 import agent.compiler.compile as compile_mod
+import agent.compiler.paint as paint_mod
 import agent.compiler.runs as compile_runs
 from agent.compiler.compile import build_ruleset
 from agent.compiler.render import render_ruleset
@@ -84,7 +85,7 @@ def test_peer_heavy_lists_judge_like_explain(data):
     span = data.draw(st.sampled_from([1, 3, 16]), label="POINTS_SPAN")     # 3: "79/81" just fits
     wide = data.draw(st.sampled_from([0, 1, 8]), label="WIDE_MAX")
     with mock.patch.object(compile_runs, "INLINE_MAX", inline), mock.patch.object(compile_runs, "POINTS_MIN", points), \
-            mock.patch.object(compile_runs, "POINTS_SPAN", span), mock.patch.object(compile_mod, "WIDE_MAX", wide):
+            mock.patch.object(compile_runs, "POINTS_SPAN", span), mock.patch.object(paint_mod, "WIDE_MAX", wide):
         rs = build_ruleset(state)
     assert rs.errors == ()
     assert check_equivalence(state, rs, pkts) > 0
