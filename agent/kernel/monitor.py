@@ -125,23 +125,27 @@ class TableWatch:
         self._sock.close()
 
 
-def _request(msg: int, flags: int) -> Iterator[bytes]:
-    """Send one nf_tables request; yield the payload of each answer."""
-    with netlink.open_socket() as sock:
-        sock.settimeout(2.0)
-        sock.send(netlink.nftables_request(msg, flags))
-        while True:
-            for message in netlink.messages(sock.recv(1 << 16)):
-                if message.kind == NLMSG_DONE:
-                    return
-                if message.kind == NLMSG_ERROR:
-                    code = netlink.error_code(message)
-                    if code:
-                        raise OSError(code, os.strerror(code))
-                    return
-                yield message.payload
-            if not flags & NLM_F_DUMP:
+def _request(msg: int, flags: int, sock: Optional[socket.socket] = None) -> Iterator[bytes]:
+    """Send one nf_tables request; yield the payload of each answer. On `sock` (kept by
+    the caller) or a socket of its own."""
+    if sock is None:
+        with netlink.open_socket() as own:
+            own.settimeout(2.0)
+            yield from _request(msg, flags, own)
+        return
+    sock.send(netlink.nftables_request(msg, flags))
+    while True:
+        for message in netlink.messages(sock.recv(1 << 16)):
+            if message.kind == NLMSG_DONE:
                 return
+            if message.kind == NLMSG_ERROR:
+                code = netlink.error_code(message)
+                if code:
+                    raise OSError(code, os.strerror(code))
+                return
+            yield message.payload
+        if not flags & NLM_F_DUMP:
+            return
 
 
 class _GenSocket:
@@ -160,24 +164,16 @@ def ruleset_generation() -> int:
             if _GenSocket.sock is None:
                 _GenSocket.sock = netlink.open_socket()
                 _GenSocket.sock.settimeout(2.0)
-            return _generation(_GenSocket.sock)
-        except OSError:
+            for payload in _request(NFT_MSG_GETGEN, 0, _GenSocket.sock):
+                attrs = netlink.nft_attrs(payload)
+                if NFTA_GEN_ID in attrs:
+                    return netlink.u32(attrs[NFTA_GEN_ID])
+        except OSError:             # a failed query leaves no answer behind: the socket goes
             if _GenSocket.sock is not None:
                 _GenSocket.sock.close()
             _GenSocket.sock = None
             raise
-
-
-def _generation(sock: socket.socket) -> int:
-    sock.send(netlink.nftables_request(NFT_MSG_GETGEN, 0))
-    while True:                             # a failed query closes the socket: no answer is left over
-        for message in netlink.messages(sock.recv(1 << 16)):
-            if message.kind == NLMSG_ERROR and netlink.error_code(message):
-                code = netlink.error_code(message)
-                raise OSError(code, os.strerror(code))
-            attrs = netlink.nft_attrs(message.payload) if message.kind != NLMSG_ERROR else {}
-            if NFTA_GEN_ID in attrs:
-                return netlink.u32(attrs[NFTA_GEN_ID])
+    raise OSError(errno.EPROTO, "no generation id in the kernel's answer")
 
 
 def table_names() -> set[tuple[str, str]]:
