@@ -189,14 +189,6 @@ class Reuse:
         self.chains.update(previous.chains)
         self.interfaces.update(previous.interfaces)
 
-    def carry_region(self, previous: CompileMemo, key: tuple) -> None:
-        """Keep a policy chain of `previous` as it is, with its version parts."""
-        self.regions[key] = previous.regions[key]
-        for v in (4, 6):
-            part = previous.region_parts.get((key[0], v))
-            if part is not None:
-                self.region_parts[(key[0], v)] = part
-
     def freeze(self, record: BuildRecord,
                chain_order: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())) -> CompileMemo:
         return CompileMemo(self.inputs, self.regions, self.region_parts, self.interfaces, self.shared_sets,
