@@ -20,8 +20,8 @@ import yaml
 from agent.compiler.compile import build_ruleset
 from agent.compiler.transaction import plan_update
 from agent.compiler.render import render_flush, render_ruleset
-from sandbox.hypervisor import run
 from agent.model.validate import validate_document
+from scratch import scratch_namespace
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.require_root]
@@ -33,12 +33,8 @@ NS = f"sginc{os.getpid() % 100000}"
 
 @pytest.fixture(scope="module")
 def ns():
-    run(["ip", "netns", "del", NS], check=False)
-    run(["ip", "netns", "add", NS])
-    try:
-        yield NS
-    finally:
-        run(["ip", "netns", "del", NS], check=False)
+    with scratch_namespace(NS) as name:
+        yield name
 
 
 def nft(ns: str, script: str, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from scratch import run_scenario, scratch_namespace
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.require_root]
@@ -242,19 +243,12 @@ def main(argv: list[str]) -> None:
 # -- the tests -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ns():
-    subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    try:
-        yield NS
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+    with scratch_namespace(NS) as name:
+        yield name
 
 
 def in_ns(ns: str, scenario: str, *args, prefix: tuple = ()) -> dict:
-    proc = subprocess.run(["ip", "netns", "exec", ns, *prefix, sys.executable, str(Path(__file__).resolve()), scenario,
-                           json.dumps(args)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_scenario(ns, str(Path(__file__).resolve()), scenario, *args, prefix=prefix)
 
 
 def test_changes_leave_what_libnftables_declares(ns):

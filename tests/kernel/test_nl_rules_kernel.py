@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scratch import run_scenario, scratch_namespace
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.require_root]
@@ -289,19 +290,12 @@ RANDOM_RULES = [random_rule(random.Random(seed)) for seed in range(400)]
 
 @pytest.fixture(scope="module")
 def ns():
-    subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    try:
-        yield NS
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+    with scratch_namespace(NS) as name:
+        yield name
 
 
 def in_ns(ns: str, scenario: str, *args) -> dict:
-    proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(Path(__file__).resolve()), scenario,
-                           json.dumps(args)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_scenario(ns, str(Path(__file__).resolve()), scenario, *args)
 
 
 @pytest.mark.parametrize("texts", [FORMS, RANDOM_RULES], ids=["forms", "random"])
