@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 from operator import itemgetter
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from agent.compiler.attribution import (FINAL as FINAL_STAGE, INTRA_GROUP as INTRA_STAGE, VerdictId)
 from agent.compiler.builder import Builder, safe_name
@@ -38,6 +38,9 @@ from agent.model.objects import ACCEPT, CLASSIC, DIRECTIONS, EGRESS, INGRESS, De
 from agent.policy.effective import DEFAULTS, FINAL, USER, Entry, build_effective_list, essential_entries, intra_group_ids
 from agent.compiler.ruleset import TABLE, Chain, NftSet, Ruleset, Table
 
+if TYPE_CHECKING:
+    from agent.compiler.staging import Stager
+
 __all__ = ["TABLE", "Chain", "NftSet", "Ruleset", "Table", "build_ruleset", "compile_ruleset", "safe_name"]
 
 
@@ -46,22 +49,29 @@ def build_ruleset(state: DesiredState) -> Ruleset:
     return compile_ruleset(state, None)[0]
 
 
-def compile_ruleset(state: DesiredState, previous: Optional[CompileMemo]) -> tuple[Ruleset, CompileMemo]:
+def compile_ruleset(state: DesiredState, previous: Optional[CompileMemo],
+                    stager: Optional[Stager] = None) -> tuple[Ruleset, CompileMemo]:
     """`build_ruleset`, reusing the policy chains of the build `previous` remembers
     whose inputs did not change (agent.compiler.memo); the same Ruleset either way.
-    The cyclic collector is paused meanwhile (agent.model.validate.collector_paused)."""
+    `stager`: handed what the build has made every few hundred interfaces (a cold load
+    in stages, agent.compiler.staging). The cyclic collector is paused meanwhile
+    (agent.model.validate.collector_paused)."""
     with collector_paused():
-        return _compile_ruleset(state, previous)
+        return _compile_ruleset(state, previous, stager)
 
 
-def _compile_ruleset(state: DesiredState, previous: Optional[CompileMemo]) -> tuple[Ruleset, CompileMemo]:
+def _compile_ruleset(state: DesiredState, previous: Optional[CompileMemo],
+                     stager: Optional[Stager]) -> tuple[Ruleset, CompileMemo]:
     b = Builder(state, canonicalise(state, previous))
     dispatch: dict[str, list[tuple[str, str]]] = {INGRESS: [], EGRESS: []}
-    for name in sorted(state.local_interfaces):
+    names = sorted(state.local_interfaces)
+    for done, name in enumerate(names, 1):
         nic = state.local_interfaces[name]
         for direction in DIRECTIONS:
             chain = build_interface_chain(b, nic, direction)
             dispatch[direction].append((nic.name, chain))
+        if stager is not None:
+            stager.after(b, done, len(names))
     unknown = {d: unknown_verdict(d) for d in DIRECTIONS} if state.instance_interfaces else {}
     sets, chains = dispatch_objects(b.state, dispatch, {d: b.goto(vid) for d, vid in unknown.items()})
     return finish_build(b, BuildRecord(local_layout(state), (tuple(sets), tuple(chains)), bridge_table(state),

@@ -33,6 +33,7 @@ from agent.reconciler.drift import Object, build_differing, build_repair, withou
 from agent.reconciler.port import OWNED_TABLES, Kernel
 from agent.reconciler.result import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, ApplyResult
 from agent.reconciler.revoke import apply_revocations
+from agent.reconciler.staged import STAGE_FROM, StagedApply, apply_staged
 from agent.reconciler.stamp import build_token, render_restamp, render_stamped, stamp_set
 from agent.reconciler.store import Saved, StateStore
 
@@ -138,23 +139,48 @@ class Keeper:
     # -- apply ------------------------------------------------------------------------
     def apply(self, state: DesiredState, revision: str = "?", force: bool = False) -> ApplyResult:
         start = time.monotonic()
-        ruleset, self.memo = compile_changes(state, self.memo)
-        if not force and self._holds(ruleset):
-            self.state, self.addresses = state, _addresses(state)
-            return self._result(UNCHANGED, start, 0.0, 0, 0, ruleset, state)
-        previous = self.addresses if self.state is not None or self.applied is not None else self._kernel_addresses()
-        if force:
-            self.applied = None
-        prior = self.generation()
-        if prior is not None and self.our_generation is not None and prior != self.our_generation:
-            self.unaccounted = True               # a commit not ours since our last one
-        mode, nft_seconds, size = self._commit_change(ruleset, revision)
+        staged = self._load_staged(state, revision) if self._stageable(state) else None
+        if staged is not None:
+            ruleset, self.memo, previous = staged.ruleset, staged.memo, frozenset[Any]()
+            self._rendered, self.token = (ruleset, staged.script), staged.token
+            mode, nft_seconds, size = FULL, staged.seconds, len(staged.script)
+        else:
+            ruleset, self.memo = compile_changes(state, self.memo)
+            if not force and self._holds(ruleset):
+                self.state, self.addresses = state, _addresses(state)
+                return self._result(UNCHANGED, start, 0.0, 0, 0, ruleset, state)
+            previous = self.addresses if self.state is not None or self.applied is not None else \
+                self._kernel_addresses()
+            if force:
+                self.applied = None
+            prior = self.generation()
+            if prior is not None and self.our_generation is not None and prior != self.our_generation:
+                self.unaccounted = True               # a commit not ours since our last one
+            mode, nft_seconds, size = self._commit_change(ruleset, revision)
         old = self.state
         self._applied(ruleset, state)
         revoked = self._revoke(state, previous, old, revision) if state.revoke_connections else 0
         for err in ruleset.errors:
             log.error("revision %s: %s", revision, err)
         return self._result(mode, start, nft_seconds, size, revoked, ruleset, state)
+
+    def _stageable(self, state: DesiredState) -> bool:
+        """A cold load of a large state into a table that does not exist: in stages
+        (agent.reconciler.staged)."""
+        if self.applied is not None or self.memo is not None or self.kernel_token is not None or \
+                len(state.local_interfaces) < STAGE_FROM:
+            return False
+        try:
+            return not self.kernel.tables_present((("inet", TABLE),))
+        except KernelError:
+            return False
+
+    def _load_staged(self, state: DesiredState, revision: str) -> Optional[StagedApply]:
+        try:
+            return apply_staged(self.kernel, state, revision)
+        except KernelError as exc:
+            log.warning("revision %s: staged load failed (%s); replacing the table in full", revision, exc)
+            return None
 
     def _holds(self, ruleset: Ruleset) -> bool:
         if self.applied is not None:

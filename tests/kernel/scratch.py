@@ -5,6 +5,7 @@ library: the test modules import it also when they run as a scenario's process.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -31,3 +32,20 @@ def run_scenario(ns: str, script: str, scenario: str, *args, prefix: tuple = ())
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table_blocks() -> list[str]:
+    """The agent's tables as nft lists them in this process's namespace, one block per
+    object, sorted, elements sorted (the kernel lists objects in creation order and
+    interval elements in insertion order)."""
+    out = []
+    for family in ("inet", "bridge"):
+        proc = subprocess.run(["nft", "list", "table", family, "secgroup_agent"], capture_output=True, text=True)
+        if proc.returncode == 0:
+            body = proc.stdout.strip().split("\n", 1)[1].rsplit("\n}", 1)[0]
+            out += [f"{family}: {b.strip()}" for b in re.split(r"\n\s*\n", body)]
+
+    def sort_elements(m: re.Match) -> str:
+        items = [e.strip() for e in m.group(1).replace("\n", " ").split(",") if e.strip()]
+        return "elements = { " + ", ".join(sorted(items)) + " }"
+    return sorted(re.sub(r"elements = \{([^}]*)\}", sort_elements, b) for b in out)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from scratch import run_scenario, scratch_namespace
+from scratch import run_scenario, scratch_namespace, table_blocks
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.require_root]
@@ -188,21 +188,6 @@ def scenario_bytes(texts: list[str]) -> dict:
     return {"differ": differ, "checked": len(texts)}
 
 
-def _table_blocks() -> list[str]:
-    """The agent's tables as nft lists them, one block per object, elements sorted."""
-    out = []
-    for family in ("inet", "bridge"):
-        proc = subprocess.run(["nft", "list", "table", family, "secgroup_agent"], capture_output=True, text=True)
-        if proc.returncode == 0:
-            body = proc.stdout.strip().split("\n", 1)[1].rsplit("\n}", 1)[0]
-            out += [f"{family}: {b.strip()}" for b in re.split(r"\n\s*\n", body)]
-
-    def sort_elements(m: re.Match) -> str:
-        items = [e.strip() for e in m.group(1).replace("\n", " ").split(",") if e.strip()]
-        return "elements = { " + ", ".join(sorted(items)) + " }"
-    return sorted(re.sub(r"elements = \{([^}]*)\}", sort_elements, b) for b in out)
-
-
 def _edited(doc: dict, rnd: random.Random) -> dict:
     """One rule edited: its port range shifted, its verdict flipped or its priority moved."""
     new = copy.deepcopy(doc)
@@ -240,9 +225,9 @@ def scenario_refill(seed: int, edits: int) -> dict:
             continue
         apply_script(render_ruleset(old))
         took = commit_netlink_changes(changes, new)          # lookups checked against its sets
-        got = _table_blocks()
+        got = table_blocks()
         apply_script(render_flush(new.owned) + render_ruleset(new))
-        results.append({"same": got == _table_blocks(), "took": took, "refills": len(changes.refills),
+        results.append({"same": got == table_blocks(), "took": took, "refills": len(changes.refills),
                         "rules": sum(len(r.rules) for r in changes.refills),
                         "elements": sum(len(c.removed) + len(c.added) for c in changes.elements)})
         apply_script(render_flush(new.owned))
