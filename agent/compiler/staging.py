@@ -34,7 +34,7 @@ from agent.compiler.runs import ADDR_TYPE
 
 # Where the build hands over (fractions of the local interfaces, in build order): the
 # first stage early, so the kernel starts while the build goes on.
-STAGE_AT = (0.08, 0.25, 0.5, 0.75)
+STAGE_AT = (0.04, 0.25, 0.5, 0.75)
 _HEAD = f"table inet {TABLE} {{"
 
 

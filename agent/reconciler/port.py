@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # the drift monitor and verify never see the trace tables (tests/unit/test_records_views.py).
 OWNED_TABLES: tuple[tuple[str, str], ...] = Ruleset(()).owned
 INCREMENTAL = "incremental"
+STAGE = "stage"             # a staged load's commit before its last (agent.reconciler.staged)
 
 
 class Kernel(Protocol):
@@ -42,7 +43,7 @@ class RealKernel:
     def commit(self, script: str, what: str) -> float:
         from agent.kernel import nft
         took = nft.apply_script(script, what)
-        if what != INCREMENTAL:
+        if what not in (INCREMENTAL, STAGE):    # (the next stage would build it again)
             nft.apply_script("", "release")     # libnftables frees the big cache on its next call
         return took
 

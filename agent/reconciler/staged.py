@@ -25,7 +25,8 @@ from agent.compiler.ruleset import TABLE, Ruleset
 from agent.compiler.staging import Stager, render_final
 from agent.errors import KernelError
 from agent.model.objects import DesiredState
-from agent.reconciler.port import Kernel
+from agent.reconciler.port import STAGE, Kernel
+from agent.reconciler.result import FULL
 from agent.reconciler.stamp import build_token, render_stamped
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,16 @@ class _Committer(threading.Thread):
     def __init__(self, kernel: Kernel, revision: str) -> None:
         super().__init__(name="sga-stage", daemon=True)
         self.kernel, self.revision = kernel, revision
-        self.scripts: queue.Queue[Optional[str]] = queue.Queue()
+        self.scripts: queue.Queue[Optional[tuple[str, str]]] = queue.Queue()     # (script, what)
         self.seconds, self.committed = 0.0, 0
         self.error: Optional[KernelError] = None
 
     def run(self) -> None:
-        while (script := self.scripts.get()) is not None:
+        while (item := self.scripts.get()) is not None:
             if self.error is not None:
                 continue
             try:
-                self.seconds += self.kernel.commit(script, "staged load")
+                self.seconds += self.kernel.commit(*item)
                 self.committed += 1
             except KernelError as exc:
                 self.error = exc
@@ -73,7 +74,7 @@ def apply_staged(kernel: Kernel, state: DesiredState, revision: str = "?") -> Op
     creates it and fails if it exists); the caller then applies the whole script."""
     committer = _Committer(kernel, revision)
     committer.start()
-    stager = Stager(committer.scripts.put)
+    stager = Stager(lambda script: committer.scripts.put((script, STAGE)))
     try:
         ruleset, memo = compile_ruleset(state, None, stager)
     except BaseException:
@@ -85,7 +86,7 @@ def apply_staged(kernel: Kernel, state: DesiredState, revision: str = "?") -> Op
     if final is None or committer.error is not None:
         _abandon(kernel, committer, revision)
         return None
-    committer.scripts.put(render_stamped(final, token))
+    committer.scripts.put((render_stamped(final, token), FULL))
     error = committer.finish()
     if error is not None:
         log.warning("revision %s: staged load refused (%s); replacing the table in full", revision, error)
