@@ -42,7 +42,7 @@ class RealKernel:
 
     def commit(self, script: str, what: str) -> float:
         from agent.kernel import nft
-        took = nft.apply_script(script, what)
+        took = nft.apply_script(script, what, trim=what != STAGE)
         if what not in (INCREMENTAL, STAGE):    # (the next stage would build it again)
             nft.apply_script("", "release")     # libnftables frees the big cache on its next call
         return took
