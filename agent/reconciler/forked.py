@@ -34,6 +34,7 @@ class Child:
     def __init__(self, pid: int, word_fd: Optional[int], label: str) -> None:
         self.pid, self.label = pid, label
         self.code: Optional[int] = None          # its exit status once reaped
+        self.peak_rss_kb = 0                      # its peak resident size (shared pages included)
         self._word_fd = word_fd
 
     def tell(self, go: bool) -> None:
@@ -61,12 +62,15 @@ class Child:
         if self.code is not None:
             return True
         try:
-            pid, status = os.waitpid(self.pid, flags)
+            pid, status, usage = os.wait4(self.pid, flags)
         except ChildProcessError:                 # reaped elsewhere: nothing to report
-            pid, status = self.pid, 0
+            self.code = 0
+            return True
         if pid == 0:
             return False
-        self.code = os.waitstatus_to_exitcode(status)
+        self.code, self.peak_rss_kb = os.waitstatus_to_exitcode(status), usage.ru_maxrss
+        log.debug("%s: the save's child ended (exit status %d, peak RSS %d MB)", self.label, self.code,
+                  self.peak_rss_kb // 1024)
         return True
 
 
@@ -108,9 +112,9 @@ def stage_save(store: StateStore, snapshot: Snapshot, label: str) -> Optional[Ch
     waits for the parent's word: go, the files are put in place (`publish`: the commit
     took); no, they are removed (`discard`: the previous save stays). None: fork failed."""
     def work(word: Word) -> None:
-        staged = store.stage(*snapshot())
-        if word():
-            store.publish(staged)
-        else:
-            store.discard(staged)
+        staged, go = store.stage(*snapshot()), False
+        try:
+            go = word()
+        finally:                                  # interrupted while waiting (Ctrl-C): no
+            (store.publish if go else store.discard)(staged)
     return fork_child(work, label, told=True)
