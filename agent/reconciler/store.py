@@ -14,7 +14,8 @@ Each is written atomically (temporary file, fsync, rename). `stage` writes all t
 under temporary names and `publish` renames them into place (`discard` removes them): the
 one-shot apply stages while its commit runs (agent.reconciler.forked) and publishes only
 when the commit succeeded, so a refused commit or a crash before the renames leaves the
-previous files as they were. The pickle is read only
+previous files as they were (a crash's temporary files are removed by a later `stage`
+once an hour old). The pickle is read only
 when the file belongs to root (or this user) and nobody else may write it or its
 directory: loading a pickle runs code, so it must come from the agent itself.
 """
@@ -26,6 +27,7 @@ import os
 import pickle
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = "/var/lib/secgroup-agent"
 RESTORE_FILE, PICKLE_FILE, FAILCLOSED_FILE = "ruleset.nft", "applied.pickle", "failclosed.nft"
 FORMAT = 3          # 3: the compile memo holds verdict numbers (issue 16)
+STALE_SECONDS = 3600    # a temporary file this old was left by a crash (a save takes seconds)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,19 @@ def _unlink_all(paths: Sequence[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+def _remove_stale(directory: Path) -> None:
+    """Temporary files a crashed save left (15 MB of restore script at 1,000 x 100); not
+    recent ones: a daemon's save may be under way beside a one-shot apply."""
+    now = time.time()
+    for name in (FAILCLOSED_FILE, RESTORE_FILE, PICKLE_FILE):
+        for path in directory.glob(f".{name}.*"):
+            try:
+                if now - path.stat().st_mtime > STALE_SECONDS:
+                    path.unlink()
+            except OSError as exc:
+                log.debug("%s: cannot remove %s: %s", directory, path.name, exc)
+
+
 def _trusted(path: Path) -> bool:
     for p in (path, path.parent):
         st = p.stat()
@@ -103,6 +119,7 @@ class StateStore:
         """What `save` writes, under temporary names in the directory (nothing is replaced
         yet); OSError is raised, with whatever was written removed."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _remove_stale(self.directory)
         contents: list[tuple[str, Callable[[], bytes]]] = [
             (RESTORE_FILE, script.encode), (PICKLE_FILE, lambda: pickle.dumps((FORMAT, saved), protocol=pickle.HIGHEST_PROTOCOL))]
         if failclosed:

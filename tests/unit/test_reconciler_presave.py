@@ -18,7 +18,7 @@ from agent.model.validate import validate_document
 from agent.reconciler import forked
 from agent.reconciler.keeper import FULL, INCREMENTAL, Keeper
 from agent.reconciler.oneshot import apply_once
-from agent.reconciler.store import FAILCLOSED_FILE, PICKLE_FILE, RESTORE_FILE, StateStore
+from agent.reconciler.store import FAILCLOSED_FILE, PICKLE_FILE, RESTORE_FILE, STALE_SECONDS, StateStore
 from fake_kernel import FakeKernel
 
 WEBSHOP = yaml.safe_load((Path(__file__).parents[2] / "examples" / "webshop.yaml").read_text())
@@ -151,3 +151,16 @@ def test_staged_files_replace_the_saved_ones_only_when_published(tmp_path):
     assert files(tmp_path) == before
     keeper.store.publish(keeper.store.stage(*snapshot()))
     assert StateStore(tmp_path).load().token == keeper.token and set(os.listdir(tmp_path)) == NAMES
+
+
+def test_a_crashed_save_s_temporary_files_are_removed_once_stale(tmp_path):
+    k = FakeKernel()
+    keeper = Keeper(k, store=StateStore(tmp_path))
+    keeper.apply(state())
+    stale, recent = tmp_path / f".{RESTORE_FILE}.crashed", tmp_path / f".{PICKLE_FILE}.under_way"
+    stale.write_text("left by a crash")
+    recent.write_text("another save's")
+    old = time.time() - STALE_SECONDS - 60
+    os.utime(stale, (old, old))
+    keeper.save()
+    assert not stale.exists() and recent.exists() and set(os.listdir(tmp_path)) == NAMES | {recent.name}
