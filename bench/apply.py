@@ -20,7 +20,8 @@ of ~50 rules per interface, so ~100 rules per interface):
   interleaved a, b, c, a, b, c, ... `--runs` times; medians and [min-max].
   (d) then one more agent apply in a fresh NS with its phases timed in the process
       (start, imports, validate, compile, render, commit, revoke, save, exit): where
-      the agent's time over `nft -f` goes.
+      the agent's time over `nft -f` goes. "save" is the save after the commit, or the
+      wait for the child that wrote it during the commit ("fork": forking it).
 Kernel memory: SUnreclaim (and VmallocUsed, Percpu, MemAvailable) in /proc/meminfo just
 before the load and `--settle` seconds after the loading process exited, and again
 after the namespace is deleted (what the deletion gave back): two readings per load,
@@ -104,6 +105,8 @@ timed(keeper, "render_ruleset", "render")
 timed(keeper, "apply_revocations", "revoke")
 timed(port.RealKernel, "commit", "commit")
 timed(keeper.Keeper, "save", "save")
+timed(keeper.Keeper, "saved_early", "save")          # the wait for the child that saved during the commit
+timed(keeper, "stage_save", "fork")                  # forking that child
 t = time.perf_counter(); validated = validate_update(read_document(sys.argv[1]), sys.argv[2], None)
 marks["validate"] = time.perf_counter() - t
 t = time.perf_counter(); result = oneshot.apply_once(validated.state, context=validated)
@@ -252,10 +255,11 @@ def apply_phases(nss: Namespaces, config: Path, host: str) -> dict:
 def phases_line(m: dict) -> str:
     if "error" in m:
         return f"  apply phases: {m['error']}"
-    rest = m["apply_once"] - sum(m.get(k, 0.0) for k in ("compile", "render", "commit", "revoke", "save"))
+    rest = m["apply_once"] - sum(m.get(k, 0.0) for k in ("compile", "render", "fork", "commit", "revoke", "save"))
+    fork = f" + fork {m['fork']:.2f}" if "fork" in m else ""
     return (f"  apply phases (one more apply, in-process clocks): wall {m['wall']:.2f} s = start {m['start']:.2f}"
             f" + imports {m['imports']:.2f} + validate {m['validate']:.2f} + compile {m.get('compile', 0):.2f}"
-            f" + render {m.get('render', 0):.2f} + commit {m.get('commit', 0):.2f} + revoke {m.get('revoke', 0):.2f}"
+            f" + render {m.get('render', 0):.2f}{fork} + commit {m.get('commit', 0):.2f} + revoke {m.get('revoke', 0):.2f}"
             f" + save {m.get('save', 0):.2f} + other {rest:.2f} + exit {m['exit']:.2f}")
 
 

@@ -30,6 +30,7 @@ from agent.errors import KernelError, NotEncodable
 from agent.model.objects import DesiredState
 from agent.reconciler.boot import render_failclosed
 from agent.reconciler.drift import Object, build_differing, build_repair, without_dynamic_elements
+from agent.reconciler.forked import Child, Snapshot, stage_save
 from agent.reconciler.port import OWNED_TABLES, Kernel
 from agent.reconciler.result import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, ApplyResult
 from agent.reconciler.revoke import apply_revocations
@@ -88,6 +89,9 @@ class Keeper:
     repairs: int = 0
     revoked_total: int = 0
     tables: tuple[tuple[str, str], ...] = OWNED_TABLES
+    stage_saves: bool = False                 # `apply`: an nft commit's save is written by a forked
+                                              # child during the commit (`_commit_saving`)
+    _staged: Optional[Child] = field(default=None, repr=False)      # its child, told to publish
     _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _rendered: Optional[tuple[Ruleset, str]] = field(default=None, repr=False)   # the last full render
 
@@ -126,15 +130,19 @@ class Keeper:
         objects), and the rendered script is let go now (a daemon saves after every commit)."""
         if self.store is None or self.applied is None or self.token is None:
             return None
-        store, applied, token, held = self.store, self.applied, self.token, self._rendered
+        store, held = self.store, self._rendered
         self._rendered = None
-        saved = Saved(token, applied, self.memo, self.addresses, self.context)
-        boot = render_failclosed(self.state.instance_interfaces) if self.state is not None else None
+        snapshot = self._snapshot(self.token, self.applied, self.addresses, self.state,
+                                  held[1] if held is not None and held[0] is self.applied else None)
+        return lambda: store.save(*snapshot())
 
-        def work() -> None:
-            script = held[1] if held is not None and held[0] is applied else render_ruleset(applied)
-            store.save(saved, render_stamped(script, token), boot)
-        return work
+    def _snapshot(self, token: str, applied: Ruleset, addresses: frozenset, state: Optional[DesiredState],
+                  script: Optional[str]) -> Snapshot:
+        """StateStore.save's arguments, taken now, rendered when called (`script`: the
+        full render of `applied` if there is one already)."""
+        saved = Saved(token, applied, self.memo, addresses, self.context)
+        boot = render_failclosed(state.instance_interfaces) if state is not None else None
+        return lambda: (saved, render_stamped(script if script is not None else render_ruleset(applied), token), boot)
 
     # -- apply ------------------------------------------------------------------------
     def apply(self, state: DesiredState, revision: str = "?", force: bool = False) -> ApplyResult:
@@ -156,7 +164,7 @@ class Keeper:
             prior = self.generation()
             if prior is not None and self.our_generation is not None and prior != self.our_generation:
                 self.unaccounted = True               # a commit not ours since our last one
-            mode, nft_seconds, size = self._commit_change(ruleset, revision)
+            mode, nft_seconds, size = self._commit_change(ruleset, state, revision)
         old = self.state
         self._applied(ruleset, state)
         revoked = self._revoke(state, previous, old, revision) if state.revoke_connections else 0
@@ -200,7 +208,7 @@ class Keeper:
                            len(state.local_interfaces), sum(len(t.chains) for t in rs.tables),
                            sum(len(t.sets) for t in rs.tables))
 
-    def _commit_change(self, ruleset: Ruleset, revision: str) -> tuple[str, float, int]:
+    def _commit_change(self, ruleset: Ruleset, state: DesiredState, revision: str) -> tuple[str, float, int]:
         """The cheapest transaction that works: only set elements changed -> those
         elements over netlink; else an incremental nft script; else (first apply,
         after drift, or a refused step) the full atomic replace. (mode, seconds, size)"""
@@ -216,13 +224,41 @@ class Keeper:
                     return INCREMENTAL, took, size + sum(len(r) for c in changes.refills for r in c.rules)
             script = self.plan(ruleset)
             token = build_token(self.token, script)
-            took = self._commit(INCREMENTAL, script + render_restamp(token), revision)
+            took = self._commit_saving(INCREMENTAL, script + render_restamp(token), revision, (token, ruleset, state, None))
             if took >= 0:
                 self.token = token
                 return INCREMENTAL, took, len(script)
         script = self._render(ruleset)
         self.token = build_token(script)
-        return FULL, self._commit(FULL, render_stamped(script, self.token), revision), len(script)
+        took = self._commit_saving(FULL, render_stamped(script, self.token), revision, (self.token, ruleset, state, script))
+        return FULL, took, len(script)
+
+    def _commit_saving(self, mode: str, script: str, revision: str,
+                       after: tuple[str, Ruleset, DesiredState, Optional[str]]) -> float:
+        """`_commit`, and when `stage_saves`, the save of what it commits (`after`: stamp,
+        ruleset, state, its full render if there is one) written meanwhile by a forked
+        child (the memo and the context it saves are set before: compiled, by the caller):
+        published when the commit took (`saved_early` waits for it), else discarded and
+        waited for (the state directory keeps the previous save)."""
+        token, ruleset, state, rendered = after
+        child = stage_save(self.store, self._snapshot(token, ruleset, _addresses(state), state, rendered),
+                           f"revision {revision}") if self.stage_saves and self.store is not None else None
+        took = -1.0
+        try:
+            took = self._commit(mode, script, revision)
+        finally:
+            if child is not None and took >= 0:
+                child.tell(True)
+                self._staged = child
+            elif child is not None:
+                child.wait()                      # told no: the files are removed
+        return took
+
+    def saved_early(self) -> bool:
+        """Wait for the save a commit's child was told to publish (`stage_saves`): whether
+        it is in place (False: none, fork failed, or the child failed; `save` is due)."""
+        child, self._staged = self._staged, None
+        return child is not None and child.wait() == 0
 
     def _commit_netlink(self, changes: NetlinkChanges, ruleset: Ruleset, revision: str) -> tuple[float, str]:
         """(seconds the netlink commit took, its stamp); -1 when refused or not encodable

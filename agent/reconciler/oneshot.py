@@ -5,7 +5,10 @@ applied ruleset (or the stamp a full replace of this very ruleset writes): an un
 state commits nothing and revokes nothing (`ApplyResult.changed` is False); a changed
 one is the incremental transaction against the saved ruleset; the full atomic replace
 only when the kernel's content is not known. Then revocation, and the applied ruleset
-is saved for the next run and for the boot restore (agent.reconciler.store).
+is saved for the next run and for the boot restore (agent.reconciler.store): for an nft
+commit, by a forked child that writes the files while the commit runs and renames them
+into place once it took (agent.reconciler.forked; removes them when it raised); after
+the commit, in the process, for a netlink one or when fork fails.
 
 The stamp witnesses the agent's own writes only: a hand edit inside the table that
 keeps the stamp set is not seen by this check (`apply_once(..., force=True)` re-commits
@@ -31,14 +34,17 @@ def apply_once(state: DesiredState, force: bool = False, kernel: Optional[Kernel
                store: Optional[StateStore] = None, context: Any = None) -> ApplyResult:
     """`context`: saved with the ruleset for the daemon's next start (its validated
     document, agent.model.validate_incremental.Validated)."""
-    keeper = Keeper(kernel or RealKernel(), store=store or StateStore(state_dir()))
+    keeper = Keeper(kernel or RealKernel(), store=store or StateStore(state_dir()), stage_saves=True)
     found = keeper.adopt()
     log.debug("host %s: %s", state.host, found)
     had_context = keeper.context is not None
-    result = keeper.apply(state, "apply", force=force)
-    if context is not None and (result.changed or not had_context):
-        keeper.context = context
-    if result.changed or found != "adopted" or (context is not None and not had_context):
+    if context is not None:
+        keeper.context = context        # before the commit: its save is written during it
+    try:
+        result = keeper.apply(state, "apply", force=force)
+    finally:
+        saved = keeper.saved_early()    # the child's; a refused commit's was removed
+    if not saved and (result.changed or found != "adopted" or (context is not None and not had_context)):
         with collector_paused():        # the pickle's allocations would start a full collection
             keeper.save()               # over the state and the ruleset (0.16-0.24 s at 1,000 x 100)
     return result
