@@ -34,7 +34,7 @@ from agent.reconciler.forked import Child, Snapshot, stage_save
 from agent.reconciler.port import OWNED_TABLES, Kernel
 from agent.reconciler.result import ELEMENTS, FULL, INCREMENTAL, UNCHANGED, ApplyResult
 from agent.reconciler.revoke import apply_revocations
-from agent.reconciler.staged import STAGE_FROM, StagedApply, apply_staged
+from agent.reconciler.staged import StagedApply, load_staged, save_during, stageable
 from agent.reconciler.stamp import build_token, render_restamp, render_stamped, stamp_set
 from agent.reconciler.store import Saved, StateStore
 
@@ -92,6 +92,7 @@ class Keeper:
     stage_saves: bool = False                 # `apply`: an nft commit's save is written by a forked
                                               # child during the commit (`_commit_saving`)
     _staged: Optional[Child] = field(default=None, repr=False)      # its child, told to publish
+    _published: bool = field(default=False, repr=False)             # a staged load's save is in place
     _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _rendered: Optional[tuple[Ruleset, str]] = field(default=None, repr=False)   # the last full render
 
@@ -147,7 +148,7 @@ class Keeper:
     # -- apply ------------------------------------------------------------------------
     def apply(self, state: DesiredState, revision: str = "?", force: bool = False) -> ApplyResult:
         start = time.monotonic()
-        staged = self._load_staged(state, revision) if self._stageable(state) else None
+        staged = self._load_staged(state, revision)
         if staged is not None:
             ruleset, self.memo, previous = staged.ruleset, staged.memo, frozenset[Any]()
             self._rendered, self.token = (ruleset, staged.script), staged.token
@@ -172,23 +173,21 @@ class Keeper:
             log.error("revision %s: %s", revision, err)
         return self._result(mode, start, nft_seconds, size, revoked, ruleset, state)
 
-    def _stageable(self, state: DesiredState) -> bool:
-        """A cold load of a large state into a table that does not exist: in stages
-        (agent.reconciler.staged)."""
-        if self.applied is not None or self.memo is not None or self.kernel_token is not None or \
-                len(state.local_interfaces) < STAGE_FROM:
-            return False
-        try:
-            return not self.kernel.tables_present((("inet", TABLE),))
-        except KernelError:
-            return False
-
     def _load_staged(self, state: DesiredState, revision: str) -> Optional[StagedApply]:
-        try:
-            return apply_staged(self.kernel, state, revision)
-        except KernelError as exc:
-            log.warning("revision %s: staged load failed (%s); replacing the table in full", revision, exc)
+        """A cold load in stages (agent.reconciler.staged), its save written meanwhile."""
+        cold = self.applied is None and self.memo is None and self.kernel_token is None
+        if not stageable(self.kernel, state, cold):
             return None
+
+        def snapshot(done: StagedApply) -> tuple:
+            self.memo = done.memo
+            return self._snapshot(done.token, done.ruleset, _addresses(state), state, done.script)()
+
+        def published() -> None:
+            self._published = True
+        store = self.store
+        return load_staged(self.kernel, state, revision,
+                           save_during(store, snapshot, published) if self.stage_saves and store else None)
 
     def _holds(self, ruleset: Ruleset) -> bool:
         if self.applied is not None:
@@ -258,7 +257,8 @@ class Keeper:
         """Wait for the save a commit's child was told to publish (`stage_saves`): whether
         it is in place (False: none, fork failed, or the child failed; `save` is due)."""
         child, self._staged = self._staged, None
-        return child is not None and child.wait() == 0
+        published, self._published = self._published, False
+        return published or (child is not None and child.wait() == 0)
 
     def _commit_netlink(self, changes: NetlinkChanges, ruleset: Ruleset, revision: str) -> tuple[float, str]:
         """(seconds the netlink commit took, its stamp); -1 when refused or not encodable

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
 
 from agent.compiler.compile import compile_ruleset
 from agent.compiler.memo import CompileMemo
@@ -25,9 +25,11 @@ from agent.compiler.ruleset import TABLE, Ruleset
 from agent.compiler.staging import Stager, render_final
 from agent.errors import KernelError
 from agent.model.objects import DesiredState
+from agent.model.validate import collector_paused
 from agent.reconciler.port import STAGE, Kernel
 from agent.reconciler.result import FULL
 from agent.reconciler.stamp import build_token, render_stamped
+from agent.reconciler.store import StateStore
 
 log = logging.getLogger(__name__)
 STAGE_FROM = 200        # local interfaces; below it the build takes well under a second
@@ -40,6 +42,49 @@ class StagedApply:
     script: str         # the whole script (render_ruleset): its digest is the stamp
     token: str
     seconds: float      # the commits' time, stages included
+
+
+# The save of a staged load, written while its last stage commits: given the load, it
+# writes the files under temporary names and returns what settles them (True: the last
+# stage took, publish; False: discard).
+SaveDuring = Callable[[StagedApply], Callable[[bool], None]]
+
+
+def stageable(kernel: Kernel, state: DesiredState, cold: bool) -> bool:
+    """Whether to load `state` in stages: a cold start (nothing applied, adopted or
+    compiled) of STAGE_FROM or more interfaces, and no inet table of ours at all (the
+    fail-closed boot table is one: it is replaced in one transaction)."""
+    if not cold or len(state.local_interfaces) < STAGE_FROM:
+        return False
+    try:
+        return not kernel.tables_present((("inet", TABLE),))
+    except KernelError:
+        return False
+
+
+def save_during(store: StateStore, snapshot: Callable[[StagedApply], tuple], published: Callable[[], None]) -> SaveDuring:
+    """A SaveDuring writing `store`'s files (StateStore.stage of `snapshot(load)`) in the
+    caller's thread, which has nothing else to do while the last stage commits (the
+    commit holds no interpreter lock); `published` is called once they are in place."""
+    def stage(done: StagedApply) -> Callable[[bool], None]:
+        try:
+            with collector_paused():
+                files = store.stage(*snapshot(done))
+        except OSError as exc:
+            log.warning("%s: cannot stage the save: %s", store.directory, exc)
+            return lambda took: None
+
+        def settle(took: bool) -> None:
+            if not took:
+                store.discard(files)
+                return
+            try:
+                store.publish(files)
+                published()
+            except OSError as exc:
+                log.warning("%s: cannot put the save in place: %s", store.directory, exc)
+        return settle
+    return stage
 
 
 class _Committer(threading.Thread):
@@ -68,10 +113,22 @@ class _Committer(threading.Thread):
         return self.error
 
 
-def apply_staged(kernel: Kernel, state: DesiredState, revision: str = "?") -> Optional[StagedApply]:
-    """Build `state` and load it in stages into a table that does not exist yet. None
-    when the staging ended (refused, or the table appeared meanwhile: the first stage
-    creates it and fails if it exists); the caller then applies the whole script."""
+def load_staged(kernel: Kernel, state: DesiredState, revision: str = "?",
+                save: Optional[SaveDuring] = None) -> Optional[StagedApply]:
+    """`apply_staged`, None also when it failed (logged)."""
+    try:
+        return apply_staged(kernel, state, revision, save)
+    except KernelError as exc:
+        log.warning("revision %s: staged load failed (%s); replacing the table in full", revision, exc)
+        return None
+
+
+def apply_staged(kernel: Kernel, state: DesiredState, revision: str = "?",
+                 save: Optional[SaveDuring] = None) -> Optional[StagedApply]:
+    """Build `state` and load it in stages into a table that does not exist yet (with
+    `save`, the save is written while the last stage commits). None when the staging
+    ended (refused, or the table appeared meanwhile: the first stage creates it and
+    fails if it exists); the caller then applies the whole script."""
     committer = _Committer(kernel, revision)
     committer.start()
     stager = Stager(lambda script: committer.scripts.put((script, STAGE)))
@@ -87,13 +144,17 @@ def apply_staged(kernel: Kernel, state: DesiredState, revision: str = "?") -> Op
         _abandon(kernel, committer, revision)
         return None
     committer.scripts.put((render_stamped(final, token), FULL))
+    done = StagedApply(ruleset, memo, script, token, 0.0)
+    settle = save(done) if save is not None else None
     error = committer.finish()
+    if settle is not None:
+        settle(error is None)
     if error is not None:
         log.warning("revision %s: staged load refused (%s); replacing the table in full", revision, error)
         _remove_partial(kernel, committer, revision)
         return None
     log.info("revision %s: loaded in %d stages (%.2f s of commits)", revision, committer.committed, committer.seconds)
-    return StagedApply(ruleset, memo, script, token, committer.seconds)
+    return replace(done, seconds=committer.seconds)
 
 
 def _abandon(kernel: Kernel, committer: _Committer, revision: str) -> None:

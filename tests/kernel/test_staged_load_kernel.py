@@ -50,23 +50,26 @@ def scenario_equal(doc: str) -> dict:
 
 
 def scenario_keeper(doc: str, state_dir: str) -> dict:
-    from agent.reconciler import keeper as keeper_mod
+    """The one-shot apply's keeper (its save written while the last stage commits),
+    then a second start adopting what it saved."""
+    from agent.compiler.render import render_ruleset
+    from agent.reconciler import keeper as keeper_mod, staged as staged_mod
     from agent.reconciler.port import RealKernel
     from agent.reconciler.stamp import build_token
     from agent.reconciler.store import StateStore
-    keeper_mod.STAGE_FROM = 1
+    staged_mod.STAGE_FROM = 1
     state = _state(doc)
-    first = keeper_mod.Keeper(RealKernel(), store=StateStore(Path(state_dir)))
+    first = keeper_mod.Keeper(RealKernel(), store=StateStore(Path(state_dir)), stage_saves=True)
     first.adopt()
     result = first.apply(state, "r1")
-    first.save()
+    saved_early = first.saved_early()
     stamp = RealKernel().read_stamp()
     again = keeper_mod.Keeper(RealKernel(), store=StateStore(Path(state_dir)))
     found = again.adopt()
     second = again.apply(state, "r2")
-    from agent.compiler.render import render_ruleset
     return {"mode": result.mode, "stamp_is_whole": stamp == build_token(render_ruleset(first.applied)),
-            "found": found, "second": second.mode}
+            "saved_early": saved_early, "found": found, "second": second.mode,
+            "left": sorted(p.name for p in Path(state_dir).iterdir())}
 
 
 def scenario_existing(doc: str) -> dict:
@@ -92,11 +95,13 @@ def scenario_refused_final(doc: str, state_dir: str) -> dict:
     staged_mod.render_final = lambda rs, st: real(rs, st).replace("}\n", "\tchain broken {\n\t\tgoto nowhere\n\t}\n}\n", 1)
     done = staged_mod.apply_staged(RealKernel(), _state(doc))
     partial = RealKernel().tables_present((("inet", "secgroup_agent"),))
-    keeper_mod.STAGE_FROM = 1
-    keeper = keeper_mod.Keeper(RealKernel(), store=StateStore(Path(state_dir)))
+    staged_mod.STAGE_FROM = 1
+    keeper = keeper_mod.Keeper(RealKernel(), store=StateStore(Path(state_dir)), stage_saves=True)
     result = keeper.apply(_state(doc), "r1")
+    saved_early = keeper.saved_early()
     present = RealKernel().tables_present((("inet", "secgroup_agent"),))
-    return {"staged": done is not None, "partial": partial, "mode": result.mode, "present": present}
+    return {"staged": done is not None, "partial": partial, "mode": result.mode, "present": present,
+            "saved_early": saved_early, "left": sorted(p.name for p in Path(state_dir).iterdir())}
 
 
 # -- the tests ------------------------------------------------------------------------------
@@ -133,7 +138,8 @@ def test_keeper_staged_apply_is_a_full_apply_and_a_second_changes_nothing(ns, do
     with tempfile.TemporaryDirectory() as state_dir:
         got = run_scenario(ns, __file__, "keeper", doc, state_dir)
     _flush(ns)
-    assert got == {"mode": "full", "stamp_is_whole": True, "found": "adopted", "second": "unchanged"}
+    assert got == {"mode": "full", "stamp_is_whole": True, "saved_early": True, "found": "adopted",
+                   "second": "unchanged", "left": ["applied.pickle", "failclosed.nft", "ruleset.nft"]}
 
 
 def test_existing_table_is_not_staged_into_nor_deleted(ns, doc):
@@ -146,7 +152,8 @@ def test_refused_last_stage_leaves_no_partial_table(ns, doc):
     with tempfile.TemporaryDirectory() as state_dir:
         got = run_scenario(ns, __file__, "refused_final", doc, state_dir)
     _flush(ns)
-    assert got == {"staged": False, "partial": False, "mode": "full", "present": True}
+    assert got == {"staged": False, "partial": False, "mode": "full", "present": True,
+                   "saved_early": True, "left": ["applied.pickle", "failclosed.nft", "ruleset.nft"]}
 
 
 if __name__ == "__main__":
