@@ -90,9 +90,9 @@ def save_during(store: StateStore, snapshot: Callable[[StagedApply], tuple], pub
 class _Committer(threading.Thread):
     """Commits the scripts it is given, in order, until one is refused."""
 
-    def __init__(self, kernel: Kernel, revision: str) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         super().__init__(name="sga-stage", daemon=True)
-        self.kernel, self.revision = kernel, revision
+        self.kernel = kernel
         self.scripts: queue.Queue[Optional[tuple[str, str]]] = queue.Queue()     # (script, what)
         self.seconds, self.committed = 0.0, 0
         self.error: Optional[KernelError] = None
@@ -129,7 +129,7 @@ def apply_staged(kernel: Kernel, state: DesiredState, revision: str = "?",
     `save`, the save is written while the last stage commits). None when the staging
     ended (refused, or the table appeared meanwhile: the first stage creates it and
     fails if it exists); the caller then applies the whole script."""
-    committer = _Committer(kernel, revision)
+    committer = _Committer(kernel)
     committer.start()
     stager = Stager(lambda script: committer.scripts.put((script, STAGE)))
     try:
@@ -141,6 +141,8 @@ def apply_staged(kernel: Kernel, state: DesiredState, revision: str = "?",
     token = build_token(script)
     final = render_final(ruleset, stager) if stager.stages else None
     if final is None or committer.error is not None:
+        if final is None:
+            log.warning("revision %s: a staged object differs from the build's; replacing the table in full", revision)
         _abandon(kernel, committer, revision)
         return None
     committer.scripts.put((render_stamped(final, token), FULL))
