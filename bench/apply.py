@@ -25,6 +25,8 @@ of ~50 rules per interface, so ~100 rules per interface):
       load of 200+ interfaces is staged (agent.reconciler.staged): its build and its
       commits overlap, so the line gives the staged load's wall time, then the build's
       and the commits' (not additive; its save is written during the last stage).
+  (e) `--unstaged`: each run also times the same apply with the staged load turned off
+      (one transaction after the whole build), interleaved with the others.
 Kernel memory: SUnreclaim (and VmallocUsed, Percpu, MemAvailable) in /proc/meminfo just
 before the load and `--settle` seconds after the loading process exited, and again
 after the namespace is deleted (what the deletion gave back): two readings per load,
@@ -119,6 +121,15 @@ t = time.perf_counter(); result = oneshot.apply_once(validated.state, context=va
 marks["apply_once"] = time.perf_counter() - t
 marks["imports"] = t1 - t0
 print(json.dumps({"marks": marks, "started": started, "end": time.time()}), flush=True)
+"""
+
+UNSTAGED = r"""
+import sys
+import agent.reconciler.staged as staged
+staged.STAGE_FROM = 10 ** 9
+sys.argv = ["secgroup-agent", *sys.argv[1:]]
+from agent.cli.main import entry
+entry()
 """
 
 CONNTRACK = r"""
@@ -309,7 +320,7 @@ def bench_size(n: int, args, tmp: Path, nss: Namespaces, remote: int = 0) -> dic
             return {"error": p.stderr.strip()[-500:]}
         return json.loads(p.stdout)
 
-    agent, nft, comp = [], [], []
+    agent, nft, comp, unstaged = [], [], [], []
     ct = None
     for run in range(1, args.runs + 1):
         a = load_in_fresh_ns(nss, [PY, "-m", "agent.cli.main", "apply", "-c", str(config), "--host", host],
@@ -321,6 +332,12 @@ def bench_size(n: int, args, tmp: Path, nss: Namespaces, remote: int = 0) -> dic
         agent.append(a)
         b = load_in_fresh_ns(nss, ["nft", "-f", str(script)], args.settle)
         nft.append(b)
+        if args.unstaged:       # the same apply with the staged load turned off (one transaction)
+            u = load_in_fresh_ns(nss, [PY, "-c", UNSTAGED, "apply", "-c", str(config), "--host", host], args.settle)
+            unstaged.append(u["wall_s"])
+            print(f"  run {run}: agent apply without stages {u['wall_s']:.1f} s "
+                  f"(ratio to this run's nft -f {u['wall_s'] / b['wall_s']:.2f}, with stages "
+                  f"{a['wall_s'] / b['wall_s']:.2f})", flush=True)
         p = sh(["/usr/bin/time", "-v", PY, "-c", BREAKDOWN, str(config), host], cwd=ROOT, check=True,
                timeout=3600)
         c = json.loads(p.stdout)
@@ -338,6 +355,9 @@ def bench_size(n: int, args, tmp: Path, nss: Namespaces, remote: int = 0) -> dic
               f"{mb(c['max_rss_kb']):.0f} MB", flush=True)
     phases = apply_phases(nss, config, host)
     print(phases_line(phases), flush=True)
+    if unstaged:
+        print(f"  agent apply without stages: {spread(unstaged)} s, with stages {spread([x['wall_s'] for x in agent])} s, "
+              f"nft -f {spread([x['wall_s'] for x in nft])} s", flush=True)
     return {"n": n, "remote": remote, "render_s": render_wall, "agent": agent, "nft": nft, "compile": comp,
             "conntrack": ct, "phases": phases,
             "objects": {k: comp[0][k] for k in ("sets", "chains", "elements", "bytes")}}
@@ -413,6 +433,8 @@ def main() -> int:
     ap.add_argument("--flows", type=int, default=10000, help="synthetic conntrack entries for the revocation step")
     ap.add_argument("--max-kernel-gb", type=float, default=6.0)
     ap.add_argument("--json", action="store_true", help="also print all results as one JSON line")
+    ap.add_argument("--unstaged", action="store_true",
+                    help="also time each run's apply with the staged load turned off (agent.reconciler.staged)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
