@@ -3,6 +3,9 @@ keeps the stamp a real kernel would hold after them."""
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
+from typing import Optional
 
 from agent.errors import KernelError
 from agent.reconciler.stamp import STAMP_SET
@@ -77,3 +80,29 @@ class FakeKernel:
         flows = list(flows)
         self.deleted += flows
         return len(flows)
+
+
+class SaveWatchingKernel(FakeKernel):
+    """Commits (those named in `watched`, or all) only once the save's three files are
+    staged under temporary names in `directory`: the caller writes them while the commit
+    runs. What it saw each time is in `staged_seen`; the first `refusals` watched commits
+    are refused after that."""
+
+    def __init__(self, directory: Path, watched: Optional[set[str]] = None, refusals: int = 0) -> None:
+        super().__init__()
+        self.directory, self.watched, self.refusals = directory, watched, refusals
+        self.staged_seen: list[list[str]] = []
+
+    def _staged(self) -> list[str]:
+        return sorted(p.name.split(".")[1] for p in self.directory.glob(".*.*") if p.name.count(".") >= 2)
+
+    def commit(self, script: str, what: str) -> float:
+        if self.watched is None or what in self.watched:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(self._staged()) < 3:
+                time.sleep(0.01)
+            self.staged_seen.append(self._staged())
+            if self.refusals:
+                self.refusals -= 1
+                raise KernelError("refused")
+        return super().commit(script, what)

@@ -19,7 +19,7 @@ from agent.reconciler import forked
 from agent.reconciler.keeper import FULL, INCREMENTAL, Keeper
 from agent.reconciler.oneshot import apply_once
 from agent.reconciler.store import FAILCLOSED_FILE, PICKLE_FILE, RESTORE_FILE, STALE_SECONDS, StateStore
-from fake_kernel import FakeKernel
+from fake_kernel import FakeKernel, SaveWatchingKernel
 
 WEBSHOP = yaml.safe_load((Path(__file__).parents[2] / "examples" / "webshop.yaml").read_text())
 NAMES = {FAILCLOSED_FILE, RESTORE_FILE, PICKLE_FILE}
@@ -50,25 +50,6 @@ def inline_save(directory: Path, kernel: FakeKernel, desired, context) -> dict[s
     return files(directory)
 
 
-class WatchingKernel(FakeKernel):
-    """Commits only once the save's three files are staged (temporary names) beside it:
-    the child writes them while the commit runs."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__()
-        self.directory, self.staged_seen = directory, []
-
-    def commit(self, script: str, what: str) -> float:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            staged = sorted(p.name.split(".")[1] for p in self.directory.glob(".*.*") if p.name.count(".") >= 2)
-            if len(staged) == 3:
-                break
-            time.sleep(0.01)
-        self.staged_seen.append(staged)
-        return super().commit(script, what)
-
-
 @pytest.fixture
 def no_inline_save(monkeypatch):
     """Keeper.save fails the test: the files must come from the child."""
@@ -81,7 +62,7 @@ def test_a_full_replace_is_saved_by_the_child_as_the_inline_save_would(tmp_path,
     k, context = FakeKernel(), {"validated": "document r1"}
     reference = inline_save(tmp_path / "inline", copy.deepcopy(k), state(), context)
     (tmp_path / "child").mkdir()
-    k = WatchingKernel(tmp_path / "child")
+    k = SaveWatchingKernel(tmp_path / "child")
     assert apply_once(state(), kernel=k, store=StateStore(tmp_path / "child"), context=context).mode == FULL
     written = files(tmp_path / "child")
     assert set(written) == NAMES and k.stamp is not None and k.stamp.encode() in written[RESTORE_FILE]

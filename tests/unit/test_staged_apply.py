@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import copy
 import pickle
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from agent.compiler.render import render_ruleset
-from agent.errors import KernelError
 from agent.model.validate import validate_document
 from agent.reconciler import staged
 from agent.reconciler.oneshot import apply_once
 from agent.reconciler.port import STAGE
 from agent.reconciler.stamp import build_token
 from agent.reconciler.store import PICKLE_FILE, RESTORE_FILE, StateStore
-from fake_kernel import FakeKernel
+from fake_kernel import SaveWatchingKernel
 
 WEBSHOP = yaml.safe_load((Path(__file__).parents[2] / "examples" / "webshop.yaml").read_text())
 
@@ -34,28 +32,8 @@ def desired():
     return validate_document(copy.deepcopy(WEBSHOP), "hv-01")
 
 
-class LastStageWatcher(FakeKernel):
-    """Commits the last stage only once the save's files are staged beside it (the
-    keeper writes them while that commit runs); refuses it the first `refusals` times."""
-
-    def __init__(self, directory: Path, refusals: int = 0) -> None:
-        super().__init__()
-        self.directory, self.refusals, self.staged_seen = directory, refusals, []
-
-    def commit(self, script: str, what: str) -> float:
-        if what == "full":
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and len(list(self.directory.glob(".*.*"))) < 3:
-                time.sleep(0.01)
-            self.staged_seen.append(sorted(p.name.split(".")[1] for p in self.directory.glob(".*.*")))
-            if self.refusals:
-                self.refusals -= 1
-                raise KernelError("refused")
-        return super().commit(script, what)
-
-
 def test_a_cold_apply_is_staged_and_saved_while_its_last_stage_commits(tmp_path):
-    kernel = LastStageWatcher(tmp_path)
+    kernel = SaveWatchingKernel(tmp_path, {"full"})
     result = apply_once(desired(), kernel=kernel, store=StateStore(tmp_path))
     whats = [what for what, _ in kernel.commits]
     assert result.mode == "full" and whats[-1] == "full" and set(whats[:-1]) == {STAGE}
@@ -69,7 +47,7 @@ def test_a_cold_apply_is_staged_and_saved_while_its_last_stage_commits(tmp_path)
 
 
 def test_a_refused_last_stage_discards_its_save_and_the_whole_script_is_applied(tmp_path):
-    kernel = LastStageWatcher(tmp_path, refusals=1)
+    kernel = SaveWatchingKernel(tmp_path, {"full"}, refusals=1)
     result = apply_once(desired(), kernel=kernel, store=StateStore(tmp_path))
     whats = [what for what, _ in kernel.commits]
     assert result.mode == "full"
