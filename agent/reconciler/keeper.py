@@ -118,24 +118,25 @@ class Keeper(DriftChecks):
             return None
         store, held = self.store, self._rendered
         self._rendered = None
-        snapshot = self._snapshot(self.token, self.applied, self.addresses, self.state,
+        snapshot = self._snapshot(self.token, self.applied, self.memo, self.addresses, self.state,
                                   held[1] if held is not None and held[0] is self.applied else None)
         return lambda: store.save(*snapshot())
 
-    def _snapshot(self, token: str, applied: Ruleset, addresses: frozenset, state: Optional[DesiredState],
-                  script: Optional[str]) -> Snapshot:
+    def _snapshot(self, token: str, applied: Ruleset, memo: Optional[CompileMemo], addresses: frozenset,
+                  state: Optional[DesiredState], script: Optional[str]) -> Snapshot:
         """StateStore.save's arguments, taken now, rendered when called (`script`: the
         full render of `applied` if there is one already)."""
-        saved = Saved(token, applied, self.memo, addresses, self.context)
+        saved = Saved(token, applied, memo, addresses, self.context)
         boot = render_failclosed(state.instance_interfaces) if state is not None else None
         return lambda: (saved, render_stamped(script if script is not None else render_ruleset(applied), token), boot)
 
     # -- apply ------------------------------------------------------------------------
     def apply(self, state: DesiredState, revision: str = "?", force: bool = False) -> ApplyResult:
         start = time.monotonic()
+        previous: frozenset
         staged = self._load_staged(state, revision)
         if staged is not None:
-            ruleset, self.memo, previous = staged.ruleset, staged.memo, frozenset[Any]()
+            ruleset, self.memo, previous = staged.ruleset, staged.memo, frozenset()     # no table: no addresses
             self._rendered, self.token = (ruleset, staged.script), staged.token
             mode, nft_seconds, size = FULL, staged.seconds, len(staged.script)
         else:
@@ -165,8 +166,7 @@ class Keeper(DriftChecks):
             return None
 
         def snapshot(done: StagedApply) -> tuple:
-            self.memo = done.memo
-            return self._snapshot(done.token, done.ruleset, _addresses(state), state, done.script)()
+            return self._snapshot(done.token, done.ruleset, done.memo, _addresses(state), state, done.script)()
 
         def published() -> None:
             self._published = True
@@ -225,7 +225,7 @@ class Keeper(DriftChecks):
         published when the commit took (`saved_early` waits for it), else discarded and
         waited for (the state directory keeps the previous save)."""
         token, ruleset, state, rendered = after
-        child = stage_save(self.store, self._snapshot(token, ruleset, _addresses(state), state, rendered),
+        child = stage_save(self.store, self._snapshot(token, ruleset, self.memo, _addresses(state), state, rendered),
                            f"revision {revision}") if self.stage_saves and self.store is not None else None
         took = -1.0
         try:

@@ -124,7 +124,7 @@ def test_staged_files_replace_the_saved_ones_only_when_published(tmp_path):
     keeper.save()
     before = files(tmp_path)
     keeper.apply(state(without_anti_spoofing()))
-    snapshot = keeper._snapshot(keeper.token, keeper.applied, keeper.addresses, keeper.state, None)
+    snapshot = keeper._snapshot(keeper.token, keeper.applied, keeper.memo, keeper.addresses, keeper.state, None)
     staged = keeper.store.stage(*snapshot())
     assert files(tmp_path).items() >= before.items() and len(os.listdir(tmp_path)) == 6
     assert StateStore(tmp_path).load().token != keeper.token          # a crash now: the old save
